@@ -1,0 +1,46 @@
+"""Sensor checks: is this snapshot a reading of the machine at all?
+
+Run before scoring. A dead or detached sensor reads near zero, a saturated one sits at full scale; both
+must surface as `sensor_fault`, never as a healthy reading and never as a bearing alarm.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SensorLimits:
+    flatline_counts: float = 1.0  # standard deviation (counts) at or below which a channel is flat
+    full_scale_counts: int = 32767  # |count| at or beyond which a sample is clipped
+    clip_fraction: float = 0.001  # share of clipped samples that makes a channel clipped
+    dropout_ratio: float = 0.2  # feature below this share of the healthy minimum: a dropout
+
+
+def check_counts(counts: np.ndarray, channel_names: Sequence[str], limits: SensorLimits = SensorLimits()) -> str | None:
+    """Checks on the raw (samples, channels) int16 snapshot; returns e.g. 'flatline:bearing3' or None."""
+    flat = counts.std(axis=0) <= limits.flatline_counts
+    if flat.any():
+        return _reason("flatline", flat, channel_names)
+    clipped = (np.abs(counts.astype(np.int32)) >= limits.full_scale_counts).mean(axis=0) >= limits.clip_fraction
+    if clipped.any():
+        return _reason("clipping", clipped, channel_names)
+    return None
+
+
+def check_features(
+    features: np.ndarray,
+    healthy_min: Sequence[float],
+    channel_names: Sequence[str],
+    limits: SensorLimits = SensorLimits(),
+) -> str | None:
+    """A feature far below the healthy range (a dead sensor reads near zero) is a dropout."""
+    low = np.asarray(features) < limits.dropout_ratio * np.asarray(healthy_min, dtype=np.float64)
+    return _reason("dropout", low, channel_names) if low.any() else None
+
+
+def _reason(kind: str, mask: np.ndarray, channel_names: Sequence[str]) -> str:
+    names = ",".join(name for name, bad in zip(channel_names, mask) if bad)
+    return f"{kind}:{names}"
