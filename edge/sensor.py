@@ -13,7 +13,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class SensorLimits:
-    flatline_counts: float = 1.0  # standard deviation (counts) at or below which a channel is flat
+    flatline_counts: int = 2  # peak-to-peak (counts) at or below which a channel is flat: a stuck sensor
     full_scale_counts: int = 32767  # |count| at or beyond which a sample is clipped
     clip_fraction: float = 0.001  # share of clipped samples that makes a channel clipped
     dropout_ratio: float = 0.2  # feature below this share of the healthy minimum: a dropout
@@ -21,13 +21,16 @@ class SensorLimits:
 
 def check_counts(counts: np.ndarray, channel_names: Sequence[str], limits: SensorLimits = SensorLimits()) -> str | None:
     """Checks on the raw (samples, channels) int16 snapshot; returns e.g. 'flatline:bearing3' or None."""
-    flat = counts.std(axis=0) <= limits.flatline_counts
+    # Extremes first: they are cheap on int16, and the clipped share is only counted when one is at full scale.
+    high = counts.max(axis=0).astype(np.int32)
+    low = counts.min(axis=0).astype(np.int32)
+    flat = high - low <= limits.flatline_counts
     if flat.any():
         return _reason("flatline", flat, channel_names)
+    if max(high.max(), -low.min()) < limits.full_scale_counts:
+        return None
     clipped = (np.abs(counts.astype(np.int32)) >= limits.full_scale_counts).mean(axis=0) >= limits.clip_fraction
-    if clipped.any():
-        return _reason("clipping", clipped, channel_names)
-    return None
+    return _reason("clipping", clipped, channel_names) if clipped.any() else None
 
 
 def check_features(
