@@ -1,0 +1,359 @@
+"""Replay harness: recorded IMS snapshots sent as wire frames over any serial link, as an MCU would send them.
+
+    cm-replay IMS_DIR --port URL [--speed realtime|max|FACTOR] [--loop] [--channels 1,3,5,7]
+              [--frame-samples 256] [--baudrate N] [--no-progress] [--no-wait]
+
+URL is any pyserial URL (/dev/ttyUSB0, socket://host:port, loop://) or pty:PATH, which creates a
+pseudo-terminal and symlinks PATH to its slave side: the agent then opens PATH like a real device.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import select
+import signal
+import struct
+import sys
+import termios
+import threading
+import time
+import tty
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Protocol, TextIO
+
+import numpy as np
+import serial
+
+from firmware_bridge.frame import MAX_PAYLOAD, encode
+from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, ImsFile, list_ims_files, read_counts
+
+_U32 = 2**32
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_POLL_S = 0.1
+
+
+class Writer(Protocol):
+    def write(self, data: bytes, /) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class ReplaySummary:
+    files: int
+    frames: int
+    bytes: int
+    seconds: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"replay: {self.files} files, {self.frames} frames, {self.bytes / 1e6:.2f} MB "
+                f"in {self.seconds:.2f} s ({self.mb_per_s:.2f} MB/s)")
+
+
+def frames_for_file(
+    counts: np.ndarray,
+    *,
+    first_sample: int,
+    sequence: int,
+    capture_time_us: int,
+    sample_rate_hz: int,
+    scale: float,
+    frame_samples: int,
+) -> Iterator[bytes]:
+    """Wire bytes of one snapshot cut into frames of `frame_samples` samples (the last may be shorter)."""
+    check_frame_size(frame_samples, counts.shape[1])
+    for number, start in enumerate(range(0, len(counts), frame_samples)):
+        yield encode(
+            counts[start:start + frame_samples],
+            sequence=(sequence + number) % _U32,
+            first_sample=first_sample + start,
+            capture_time_us=capture_time_us + start * 1_000_000 // sample_rate_hz,
+            sample_rate_hz=sample_rate_hz,
+            scale=scale,
+        )
+
+
+def check_frame_size(frame_samples: int, channels: int) -> None:
+    payload = frame_samples * channels * 2
+    if frame_samples < 1 or payload > MAX_PAYLOAD:
+        raise ValueError(f"frame_samples={frame_samples} with {channels} channels is {payload} payload bytes; "
+                         f"expected 1..{MAX_PAYLOAD // (2 * channels)} samples per frame")
+
+
+def parse_speed(speed: str | float) -> float | None:
+    """Time compression factor: "realtime" → 1, "max" → None (no pacing), "60" → 60 times faster."""
+    if speed == "max":
+        return None
+    if speed == "realtime":
+        return 1.0
+    try:
+        factor = float(speed)
+    except ValueError:
+        factor = 0.0
+    if not factor > 0 or factor == float("inf"):
+        raise ValueError(f"speed {speed!r}: expected realtime, max or a positive factor like 60")
+    return factor
+
+
+def _epoch_us(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _schedule(files: list[ImsFile], loop: bool) -> Iterator[tuple[ImsFile, int]]:
+    """Files with their time offset (µs) from the first file; each --loop pass continues the clock."""
+    times = [_epoch_us(f.timestamp) for f in files]
+    gaps = np.diff(times)
+    # One pass lasts its span plus a typical gap, so replayed time never runs backwards across passes.
+    pass_us = times[-1] - times[0] + (int(np.median(gaps)) if len(gaps) else 1_000_000)
+    shift = 0
+    while True:
+        for ims, at in zip(files, times):
+            yield ims, at - times[0] + shift
+        if not loop:
+            return
+        shift += pass_us
+
+
+class PtyPort:
+    """Writer end of a pseudo-terminal whose slave side is reachable at `link` (a symlink).
+
+    The slave stays open here so written bytes wait in the tty buffer and flow control blocks the writer
+    until a reader drains it. Packet mode (TIOCPKT) reports the flush a pyserial reader does when it
+    opens the port: `wait_for_reader` uses it so no byte is written before anyone can receive it.
+    """
+
+    def __init__(self, link: str | os.PathLike[str], stop: threading.Event | None = None) -> None:
+        self.link = Path(link)
+        self.stop = stop or threading.Event()
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.device = os.ttyname(self._slave)
+        fcntl.ioctl(self.master, termios.TIOCPKT, struct.pack("i", 1))
+        os.set_blocking(self.master, False)
+        temporary = self.link.with_name(f".{self.link.name}.{os.getpid()}.tmp")
+        temporary.unlink(missing_ok=True)
+        os.symlink(self.device, temporary)
+        os.replace(temporary, self.link)  # atomic: a reader never sees a missing or half-made link
+
+    def wait_for_reader(self) -> bool:
+        """Block until a reader opens the port (its open-time flush); False if stopped first."""
+        while not self.stop.is_set():
+            readable, _, _ = select.select([self.master], [], [], _POLL_S)
+            if readable:
+                try:
+                    packet = os.read(self.master, 4096)
+                except BlockingIOError:
+                    continue
+                if packet and packet[0] & termios.TIOCPKT_FLUSHREAD:
+                    return True
+        return False
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view and not self.stop.is_set():
+            try:
+                view = view[os.write(self.master, view):]
+            except BlockingIOError:
+                select.select([], [self.master], [], _POLL_S)
+        return len(data) - len(view)
+
+    def pending(self) -> int:
+        """Bytes written but not yet read by the reader."""
+        return struct.unpack("i", fcntl.ioctl(self._slave, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+    def drain(self, settle: float = 0.5, idle_timeout: float = 5.0) -> bool:
+        """Wait until the reader has read everything; give up after `idle_timeout` s without progress.
+
+        The tty moves written bytes to the reader's queue from a kernel work item, so an empty queue
+        may still have bytes in flight: it has to stay empty for `settle` seconds.
+        """
+        last, last_change = self.pending(), time.monotonic()
+        empty_since = last_change if last == 0 else None
+        while not self.stop.is_set():
+            now_s = time.monotonic()
+            if empty_since is not None and now_s - empty_since >= settle:
+                return True
+            if now_s - last_change > idle_timeout:
+                return False
+            self.stop.wait(0.02)
+            now = self.pending()
+            if now != last:
+                last, last_change = now, time.monotonic()
+            empty_since = (empty_since or time.monotonic()) if now == 0 else None
+        return False
+
+    def close(self) -> None:
+        try:
+            if os.readlink(self.link) == self.device:
+                self.link.unlink()
+        except OSError:
+            pass  # already removed or replaced by someone else: not ours to touch
+        os.close(self.master)
+        os.close(self._slave)
+
+
+@contextmanager
+def open_port(port: str | Writer, *, baudrate: int, stop: threading.Event, wait_reader: bool = True,
+              announce: TextIO | None = None) -> Iterator[Writer]:
+    """A writer for a pyserial URL, `pty:PATH`, or an object that already has .write(bytes)."""
+    if not isinstance(port, str):
+        yield port
+        return
+    if port.startswith("pty:"):
+        pty_port = PtyPort(port.removeprefix("pty:"), stop)
+        try:
+            if announce:
+                print(f"replay: pty ready at {pty_port.link}", file=announce, flush=True)
+            if not wait_reader or pty_port.wait_for_reader():
+                yield pty_port
+                pty_port.drain()
+            else:
+                yield pty_port  # stopped before a reader came: the caller's loop ends at once
+        finally:
+            pty_port.close()
+        return
+    link = serial.serial_for_url(port, baudrate=baudrate, write_timeout=None)
+    try:
+        yield link
+        link.flush()
+    finally:
+        link.close()
+
+
+class Progress:
+    """One-line progress bar on stderr, redrawn in place."""
+
+    def __init__(self, total: int | None, stream: TextIO, enabled: bool) -> None:
+        self.total, self.stream, self.enabled = total, stream, enabled
+        self.started = time.monotonic()
+        self.drawn = False
+
+    def update(self, files: int, frames: int, sent: int) -> None:
+        if not self.enabled:
+            return
+        rate = sent / 1e6 / max(time.monotonic() - self.started, 1e-9)
+        if self.total:
+            done = round(20 * files / self.total)
+            bar = f"[{'#' * done}{'.' * (20 - done)}] {files}/{self.total} files"
+        else:
+            bar = f"{files} files"
+        self.drawn = True
+        self.stream.write(f"\rreplay {bar}  {frames} frames  {sent / 1e6:.1f} MB  {rate:.1f} MB/s ")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def replay(
+    ims_dir: str | os.PathLike[str],
+    port: str | Writer,
+    *,
+    speed: str | float = "max",
+    loop: bool = False,
+    columns: Sequence[int] | None = None,
+    frame_samples: int = 256,
+    baudrate: int = 921600,
+    progress: bool = False,
+    stop: threading.Event | None = None,
+    wait_reader: bool = True,
+    announce: TextIO | None = sys.stderr,
+) -> ReplaySummary:
+    """Send every IMS file of `ims_dir` as frames; `columns` are 0-based. Returns what was sent."""
+    files = list_ims_files(ims_dir)
+    if not files:
+        raise ValueError(f"{ims_dir}: no IMS files to replay")
+    factor = parse_speed(speed)
+    stop = stop or threading.Event()
+    # Read the first file before opening the port: a bad file, column or frame size fails before anyone waits.
+    preloaded = {files[0].path: read_counts(files[0].path, columns)}
+    check_frame_size(frame_samples, preloaded[files[0].path].shape[1])
+    bar = Progress(None if loop else len(files), sys.stderr, progress)
+    sent_files = sent_frames = sent_bytes = sample = sequence = 0
+    with open_port(port, baudrate=baudrate, stop=stop, wait_reader=wait_reader, announce=announce) as out:
+        started = time.monotonic()
+        for ims, offset_us in _schedule(files, loop):
+            if stop.is_set():
+                break
+            counts = preloaded.pop(ims.path, None)
+            counts = read_counts(ims.path, columns) if counts is None else counts
+            frames = list(frames_for_file(
+                counts, first_sample=sample, sequence=sequence,
+                capture_time_us=_epoch_us(files[0].timestamp) + offset_us,
+                sample_rate_hz=IMS_SAMPLE_RATE, scale=IMS_SCALE, frame_samples=frame_samples))
+            if factor is not None and stop.wait(max(0.0, started + offset_us / 1e6 / factor - time.monotonic())):
+                break
+            wire = b"".join(frames)
+            out.write(wire)
+            sent_files, sent_frames, sent_bytes = sent_files + 1, sent_frames + len(frames), sent_bytes + len(wire)
+            sample, sequence = sample + len(counts), (sequence + len(frames)) % _U32
+            bar.update(sent_files, sent_frames, sent_bytes)
+        finished = time.monotonic()  # before a pty's drain: the last few KB in the tty buffer are not our time
+    bar.finish()
+    return ReplaySummary(sent_files, sent_frames, sent_bytes, finished - started)
+
+
+def parse_channels(text: str) -> list[int]:
+    """`--channels 1,3,5,7` (1-based, as the IMS README numbers them) → 0-based column indices."""
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        numbers = []
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"expected 1-based column numbers like 1,3,5,7, got {text!r}")
+    return [n - 1 for n in numbers]
+
+
+def _speed(text: str) -> str:
+    try:
+        parse_speed(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cm-replay", description=__doc__.split("\n\n")[0])
+    parser.add_argument("ims_dir", metavar="IMS_DIR", help="directory of IMS snapshot files")
+    parser.add_argument("--port", required=True, metavar="URL",
+                        help="pyserial URL (/dev/ttyACM0, socket://host:port, loop://) or pty:PATH")
+    parser.add_argument("--speed", default="max", type=_speed,
+                        help="realtime (original spacing of the files), max, or a factor like 60 (default: max)")
+    parser.add_argument("--loop", action="store_true", help="start again after the last file, forever")
+    parser.add_argument("--channels", type=parse_channels, metavar="1,3,5,7",
+                        help="1-based columns to send (default: all)")
+    parser.add_argument("--frame-samples", type=int, default=256, help="samples per frame (default: 256)")
+    parser.add_argument("--baudrate", type=int, default=921600, help="for real serial ports (default: 921600)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="pty: start writing at once instead of waiting for a reader to open the port")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # finish the current write and remove the pty link
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        summary = replay(args.ims_dir, args.port, speed=args.speed, loop=args.loop, columns=args.channels,
+                         frame_samples=args.frame_samples, baudrate=args.baudrate,
+                         progress=not args.no_progress, stop=stop, wait_reader=not args.no_wait)
+    except (ValueError, OSError, serial.SerialException) as error:
+        print(f"cm-replay: error: {error}", file=sys.stderr)
+        return 2
+    print(summary.line(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
