@@ -15,11 +15,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[trainer,dev]'
 	@touch $@
 
-# Debian's mosquitto (real broker for the tests) and gcc (compiles the C reference encoder).
+# Debian's mosquitto (real broker for the tests), gcc and g++ (compile the C encoder and the Arduino sketch on the host) and openssl (test CA).
 system-deps:
 	@missing=""; \
 	 { command -v mosquitto || test -x /usr/sbin/mosquitto; } >/dev/null 2>&1 || missing="$$missing mosquitto"; \
 	 command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	 command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
+	 command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	 if [ -n "$$missing" ]; then \
 	   echo "installing Debian packages:$$missing"; \
 	   $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

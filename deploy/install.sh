@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Install the condition-monitor edge agent on Raspberry Pi OS (Debian bookworm or later).
+#
+#   sudo deploy/install.sh [--bundle DIR] [--with-broker] [--no-start] [--dry-run]
+#
+# Creates the cm-edge system user, a venv in /opt/cm-edge with only the `edge` extra (no TensorFlow),
+# /etc/cm/edge.toml from the example (an existing config is never overwritten), /var/lib/cm-edge, and the
+# systemd unit, then enables the service. Safe to run again: every step checks before it changes anything,
+# so re-running upgrades the package in place. --dry-run prints the steps without changing the system.
+set -euo pipefail
+
+PREFIX=/opt/cm-edge
+CONFIG_DIR=/etc/cm
+STATE_DIR=/var/lib/cm-edge
+SERVICE_USER=cm-edge
+UNIT=/etc/systemd/system/cm-edge.service
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+DRY_RUN=0
+START=1
+BUNDLE=""
+WITH_BROKER=0
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --dry-run) DRY_RUN=1 ;;
+        --no-start) START=0 ;;
+        --with-broker) WITH_BROKER=1 ;;
+        --bundle)
+            [[ $# -ge 2 ]] || { echo "install.sh: --bundle needs a directory" >&2; exit 2; }
+            BUNDLE="$2"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "install.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+step() { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+run() {
+    if [[ $DRY_RUN -eq 1 ]]; then
+        printf '    + %s\n' "$*"
+    else
+        "$@"
+    fi
+}
+
+[[ -f "$SRC/pyproject.toml" ]] || { echo "install.sh: $SRC/pyproject.toml not found: run it from the source tree" >&2; exit 1; }
+if [[ -n "$BUNDLE" && ! -f "$BUNDLE/model_card.json" ]]; then
+    echo "install.sh: --bundle $BUNDLE: expected a bundle directory holding model_card.json" >&2; exit 1
+fi
+if [[ $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
+    echo "install.sh: run as root (sudo), or with --dry-run to see the steps" >&2; exit 1
+fi
+[[ $DRY_RUN -eq 1 ]] && step "dry run: nothing is changed"
+
+step "system packages"
+packages=(python3 python3-venv)
+[[ $WITH_BROKER -eq 1 ]] && packages+=(mosquitto mosquitto-clients)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    run apt-get update
+    run apt-get install -y --no-install-recommends "${missing[@]}"
+else
+    note "already installed: ${packages[*]}"
+fi
+
+step "service user $SERVICE_USER (member of dialout for the serial port)"
+if id "$SERVICE_USER" >/dev/null 2>&1; then
+    note "exists"
+    id -nG "$SERVICE_USER" | grep -qw dialout || run usermod -a -G dialout "$SERVICE_USER"
+else
+    run useradd --system --user-group --groups dialout --home-dir "$STATE_DIR" --no-create-home \
+        --shell /usr/sbin/nologin "$SERVICE_USER"
+fi
+
+step "virtual environment $PREFIX/venv with condition-monitor[edge]"
+[[ -x "$PREFIX/venv/bin/python" ]] || run python3 -m venv "$PREFIX/venv"
+run "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
+run "$PREFIX/venv/bin/pip" install --quiet --upgrade "$SRC[edge]"
+run install -d -m 0755 "$PREFIX/deploy"
+run install -m 0644 "$SRC/deploy/README.md" "$SRC/deploy/99-cm-sensor.rules" "$SRC/deploy/edge.example.toml" \
+    "$PREFIX/deploy/"
+
+step "configuration $CONFIG_DIR/edge.toml"
+run install -d -m 0755 "$CONFIG_DIR"
+if [[ -e "$CONFIG_DIR/edge.toml" ]]; then
+    note "kept the existing $CONFIG_DIR/edge.toml (the new example is $PREFIX/deploy/edge.example.toml)"
+else
+    run install -m 0640 -o root -g "$SERVICE_USER" "$SRC/deploy/edge.example.toml" "$CONFIG_DIR/edge.toml"
+fi
+
+step "state directory $STATE_DIR (outbox, recordings, model bundle)"
+run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR"
+if [[ -n "$BUNDLE" ]]; then
+    # Copy beside the old bundle, then swap, so a half-copied bundle is never the live one.
+    run rm -rf "$STATE_DIR/bundle.new" "$STATE_DIR/bundle.old"
+    run cp -r "$BUNDLE" "$STATE_DIR/bundle.new"
+    run chown -R "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR/bundle.new"
+    [[ -e "$STATE_DIR/bundle" ]] && run mv "$STATE_DIR/bundle" "$STATE_DIR/bundle.old"
+    run mv "$STATE_DIR/bundle.new" "$STATE_DIR/bundle"
+    run rm -rf "$STATE_DIR/bundle.old"
+fi
+
+if [[ $WITH_BROKER -eq 1 ]]; then
+    step "Mosquitto on this Pi: /etc/mosquitto/conf.d/cm.conf and /etc/mosquitto/cm.acl"
+    run install -m 0644 "$SRC/deploy/mosquitto/cm.conf" /etc/mosquitto/conf.d/cm.conf
+    run install -m 0644 "$SRC/deploy/mosquitto/acl" /etc/mosquitto/cm.acl
+    if [[ ! -e /etc/mosquitto/cm.passwd ]]; then
+        run install -m 0640 -o root -g mosquitto /dev/null /etc/mosquitto/cm.passwd
+    fi
+    note "add users, then restart the broker:"
+    note "  sudo mosquitto_passwd /etc/mosquitto/cm.passwd <device_id>    # and homeassistant"
+    note "  sudo systemctl restart mosquitto"
+fi
+
+step "systemd unit $UNIT"
+run install -m 0644 "$SRC/deploy/cm-edge.service" "$UNIT"
+run systemctl daemon-reload
+run systemctl enable cm-edge.service
+
+step "check the configuration and the bundle"
+if [[ $DRY_RUN -eq 1 ]]; then
+    run runuser -u "$SERVICE_USER" -- "$PREFIX/venv/bin/cm-edge" --config "$CONFIG_DIR/edge.toml" --check
+elif runuser -u "$SERVICE_USER" -- "$PREFIX/venv/bin/cm-edge" --config "$CONFIG_DIR/edge.toml" --check; then
+    if [[ $START -eq 1 ]]; then
+        run systemctl restart cm-edge.service
+        note "started: journalctl -u cm-edge -f"
+    fi
+else
+    note "not started: edit $CONFIG_DIR/edge.toml (and install a bundle with --bundle DIR), then"
+    note "  sudo systemctl start cm-edge && journalctl -u cm-edge -f"
+fi
+note "serial port: see $PREFIX/deploy/99-cm-sensor.rules for a stable /dev/cm-sensor"

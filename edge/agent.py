@@ -1,0 +1,202 @@
+"""cm-edge: the agent that runs beside the machine.
+
+serial link → frames → snapshots → pipeline (sensor checks, features, model, detector) → MQTT, with every
+alert committed to the outbox before it is published. Start-up refuses a config, a bundle or a sensor
+stream that do not agree, and says which values differ.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from edge.bundle import Bundle, BundleError, load_bundle
+from edge.config import AgentConfig, ConfigError, load_config
+from edge.detector import DetectorSettings, State
+from edge import messages
+from edge.messages import ModelRef, Reading
+from edge.outbox import Outbox, OutboxError
+from edge.pipeline import Pipeline
+from edge.publisher import Publisher, PublisherError
+from edge.recorder import Recorder
+from edge.snapshot import SnapshotAssembler
+from firmware_bridge.frame import Frame, FrameType
+from firmware_bridge.link import SerialLink
+
+log = logging.getLogger("cm-edge")
+
+
+class MismatchError(ValueError):
+    """The bundle does not fit the config or the sensor's frames."""
+
+
+def check_bundle_against_config(config: AgentConfig, bundle: Bundle) -> None:
+    spec = bundle.card.feature_spec
+    expected = config.sensor
+    pairs = [("channels", expected.channels, spec.channels),
+             ("sample_rate_hz", expected.sample_rate_hz, spec.sample_rate_hz),
+             ("snapshot_samples", expected.snapshot_samples, spec.snapshot_samples)]
+    for key, configured, carded in pairs:
+        if configured is not None and configured != carded:
+            raise MismatchError(f"{config.path}: sensor.{key} is {_show(configured)} but the bundle "
+                                f"{bundle.path} was trained for {_show(carded)}")
+
+
+def check_frame(frame: Frame, bundle: Bundle, port: str) -> None:
+    spec = bundle.card.feature_spec
+    header = frame.header
+    if header.channels != len(spec.channels):
+        raise MismatchError(f"frames from {port} carry {header.channels} channels but the bundle {bundle.path} "
+                            f"expects {len(spec.channels)} ({', '.join(spec.channels)})")
+    if header.sample_rate_hz != spec.sample_rate_hz:
+        raise MismatchError(f"frames from {port} are sampled at {header.sample_rate_hz} Hz but the bundle "
+                            f"{bundle.path} expects {spec.sample_rate_hz} Hz")
+
+
+def _show(value: object) -> str:
+    return ", ".join(value) if isinstance(value, tuple) else str(value)
+
+
+def detector_settings(config: AgentConfig, bundle: Bundle) -> DetectorSettings:
+    """The model card's settings, with the config's overrides on top."""
+    return replace(bundle.card.detector, **config.detector.given())
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, bundle: Bundle) -> None:
+        self.config = config
+        self.bundle = bundle
+        settings = detector_settings(config, bundle)
+        self.thresholds = (settings.warning_threshold, settings.alarm_threshold)
+        self.pipeline = Pipeline(bundle, settings)
+        self.assembler = SnapshotAssembler(bundle.card.feature_spec.snapshot_samples)
+        self.model = ModelRef(bundle.card.id, bundle.card.model_sha256)
+        self.outbox = Outbox(config.outbox_path)
+        self.publisher = Publisher(config.mqtt, self.outbox)
+        self.recorder = Recorder(config.recorder) if config.recorder.enabled else None
+        self.link = SerialLink(config.serial.port, baudrate=config.serial.baudrate)
+        self._since_us: int | None = None
+        self._started = time.monotonic()
+        self._scored_once = False
+
+    def run(self, stop: threading.Event) -> int:
+        self.publisher.start()
+        log.info("agent %s started: port %s, bundle %s (model %s), %d alert(s) pending in the outbox",
+                 self.config.device_id, self.config.serial.port, self.bundle.path, self.model.id, self.publisher.pending())
+        next_counters = time.monotonic() + self.config.counters_interval_s
+        try:
+            for frame in self.link.frames(stop):
+                self.on_frame(frame)
+                if time.monotonic() >= next_counters:
+                    log.info("counters: %s", " ".join(f"{k}={v}" for k, v in self.counters().items()))
+                    next_counters = time.monotonic() + self.config.counters_interval_s
+        except MismatchError as error:
+            log.error("%s", error)
+            return 2
+        finally:
+            self.link.close()
+            self.publisher.stop()
+            self.outbox.close()
+        return 0
+
+    def on_frame(self, frame: Frame) -> None:
+        if frame.header.frame_type == FrameType.STATUS:
+            log.info("sensor status: %s", frame.message)
+            return
+        check_frame(frame, self.bundle, self.config.serial.port)
+        discarded = self.assembler.discarded
+        snapshots = self.assembler.add(frame)
+        for _ in range(self.assembler.discarded - discarded):
+            log.warning("snapshot discarded: gap in the sample index at frame %d (sample %d)",
+                        frame.header.sequence, frame.header.first_sample)
+            transition = self.pipeline.missing()
+            if transition is not None:
+                self.on_missing(transition, frame)
+        for snapshot in snapshots:
+            reading, transition = self.pipeline.process(snapshot)
+            self.publish(reading, transition)
+            if self.recorder is not None:
+                self.recorder.save(snapshot)
+
+    def on_missing(self, transition, frame: Frame) -> None:
+        reading = Reading(capture_time_us=frame.header.capture_time_us, snapshot=-1, features=None, score=None,
+                          channel_errors=None, state=transition.state, reason=transition.reason)
+        self.publish_transition(reading, transition)
+
+    def publish(self, reading: Reading, transition) -> None:
+        channels = self.pipeline.channels
+        if reading.score is not None and not self._scored_once:
+            self._scored_once = True
+            log.info("first snapshot scored %.2f s after start", time.monotonic() - self._started)
+        if transition is not None:
+            self.publish_transition(reading, transition)
+        elif self._since_us is None:
+            self._since_us = reading.capture_time_us
+            self.publisher.publish_state(messages.state(self.config.device_id, reading, self._since_us, channels, self.model))
+        self.publisher.publish_telemetry(messages.telemetry(self.config.device_id, reading, channels, self.counters()))
+
+    def publish_transition(self, reading: Reading, transition) -> None:
+        channels = self.pipeline.channels
+        alert = messages.alert(self.config.device_id, transition, reading, channels, self.thresholds, self.model)
+        self.publisher.publish_alert(alert)
+        self._since_us = reading.capture_time_us
+        self.publisher.publish_state(messages.state(self.config.device_id, reading, self._since_us, channels, self.model))
+        log.log(logging.WARNING if transition.state != State.NORMAL else logging.INFO,
+                "%s -> %s at %s (score %s, top channel %s%s)", transition.previous_state, transition.state,
+                alert["timestamp"], alert["score"], alert["top_channel"],
+                f", {transition.reason}" if transition.reason else "")
+
+    def counters(self) -> dict[str, int]:
+        stats = self.link.stats
+        return {
+            "frames": stats.frames, "crc_errors": stats.crc_errors, "malformed": stats.malformed,
+            "resyncs": stats.resyncs, "sequence_gaps": stats.sequence_gaps, "bytes_dropped": stats.bytes_dropped,
+            "snapshots": self.assembler.completed, "snapshots_discarded": self.assembler.discarded,
+            "alerts_pending": self.publisher.pending(),
+        }
+
+
+def prepare(config_path: str) -> tuple[AgentConfig, Bundle]:
+    config = load_config(config_path)
+    bundle = load_bundle(config.bundle)
+    check_bundle_against_config(config, bundle)
+    return config, bundle
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cm-edge", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="the agent's TOML config, e.g. /etc/cm/edge.toml")
+    parser.add_argument("--check", action="store_true", help="validate the config and the bundle, then exit")
+    args = parser.parse_args(argv)
+    # journald adds its own timestamps; stdout keeps the agent free of log files on a read-only system.
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config, bundle = prepare(args.config)
+    except (ConfigError, BundleError, MismatchError) as error:
+        log.error("%s", error)
+        return 2
+    logging.getLogger().setLevel(config.log_level)
+    if args.check:
+        spec = bundle.card.feature_spec
+        print(f"{args.config}: OK: device {config.device_id}, bundle {bundle.path} ({len(spec.channels)} channels "
+              f"at {spec.sample_rate_hz} Hz, snapshots of {spec.snapshot_samples}, window {spec.window}), "
+              f"broker {config.mqtt.host}:{config.mqtt.port}")
+        return 0
+    try:
+        agent = Agent(config, bundle)
+    except (PublisherError, OutboxError) as error:
+        log.error("%s", error)
+        return 2  # the unit's RestartPreventExitStatus: a broken setup is not fixed by restarting
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return agent.run(stop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

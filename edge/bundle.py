@@ -1,0 +1,261 @@
+"""The model bundle: a directory with the int8 model, its float32 twin and the model card that describes them.
+
+The card is the contract between trainer and agent: which features in which order, how they are scaled,
+which thresholds and debounce settings apply, and the sha256 of the model file, so the agent never scores
+with a model the card does not describe. Loading errors name the file and key and what was expected.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.detector import DetectorSettings
+
+SCHEMA_VERSION = 1
+CARD_FILE = "model_card.json"
+INT8_MODEL_FILE = "model_int8.tflite"
+FLOAT_MODEL_FILE = "model_float32.tflite"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message names the file and key and what was expected."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    feature_set: str
+    channels: tuple[str, ...]
+    sample_rate_hz: int
+    snapshot_samples: int
+    window: int
+
+
+@dataclass(frozen=True)
+class Scaler:
+    minimum: tuple[float, ...]
+    maximum: tuple[float, ...]
+    _offset: np.ndarray = field(init=False, repr=False, compare=False)
+    _factor: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        low = np.asarray(self.minimum, dtype=np.float64)
+        span = np.asarray(self.maximum, dtype=np.float64) - low
+        # A channel that never moved in training keeps unit span: scaling must not divide by zero.
+        object.__setattr__(self, "_offset", low)
+        object.__setattr__(self, "_factor", 1.0 / np.where(span > 0, span, 1.0))
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> Scaler:
+        """Min-max over the rows given (the training span only)."""
+        return cls(tuple(map(float, features.min(axis=0))), tuple(map(float, features.max(axis=0))))
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """Min-max scaling: the training span maps to [0, 1]; values outside it are kept, not clipped."""
+        return (np.asarray(features, dtype=np.float64) - self._offset) * self._factor
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    id: str
+    created: str
+    feature_spec: FeatureSpec
+    scaler: Scaler
+    warning_threshold: float
+    alarm_threshold: float
+    threshold_rule: str
+    detector: DetectorSettings
+    healthy_min: tuple[float, ...]
+    quantization: dict
+    provenance: dict
+    model_file: str
+    model_sha256: str
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "id": self.id,
+            "created": self.created,
+            "feature_spec": {**asdict(self.feature_spec), "channels": list(self.feature_spec.channels)},
+            "scaler": {"minimum": list(self.scaler.minimum), "maximum": list(self.scaler.maximum)},
+            "warning_threshold": self.warning_threshold,
+            "alarm_threshold": self.alarm_threshold,
+            "threshold_rule": self.threshold_rule,
+            "detector": asdict(self.detector),
+            "healthy_min": list(self.healthy_min),
+            "quantization": self.quantization,
+            "provenance": self.provenance,
+            "model_file": self.model_file,
+            "model_sha256": self.model_sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = CARD_FILE) -> ModelCard:
+        """Validate and build a card; a BundleError names `source` and the key that is wrong."""
+        card = _Reader(source)
+        root = card.mapping(data, "")
+        version = card.integer(root, "schema_version", minimum=1)
+        if version != SCHEMA_VERSION:
+            raise BundleError(f"{source}: schema_version: expected {SCHEMA_VERSION}, got {version}")
+        spec_data = card.mapping(card.get(root, "feature_spec"), "feature_spec")
+        channels = card.strings(spec_data, "feature_spec.channels")
+        spec = FeatureSpec(
+            feature_set=card.string(spec_data, "feature_spec.feature_set"),
+            channels=channels,
+            # 0: trained from a features table, which records no raw sampling.
+            sample_rate_hz=card.integer(spec_data, "feature_spec.sample_rate_hz", minimum=0),
+            snapshot_samples=card.integer(spec_data, "feature_spec.snapshot_samples", minimum=0),
+            window=card.integer(spec_data, "feature_spec.window", minimum=1),
+        )
+        scaler_data = card.mapping(card.get(root, "scaler"), "scaler")
+        scaler = Scaler(
+            minimum=card.numbers(scaler_data, "scaler.minimum", len(channels)),
+            maximum=card.numbers(scaler_data, "scaler.maximum", len(channels)),
+        )
+        warning = card.number(root, "warning_threshold")
+        alarm = card.number(root, "alarm_threshold")
+        detector_data = card.mapping(card.get(root, "detector"), "detector")
+        detector = card.detector(detector_data, warning, alarm)
+        return cls(
+            id=card.string(root, "id"),
+            created=card.string(root, "created"),
+            feature_spec=spec,
+            scaler=scaler,
+            warning_threshold=warning,
+            alarm_threshold=alarm,
+            threshold_rule=card.string(root, "threshold_rule"),
+            detector=detector,
+            healthy_min=card.numbers(root, "healthy_min", len(channels)),
+            quantization=card.mapping(card.get(root, "quantization"), "quantization"),
+            provenance=card.mapping(card.get(root, "provenance"), "provenance"),
+            model_file=card.string(root, "model_file"),
+            model_sha256=card.string(root, "model_sha256"),
+            schema_version=version,
+        )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    card: ModelCard
+    model_path: Path
+
+    @property
+    def float_model_path(self) -> Path:
+        return self.path / FLOAT_MODEL_FILE
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_card(card: ModelCard, directory: Path) -> Path:
+    path = Path(directory) / CARD_FILE
+    path.write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and validate a bundle directory; the model file must match the card's sha256."""
+    directory = Path(path)
+    card_path = directory / CARD_FILE
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: expected a bundle directory holding {CARD_FILE}")
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{card_path}: missing: a bundle needs a model card") from None
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{card_path}:{error.lineno}: not valid JSON: {error.msg}") from None
+    card = ModelCard.from_dict(data, source=str(card_path))
+    model_path = directory / card.model_file
+    if Path(card.model_file).name != card.model_file:
+        raise BundleError(f"{card_path}: model_file: expected a file name inside the bundle, got {card.model_file!r}")
+    if not model_path.is_file():
+        raise BundleError(f"{card_path}: model_file: {model_path} does not exist")
+    actual = file_sha256(model_path)
+    if actual != card.model_sha256:
+        raise BundleError(
+            f"{model_path}: sha256 mismatch: {CARD_FILE} model_sha256 is {card.model_sha256}, "
+            f"the file's is {actual}"
+        )
+    return Bundle(path=directory, card=card, model_path=model_path)
+
+
+class _Reader:
+    """Typed access to the card's JSON with errors that name the key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, expected: str, value: Any) -> BundleError:
+        return BundleError(f"{self.source}: {key}: expected {expected}, got {value!r}")
+
+    def mapping(self, value: Any, key: str) -> dict:
+        if not isinstance(value, Mapping):
+            raise self.fail(key or "(top level)", "a JSON object", value)
+        return dict(value)
+
+    def get(self, data: Mapping, key: str) -> Any:
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf not in data:
+            raise BundleError(f"{self.source}: {key}: missing")
+        return data[leaf]
+
+    def string(self, data: Mapping, key: str) -> str:
+        value = self.get(data, key)
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, "a non-empty string", value)
+        return value
+
+    def strings(self, data: Mapping, key: str) -> tuple[str, ...]:
+        value = self.get(data, key)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, "a non-empty list of names", value)
+        return tuple(value)
+
+    def integer(self, data: Mapping, key: str, minimum: int) -> int:
+        value = self.get(data, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise self.fail(key, expected, value)
+        return value
+
+    def number(self, data: Mapping, key: str) -> float:
+        value = self.get(data, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(key, "a finite number", value)
+        return float(value)
+
+    def numbers(self, data: Mapping, key: str, count: int) -> tuple[float, ...]:
+        value = self.get(data, key)
+        ok = isinstance(value, list) and len(value) == count
+        if ok and all(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+            return tuple(float(v) for v in value)
+        raise self.fail(key, f"a list of {count} finite numbers (one per channel)", value)
+
+    def detector(self, data: Mapping, warning: float, alarm: float) -> DetectorSettings:
+        for key, top in (("warning_threshold", warning), ("alarm_threshold", alarm)):
+            if key in data and self.number(data, f"detector.{key}") != top:
+                raise self.fail(f"detector.{key}", f"the same value as {key} ({top})", data[key])
+        counts = {name: self.integer(data, f"detector.{name}", minimum=1) for name in ("k", "n", "clear_after", "fault_after")}
+        try:
+            return DetectorSettings(warning_threshold=warning, alarm_threshold=alarm, **counts)
+        except ValueError as error:
+            raise BundleError(f"{self.source}: detector: {error}") from None
+
+
+def check_channels(card: ModelCard, names: Sequence[str], source: str) -> None:
+    """The incoming channels must be the card's, in the card's order."""
+    if tuple(names) != card.feature_spec.channels:
+        raise BundleError(
+            f"{source}: channels {list(names)} do not match the model card's feature_spec.channels "
+            f"{list(card.feature_spec.channels)}"
+        )

@@ -1,0 +1,317 @@
+"""MQTT publishing (paho-mqtt 2.x) with the outbox as the single source of truth for alerts.
+
+Topics under `{prefix}/{device_id}/` follow Home Assistant's conventions: `status` is the retained
+availability ("online", and "offline" as the last will), `state` the retained health state, `alert` one
+QoS 1 event per state transition, `telemetry` one QoS 0 record per snapshot.
+
+Why paho's own queue is not trusted with alerts: paho keeps unacknowledged QoS 1 messages in memory only
+and re-sends them after a reconnect, so a restart of the agent loses them, and a message published while
+the link is down but before paho noticed sits in paho's queue next to the outbox copy. So every alert is
+committed to the outbox first; on each (re)connect paho's in-flight queue is dropped (`drop_out_messages`)
+and the outbox is re-published in order, and an alert leaves the outbox only in `on_publish`, i.e. after
+the broker's PUBACK. The session is clean on every connect (we subscribe to nothing, and a persistent
+session would only make the broker hold state the outbox already holds). The price is an occasional
+duplicate after a reconnect (an alert whose PUBACK was lost); consumers de-duplicate by the alert's `id`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+
+
+class PublisherError(ValueError):
+    """The MQTT settings cannot be used (e.g. an unreadable password file); the message names it."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str
+    device_id: str
+    port: int = 1883
+    topic_prefix: str = "cm"
+    client_id: str | None = None  # default: cm-edge-{device_id}
+    username: str | None = None
+    password_file: str | None = None  # the secret is read from this file, never from the config itself
+    tls_ca: str | None = None  # TLS is on when tls_ca or tls_cert is set
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_insecure: bool = False  # skip the host name check (self-signed broker certs addressed by IP)
+    keepalive: int = 30
+    protocol: str = "5"  # "5" or "3.1.1"
+    reconnect_min: float = 1.0  # seconds; paho doubles the delay after each failed attempt up to reconnect_max
+    reconnect_max: float = 60.0
+
+
+@dataclass(frozen=True)
+class Topics:
+    status: str
+    state: str
+    alert: str
+    telemetry: str
+
+
+def topics(prefix: str, device_id: str) -> Topics:
+    base = f"{prefix}/{device_id}"
+    return Topics(status=f"{base}/status", state=f"{base}/state", alert=f"{base}/alert",
+                  telemetry=f"{base}/telemetry")
+
+
+def read_password(path: str | Path) -> str:
+    """The secret in `path`, without its trailing newline. Errors name the file, never the content."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise PublisherError(f"{path}: cannot read the MQTT password file: {reason}") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise PublisherError(f"{path}: the MQTT password file is empty")
+    return secret
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    # allow_nan=False: NaN is not JSON, and a consumer choking on it is worse than a clear error here.
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+_paho = logging.getLogger(f"{__name__}.paho")
+
+
+def _paho_log(client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+    # paho reports every failed retry at ERROR; the outage is already logged once by the publisher, so its
+    # chatter goes to DEBUG, except an exception raised in one of our callbacks, which is a bug.
+    _paho.log(logging.ERROR if text.startswith("Caught exception") else logging.DEBUG, "%s", text)
+
+
+class Publisher:
+    """Publishes the agent's messages; alerts go through the outbox and survive outages and restarts."""
+
+    def __init__(self, config: MqttConfig, outbox: Outbox) -> None:
+        if config.protocol not in PROTOCOLS:
+            raise PublisherError(f"mqtt.protocol: expected \"5\" or \"3.1.1\", got {config.protocol!r}")
+        self.config = config
+        self.outbox = outbox
+        self.topics = topics(config.topic_prefix, config.device_id)
+        # _send_lock orders alert publishing against the flush in on_connect. _ack_lock guards the mid map
+        # and is never held while calling into paho: on_publish runs with paho's message mutex held.
+        self._send_lock = threading.Lock()
+        self._ack_lock = threading.Condition()
+        self._in_flight: dict[int, int | None] = {}  # paho mid -> outbox id (None: not an outbox message)
+        self._early_acks: set[int] = set()  # PUBACKs that beat the registration of their mid
+        self._online = False
+        self._last_state: bytes | None = None
+        self._outage_reported = False
+        self._outage_started: float | None = None
+        self._failed_attempts = 0
+        self._dropped_telemetry = 0
+        self._client = self._make_client()
+
+    # -- setup -------------------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        config = self.config
+        protocol = PROTOCOLS[config.protocol]
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id or f"cm-edge-{config.device_id}",
+                             protocol=protocol, clean_session=True if protocol == mqtt.MQTTv311 else None)
+        # An exception in a callback must not kill the network thread; paho reports it through on_log.
+        client.suppress_exceptions = True
+        client.on_log = _paho_log
+        if config.username is not None:
+            password = read_password(config.password_file) if config.password_file else None
+            client.username_pw_set(config.username, password)
+        if config.tls_ca or config.tls_cert:
+            try:
+                client.tls_set(ca_certs=config.tls_ca, certfile=config.tls_cert, keyfile=config.tls_key)
+            except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+                files = ", ".join(f for f in (config.tls_ca, config.tls_cert, config.tls_key) if f)
+                raise PublisherError(f"{files}: cannot load the TLS certificates: {error}") from None
+            client.tls_insecure_set(config.tls_insecure)
+        client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
+        client.reconnect_delay_set(config.reconnect_min, config.reconnect_max)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def start(self) -> None:
+        """Connect in the background; retries forever with exponential back-off."""
+        kwargs: dict[str, Any] = {"clean_start": True} if self.config.protocol == "5" else {}
+        self._client.connect_async(self.config.host, self.config.port, self.config.keepalive, **kwargs)
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Give in-flight alerts `timeout` seconds, announce "offline", disconnect. Unsent alerts stay stored."""
+        if self._online:
+            self.wait_for_flush(timeout)
+            info = self._client.publish(self.topics.status, OFFLINE, qos=1, retain=True)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                try:
+                    info.wait_for_publish(timeout)
+                except RuntimeError:
+                    pass  # the connection went away meanwhile; the last will says "offline" instead
+        with self._send_lock:
+            self._online = False
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- publishing --------------------------------------------------------------------------------------
+    def publish_alert(self, payload: dict[str, Any]) -> int:
+        """Commit the alert to the outbox, then publish it (QoS 1) if connected. Returns its outbox id."""
+        data = encode(payload)
+        with self._send_lock:
+            item_id = self.outbox.add(self.topics.alert, data, qos=1)
+            if self._online:
+                self._send(self.topics.alert, data, 1, False, item_id)
+        return item_id
+
+    def publish_state(self, payload: dict[str, Any]) -> None:
+        """Retained QoS 1; while offline only the latest state is kept and sent on the next connect."""
+        data = encode(payload)
+        with self._send_lock:
+            self._last_state = data
+            if self._online:
+                self._send(self.topics.state, data, 1, True, None)
+
+    def publish_telemetry(self, payload: dict[str, Any]) -> bool:
+        """QoS 0, fire and forget: dropped (and counted) while offline. Returns whether it was sent."""
+        data = encode(payload)
+        with self._send_lock:
+            if self._online:
+                self._send(self.topics.telemetry, data, 0, False, None)
+                return True
+        self._dropped_telemetry += 1
+        return False
+
+    def _send(self, topic: str, data: bytes, qos: int, retain: bool, item_id: int | None) -> None:
+        """Hand a message to paho and remember which outbox item its mid stands for. Caller holds _send_lock."""
+        info = self._client.publish(topic, data, qos=qos, retain=retain)
+        with self._ack_lock:
+            if info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+                self._acknowledged(item_id)
+            else:
+                self._in_flight[info.mid] = item_id
+
+    def _acknowledged(self, item_id: int | None) -> None:
+        """Caller holds _ack_lock."""
+        if item_id is not None:
+            self.outbox.remove(item_id)
+            self._ack_lock.notify_all()
+
+    # -- state -------------------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._online
+
+    def pending(self) -> int:
+        """Alerts stored but not yet acknowledged by the broker."""
+        return len(self.outbox)
+
+    @property
+    def failed_attempts(self) -> int:
+        """Connection attempts that failed since start (diagnostics)."""
+        return self._failed_attempts
+
+    @property
+    def dropped_telemetry(self) -> int:
+        return self._dropped_telemetry
+
+    def wait_for_flush(self, timeout: float) -> bool:
+        """Block until the outbox is empty (every alert acknowledged); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._ack_lock:
+            while len(self.outbox) > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._ack_lock.wait(min(remaining, 0.5))
+        return True
+
+    # -- paho callbacks (network thread) -----------------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                    reason: mqtt.ReasonCode, properties: Any) -> None:
+        if reason.is_failure:
+            self._report_outage(logging.ERROR, f"MQTT broker {self._where()} refused the connection: {reason}"
+                                + (" (check mqtt.username and mqtt.password_file)" if "auth" in str(reason).lower()
+                                   or "password" in str(reason).lower() else ""))
+            return
+        with self._send_lock:
+            # Whatever paho still holds from the previous connection is also in the outbox (alerts) or
+            # superseded (state); re-sending it from paho too would duplicate and could reorder.
+            client.drop_out_messages()
+            with self._ack_lock:
+                self._in_flight.clear()
+                self._early_acks.clear()
+            self._send(self.topics.status, ONLINE, 1, True, None)
+            pending = self.outbox.pending()
+            for item in pending:
+                self._send(item.topic, item.payload, item.qos, item.retain, item.id)
+            if self._last_state is not None:
+                self._send(self.topics.state, self._last_state, 1, True, None)
+            self._online = True
+        if self._outage_reported and self._outage_started is not None:
+            log.info("connected to MQTT broker %s after %.0f s; re-sending %d stored alert(s)", self._where(),
+                     time.monotonic() - self._outage_started, len(pending))
+        else:
+            log.info("connected to MQTT broker %s as %s; %d stored alert(s) to send", self._where(),
+                     self.config.username or "anonymous", len(pending))
+        self._outage_reported = False
+        self._outage_started = None
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError`, so the exception is still the one being handled.
+        error = sys.exc_info()[1]
+        self._report_outage(logging.WARNING, f"cannot connect to MQTT broker {self._where()}: "
+                            f"{error or 'connection failed'}")
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason: mqtt.ReasonCode, properties: Any) -> None:
+        with self._send_lock:
+            was_online, self._online = self._online, False
+        if was_online and reason.is_failure:
+            self._report_outage(logging.WARNING, f"lost the connection to MQTT broker {self._where()}: {reason}")
+
+    def _report_outage(self, level: int, message: str) -> None:
+        """Log the first problem of an outage at `level`, the retries at DEBUG: one line per outage."""
+        self._failed_attempts += 1
+        if self._outage_started is None:
+            self._outage_started = time.monotonic()
+        if self._outage_reported:
+            log.debug("%s", message)
+            return
+        self._outage_reported = True
+        log.log(level, "%s; retrying every %g-%g s, alerts wait in the outbox (%d pending)", message,
+                self.config.reconnect_min, self.config.reconnect_max, len(self.outbox))
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: mqtt.ReasonCode,
+                    properties: Any) -> None:
+        with self._ack_lock:
+            if mid not in self._in_flight:
+                self._early_acks.add(mid)
+                return
+            item_id = self._in_flight.pop(mid)
+            if reason.is_failure:
+                # A refusal (e.g. the ACL denies the topic) is permanent: re-sending forever helps nobody.
+                log.error("MQTT broker %s refused message %d on its topic: %s; dropped", self._where(),
+                          item_id if item_id is not None else mid, reason)
+            self._acknowledged(item_id)
+
+    def _where(self) -> str:
+        return f"{self.config.host}:{self.config.port}"

@@ -1,0 +1,47 @@
+"""The recorder: keeps snapshots as IMS-format files, so users collect healthy data for training on the
+very pipeline that will score it (`cm-train fit RECORDER_DIR` reads them like any IMS directory).
+"""
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import numpy as np
+
+from edge.config import RecorderConfig
+from edge.snapshot import Snapshot
+from firmware_bridge.ims import IMS_SCALE, list_ims_files, write_ims_file
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    def __init__(self, config: RecorderConfig) -> None:
+        self.config = config
+        self.quota_bytes = int(config.quota_mb * 1024 * 1024)
+        config.directory.mkdir(parents=True, exist_ok=True)
+        self._files = [f.path for f in list_ims_files(config.directory)]  # oldest first
+        self._bytes = sum(path.stat().st_size for path in self._files)
+        self._last_us: int | None = None
+
+    def save(self, snapshot: Snapshot) -> None:
+        """Writes the snapshot when `interval_s` of capture time has passed since the last one kept."""
+        if self._last_us is not None and snapshot.capture_time_us - self._last_us < self.config.interval_s * 1e6:
+            return
+        counts = snapshot.counts
+        if not np.isclose(snapshot.scale, IMS_SCALE):
+            # IMS files hold thousandths of a g: rescale other sensors' counts to that unit.
+            counts = np.clip(np.rint(counts * (snapshot.scale / IMS_SCALE)), -32768, 32767).astype(np.int16)
+        moment = datetime.fromtimestamp(snapshot.capture_time_us / 1e6, UTC)
+        path = write_ims_file(self.config.directory, moment, counts)
+        self._last_us = snapshot.capture_time_us
+        self._files.append(path)
+        self._bytes += path.stat().st_size
+        self._enforce_quota()
+
+    def _enforce_quota(self) -> None:
+        while self._bytes > self.quota_bytes and len(self._files) > 1:
+            oldest = self._files.pop(0)
+            self._bytes -= oldest.stat().st_size
+            oldest.unlink()
+            log.info("recorder quota of %.0f MB reached: removed %s", self.config.quota_mb, oldest.name)

@@ -1,0 +1,134 @@
+"""Scoring features with the bundle's TFLite model: the same code serves `cm-train evaluate` and the agent.
+
+The score is the mean absolute reconstruction error in scaled units, measured against the float scaled
+input rather than the int8-quantized one: the int8 input saturates at the edge of its range, so an input
+far beyond the training range would otherwise look like a modest one. Per-channel errors say which
+bearing is anomalous. No TensorFlow here: LiteRT (ai-edge-litert) or tflite-runtime only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.bundle import Bundle
+
+
+def load_interpreter(model_path: str | Path, num_threads: int = 1) -> Any:
+    """A TFLite interpreter with tensors allocated: ai_edge_litert first, tflite_runtime second."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise ImportError(
+                "no TFLite interpreter: install ai-edge-litert (pip install ai-edge-litert) or tflite-runtime"
+            ) from None
+    interpreter = Interpreter(model_path=str(model_path), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+@dataclass(frozen=True)
+class Score:
+    score: float
+    channel_errors: np.ndarray  # (channels,) mean absolute error per channel over the window
+
+
+@dataclass(frozen=True)
+class _Quantization:
+    """A tensor's affine int8 parameters; scale 0 means the tensor is float."""
+
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+    @classmethod
+    def of(cls, detail: dict) -> _Quantization:
+        scale, zero_point = detail["quantization"]
+        return cls(np.dtype(detail["dtype"]), float(scale), int(zero_point))
+
+    def quantize(self, values: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if self.scale == 0.0:
+            out[...] = values
+            return out
+        info = np.iinfo(self.dtype)
+        # Saturate instead of wrapping: a value beyond the range must stay at the range's edge.
+        np.clip(np.rint(values / self.scale + self.zero_point), info.min, info.max, out=values)
+        out[...] = values
+        return out
+
+    def dequantize(self, values: np.ndarray) -> np.ndarray:
+        if self.scale == 0.0:
+            return values.astype(np.float64)
+        return (values.astype(np.float64) - self.zero_point) * self.scale
+
+
+class Scorer:
+    """Scores windows of W raw feature vectors with one reused interpreter and preallocated buffers."""
+
+    def __init__(self, bundle: Bundle, model_path: Path | None = None, num_threads: int = 1) -> None:
+        card = bundle.card
+        self.window = card.feature_spec.window
+        self.channels = len(card.feature_spec.channels)
+        self._scaler = card.scaler
+        self._interpreter = load_interpreter(model_path or bundle.model_path, num_threads=num_threads)
+        (input_detail,) = self._interpreter.get_input_details()
+        (output_detail,) = self._interpreter.get_output_details()
+        expected = (1, self.window, self.channels)
+        if tuple(input_detail["shape"]) != expected or tuple(output_detail["shape"]) != expected:
+            raise ValueError(
+                f"{model_path or bundle.model_path}: model input/output shape {tuple(input_detail['shape'])}/"
+                f"{tuple(output_detail['shape'])} does not match the card's (1, window, channels) = {expected}"
+            )
+        self._input_index = input_detail["index"]
+        self._output_index = output_detail["index"]
+        self._input_q = _Quantization.of(input_detail)
+        self._output_q = _Quantization.of(output_detail)
+        self._input = np.zeros(expected, dtype=self._input_q.dtype)
+        self._scratch = np.zeros((self.window, self.channels), dtype=np.float64)
+
+    @property
+    def input_quantization(self) -> tuple[float, int]:
+        """(scale, zero_point) of the model's input tensor; scale 0 for a float model."""
+        return self._input_q.scale, self._input_q.zero_point
+
+    def score(self, features: np.ndarray) -> Score:
+        """features: (W, channels) raw features in g, oldest first."""
+        features = np.asarray(features, dtype=np.float64)
+        if features.shape != (self.window, self.channels):
+            raise ValueError(f"expected features of shape {(self.window, self.channels)}, got {features.shape}")
+        scaled = self._scaler.transform(features)
+        np.copyto(self._scratch, scaled)
+        self._input_q.quantize(self._scratch, self._input[0])
+        reconstruction = self._output_q.dequantize(self._invoke()[0])
+        errors = np.abs(reconstruction - scaled)
+        channel_errors = errors.mean(axis=0)
+        return Score(score=float(channel_errors.mean()), channel_errors=channel_errors)
+
+    def score_series(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, channels) raw features -> scores (N-W+1,) and per-channel errors (N-W+1, channels)."""
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[1] != self.channels:
+            raise ValueError(f"expected features of shape (N, {self.channels}), got {features.shape}")
+        count = features.shape[0] - self.window + 1
+        if count < 1:
+            return np.zeros(0), np.zeros((0, self.channels))
+        scaled = self._scaler.transform(features)
+        windows = np.lib.stride_tricks.sliding_window_view(scaled, self.window, axis=0).transpose(0, 2, 1)
+        quantized = np.empty(windows.shape, dtype=self._input_q.dtype)
+        self._input_q.quantize(windows.copy(), quantized)
+        reconstructions = np.empty(windows.shape, dtype=self._output_q.dtype)
+        for i in range(count):
+            self._input[0] = quantized[i]
+            reconstructions[i] = self._invoke()[0]
+        errors = np.abs(self._output_q.dequantize(reconstructions) - windows).mean(axis=1)
+        return errors.mean(axis=1), errors
+
+    def _invoke(self) -> np.ndarray:
+        self._interpreter.set_tensor(self._input_index, self._input)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output_index)

@@ -1,0 +1,73 @@
+"""Config validation: a bad config stops the agent at start with the key, the value and what was expected."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge.config import ConfigError, load_config
+
+GOOD = """
+device_id = "pump-7"
+[serial]
+port = "/dev/cm-sensor"
+[model]
+bundle = "bundle"
+[mqtt]
+host = "localhost"
+port = 1883
+[outbox]
+path = "outbox.sqlite"
+[detector]
+k = 2
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edge.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_loads_with_defaults_and_relative_paths(tmp_path):
+    config = load_config(write(tmp_path, GOOD))
+    assert config.device_id == "pump-7"
+    assert config.serial.baudrate == 921600
+    assert config.bundle == tmp_path / "bundle"  # relative to the config file
+    assert config.mqtt.topic_prefix == "cm" and config.mqtt.device_id == "pump-7"
+    assert config.detector.given() == {"k": 2}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("port = 1883", "port = \"abc\""), "mqtt.port: expected an integer, got 'abc'"),
+        (("port = 1883", "port = 70000"), "mqtt.port: expected a TCP port between 1 and 65535, got 70000"),
+        (("device_id = \"pump-7\"", "device_id = \"pump/7\""), "device_id: expected 1-64 letters"),
+        (("[detector]\nk = 2", "[detector]\nk = 0"), "detector.k: expected a positive integer, got 0"),
+        (("host = \"localhost\"", "hots = \"localhost\""), "mqtt.hots: unknown key (did you mean mqtt.host?)"),
+        (("[serial]\nport = \"/dev/cm-sensor\"", ""), "[serial]: required section is missing"),
+        (("[mqtt]", "[mqtt]\npassword_file = \"missing.txt\""), "mqtt.password_file: expected an existing readable file"),
+    ],
+)
+def test_bad_config_names_key_value_and_expectation(tmp_path, change, message):
+    old, new = change
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, GOOD.replace(old, new)))
+    assert message in str(error.value)
+    assert str(tmp_path / "edge.toml") in str(error.value)
+
+
+def test_not_toml_is_reported_with_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "device_id = \n"))
+
+
+def test_cm_edge_check_exits_nonzero_on_a_bad_config(tmp_path):
+    path = write(tmp_path, GOOD.replace("port = 1883", "port = -1"))
+    result = subprocess.run([sys.executable, "-m", "edge.agent", "--config", str(path), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "mqtt.port" in result.stdout + result.stderr

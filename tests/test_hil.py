@@ -1,0 +1,284 @@
+"""Hardware-in-the-loop replay, with real parts: a Mosquitto broker on loopback, a pseudo-terminal, cm-edge as
+a subprocess reading it with pyserial, cm-replay feeding a synthetic run to failure into it, and a paho
+subscriber. Every payload is validated against its JSON Schema.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from broker import Mosquitto, Subscriber
+from trained import make_synthetic_run, shared_bundle
+
+from edge.payloads import validate
+from firmware_bridge.ims import list_ims_files
+from firmware_bridge.replay import PtyPort, replay
+
+BIN = Path(sys.executable).parent
+DEVICE = "pump-7"
+FILES = 140  # the run shared_bundle() was fitted on (its healthy first half), plus a sensor dropout at the end
+TOPIC = f"cm/{DEVICE}"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    # Same seed and length as the shared bundle's training run; the dropout only changes the last 3 files.
+    return make_synthetic_run(tmp_path_factory.mktemp("run") / "run", files=FILES, dropout_at_end=True)
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    return shared_bundle()
+
+
+@pytest.fixture
+def broker(tmp_path) -> Iterator[Mosquitto]:
+    with Mosquitto(tmp_path / "broker", persistence=True) as running:
+        yield running
+
+
+def write_config(tmp_path: Path, broker: Mosquitto, bundle: Path, tty: Path) -> Path:
+    config = tmp_path / "edge.toml"
+    config.write_text(f"""device_id = "{DEVICE}"
+[serial]
+port = "{tty}"
+[model]
+bundle = "{bundle}"
+[mqtt]
+host = "127.0.0.1"
+port = {broker.port}
+[outbox]
+path = "{tmp_path / 'outbox.sqlite'}"
+[telemetry]
+counters_interval_s = 1
+""")
+    return config
+
+
+class Chain:
+    """cm-edge reading a pty that cm-replay (or the test) writes into."""
+
+    def __init__(self, tmp_path: Path, broker: Mosquitto, bundle: Path) -> None:
+        self.tmp_path = tmp_path
+        self.tty = tmp_path / "ttyREPLAY"
+        self.config = write_config(tmp_path, broker, bundle, self.tty)
+        self.log = tmp_path / "agent.log"
+        self.agent: subprocess.Popen | None = None
+
+    def start_agent(self) -> subprocess.Popen:
+        with self.log.open("ab") as log:
+            self.agent = subprocess.Popen([BIN / "cm-edge", "--config", self.config], stdout=log,
+                                          stderr=subprocess.STDOUT)
+        return self.agent
+
+    def replay(self, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([BIN / "cm-replay", run_dir, "--port", f"pty:{self.tty}", "--speed", "max",
+                               "--no-progress", *extra], capture_output=True, text=True, timeout=120)
+
+    def stop_agent(self) -> int:
+        assert self.agent is not None
+        if self.agent.poll() is None:
+            self.agent.send_signal(signal.SIGTERM)
+        return self.agent.wait(30)
+
+    def agent_log(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def chain(tmp_path, broker, bundle) -> Iterator[Chain]:
+    chain = Chain(tmp_path, broker, bundle)
+    yield chain
+    if chain.agent is not None and chain.agent.poll() is None:
+        chain.agent.kill()
+        chain.agent.wait()
+
+
+def payloads(subscriber: Subscriber, kind: str) -> list[dict]:
+    return [json.loads(p) for p in subscriber.on(f"{TOPIC}/{kind}")]
+
+
+def unique_alerts(subscriber: Subscriber) -> list[dict]:
+    """Alerts in arrival order, each once: consumers de-duplicate by id after a reconnect."""
+    seen: dict[str, dict] = {}
+    for alert in payloads(subscriber, "alert"):
+        seen.setdefault(alert["id"], alert)
+    return list(seen.values())
+
+
+def timeline(alerts: list[dict]) -> list[tuple[str, str, str]]:
+    return [(a["timestamp"], a["previous_state"], a["state"]) for a in alerts]
+
+
+def iso(moment) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+@pytest.fixture(scope="module")
+def reference(run_dir, bundle, tmp_path_factory) -> dict:
+    """One undisturbed replay of the whole run; the other tests compare their alerts with its alerts."""
+    tmp_path = tmp_path_factory.mktemp("reference")
+    with Mosquitto(tmp_path / "broker") as broker, Subscriber(broker.port, f"{TOPIC}/#") as subscriber:
+        chain = Chain(tmp_path, broker, bundle)
+        chain.start_agent()
+        result = chain.replay(run_dir)
+        assert result.returncode == 0, result.stderr
+        assert subscriber.wait_for(lambda s: len(s.on(f"{TOPIC}/telemetry")) >= FILES, 60), chain.agent_log()
+        assert subscriber.publish_acked(f"{TOPIC}/probe", b"")  # every earlier message has been delivered
+        assert chain.stop_agent() == 0, chain.agent_log()
+        assert subscriber.wait_for(lambda s: b"offline" in s.on(f"{TOPIC}/status"), 10)
+        return {
+            "status": [p.decode() for p in subscriber.on(f"{TOPIC}/status")],
+            "telemetry": payloads(subscriber, "telemetry"),
+            "state": payloads(subscriber, "state"),
+            "alerts": unique_alerts(subscriber),
+            "all_alerts": payloads(subscriber, "alert"),
+            "replay": result.stderr,
+            "log": chain.agent_log(),
+        }
+
+
+def test_replayed_run_to_failure_raises_a_debounced_alarm_on_the_failing_bearing(reference, run_dir):
+    files = list_ims_files(run_dir)
+    assert reference["status"][0] == "online" and reference["status"][-1] == "offline"
+    # Telemetry for every snapshot, stamped with the original capture times from the file names.
+    telemetry = reference["telemetry"]
+    assert [t["timestamp"] for t in telemetry] == [iso(f.timestamp) for f in files]
+    assert telemetry[-1]["counters"]["crc_errors"] == 0 and telemetry[-1]["counters"]["snapshots"] == FILES
+
+    alerts = reference["alerts"]
+    alarms = [a for a in alerts if a["state"] == "alarm"]
+    assert alarms, f"no alarm raised; alerts: {timeline(alerts)}"
+    first_alarm = files.index(next(f for f in files if iso(f.timestamp) == alarms[0]["timestamp"]))
+    assert FILES // 2 <= first_alarm < FILES - 3, "the alarm comes after the healthy half and before the end"
+    assert alarms[0]["top_channel"] == "bearing3"
+    assert alarms[0]["score"] > alarms[0]["alarm_threshold"]
+    # No alarm and no warning while the bearing was healthy (the span the model was fitted on).
+    healthy_end = iso(files[FILES // 2].timestamp)
+    assert not [a for a in alerts if a["timestamp"] < healthy_end], timeline(alerts)
+
+
+def test_sensor_dropout_at_the_end_is_a_sensor_fault_not_an_alarm(reference):
+    last = reference["alerts"][-1]
+    assert last["state"] == "sensor_fault"
+    assert last["reason"] == "dropout:bearing3" and last["top_channel"] == "bearing3"
+    assert reference["state"][-1]["state"] == "sensor_fault"
+    assert reference["telemetry"][-1]["score"] is None  # a faulty snapshot is never scored
+
+
+def test_every_payload_matches_its_schema(reference):
+    for kind in ("telemetry", "state", "all_alerts"):
+        for payload in reference[kind]:
+            validate("alert" if kind == "all_alerts" else kind, payload)
+    for status in reference["status"]:
+        validate("status", status)
+
+
+def test_broker_restart_mid_replay_delays_alerts_but_loses_none(reference, chain, broker, run_dir):
+    with Subscriber(broker.port, f"{TOPIC}/#", persistent=True) as subscriber:
+        chain.start_agent()
+        replayer = threading.Thread(target=chain.replay, args=(run_dir,))
+        replayer.start()
+        # Take the broker away while the bearing is still healthy, so every alert is raised during the outage.
+        assert subscriber.wait_for(lambda s: len(s.on(f"{TOPIC}/telemetry")) >= 20, 60), chain.agent_log()
+        broker.stop()
+        replayer.join(120)
+        time.sleep(1.0)  # the agent scores the last snapshots while the broker is still down
+        assert subscriber.on(f"{TOPIC}/alert") == []
+        broker.start()
+        expected = len(reference["alerts"])
+        assert subscriber.wait_for(lambda s: len(unique_alerts(s)) >= expected, 60), chain.agent_log()
+    assert timeline(unique_alerts(subscriber)) == timeline(reference["alerts"])
+    assert chain.stop_agent() == 0
+
+
+def test_agent_killed_with_pending_alerts_publishes_them_after_restart(reference, chain, broker, run_dir):
+    broker.stop()  # the alerts of the whole run pile up in the outbox
+    chain.start_agent()
+    assert chain.replay(run_dir).returncode == 0
+    time.sleep(1.0)
+    chain.agent.send_signal(signal.SIGKILL)
+    chain.agent.wait()
+    broker.start()
+    with Subscriber(broker.port, f"{TOPIC}/#") as subscriber:
+        chain.start_agent()  # no more frames: only the outbox has something to say
+        expected = len(reference["alerts"])
+        assert subscriber.wait_for(lambda s: len(unique_alerts(s)) >= expected, 60), chain.agent_log()
+        assert timeline(unique_alerts(subscriber)) == timeline(reference["alerts"])
+    assert chain.stop_agent() == 0
+
+
+class Corrupting:
+    """Writes through a pty, injecting line noise into the middle of one snapshot's burst."""
+
+    def __init__(self, port: PtyPort, at_write: int) -> None:
+        self.port, self.at_write, self.writes = port, at_write, 0
+
+    def write(self, data: bytes) -> int:
+        self.writes += 1
+        if self.writes == self.at_write:
+            middle = len(data) // 2
+            noise = os.urandom(300) + b"\x00" + os.urandom(50)
+            self.port.write(data[:middle] + noise + data[middle:])
+            return len(data)
+        return self.port.write(data)
+
+
+def test_garbage_on_the_serial_line_is_counted_and_later_snapshots_are_scored(chain, run_dir, broker, tmp_path):
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    for ims in list_ims_files(run_dir)[:12]:
+        os.symlink(ims.path, healthy / ims.path.name)
+    with Subscriber(broker.port, f"{TOPIC}/#") as subscriber:
+        port = PtyPort(chain.tty)
+        try:
+            chain.start_agent()
+            assert port.wait_for_reader()
+            replay(healthy, Corrupting(port, at_write=5), announce=None)
+            port.drain()
+        finally:
+            port.close()
+        assert subscriber.wait_for(lambda s: len(s.on(f"{TOPIC}/telemetry")) >= 11, 30), chain.agent_log()
+        assert subscriber.publish_acked(f"{TOPIC}/probe", b"")
+    telemetry = payloads(subscriber, "telemetry")
+    counters = telemetry[-1]["counters"]
+    assert counters["crc_errors"] + counters["malformed"] >= 1
+    assert counters["snapshots_discarded"] == 1 and counters["snapshots"] == 11
+    assert telemetry[-1]["timestamp"] == iso(list_ims_files(healthy)[-1].timestamp)  # scored after the noise
+    assert all(t["state"] == "normal" for t in telemetry)  # one lost snapshot is not yet a sensor fault
+    assert chain.agent.poll() is None
+    assert chain.stop_agent() == 0
+
+
+def test_frames_with_another_channel_count_stop_the_agent_with_both_values(chain, run_dir):
+    chain.start_agent()
+    replayer = subprocess.Popen([BIN / "cm-replay", run_dir, "--port", f"pty:{chain.tty}", "--channels", "1,2,3",
+                                 "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert chain.agent.wait(30) == 2
+    finally:
+        replayer.kill()  # nobody reads the port any more: the sender would wait forever, as a UART never would
+        replayer.wait()
+    log = chain.agent_log()
+    assert "carry 3 channels but the bundle" in log and "expects 4 (bearing1, bearing2, bearing3, bearing4)" in log
+
+
+def test_config_check_refuses_a_bundle_that_does_not_match_the_sensor(chain):
+    text = chain.config.read_text() + '[sensor]\nchannels = ["x", "y", "z"]\n'
+    chain.config.write_text(text)
+    result = subprocess.run([BIN / "cm-edge", "--config", chain.config, "--check"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert "sensor.channels is x, y, z but the bundle" in result.stdout
+    chain.config.write_text(text.replace('[sensor]\nchannels = ["x", "y", "z"]\n', ""))
+    result = subprocess.run([BIN / "cm-edge", "--config", chain.config, "--check"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "OK" in result.stdout

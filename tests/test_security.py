@@ -1,0 +1,183 @@
+"""The broker set-up in deploy/mosquitto (password file, ACL, TLS listener) does what its comments promise,
+with the publisher connecting the way a deployed agent does: TLS, username and a password file."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from broker import HOST, Mosquitto, Subscriber, TlsFiles, free_port, make_test_ca, write_password_file
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.outbox import Outbox
+from edge.payloads import validate
+from edge.publisher import MqttConfig, Publisher, PublisherError, topics
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
+USERS = {"pi-1": "pi-1 secret", "pi-2": "pi-2 secret", "homeassistant": "ha secret"}
+PI1 = topics("cm", "pi-1")
+ALERT = {"id": "6f1c2a8e-3b4d-4e5f-8a9b-0c1d2e3f4a5b", "device_id": "pi-1", "state": "alarm",
+         "previous_state": "warning", "timestamp": "2003-11-25T23:39:56.000Z", "score": 0.42,
+         "warning_threshold": 0.1, "alarm_threshold": 0.2, "channel_errors": {"bearing3": 0.42},
+         "top_channel": "bearing3", "reason": None, "model": {"id": "ims1", "sha256": "0" * 64}}
+
+
+def deploy_config(passwd: Path, tls: TlsFiles) -> str:
+    """deploy/mosquitto/cm.conf with the TLS block enabled and paths and ports pointed at the test's files."""
+    text = (DEPLOY / "cm.conf").read_text()
+    start, end = text.index("# --- TLS listener"), text.index("# --- end of TLS listener")
+    tls_block = "\n".join(line[1:] if line.startswith("#") else line for line in text[start:end].splitlines()[1:])
+    text = text[:start] + tls_block + "\n" + text[end:]
+    replacements = {
+        "password_file /etc/mosquitto/cm.passwd": f"password_file {passwd}",
+        "acl_file /etc/mosquitto/cm.acl": f"acl_file {DEPLOY / 'acl'}",
+        "\nlistener 1883\n": "\nlistener {port} 127.0.0.1\n",
+        "listener 8883": "listener {tls_port} 127.0.0.1",
+        "cafile /etc/mosquitto/certs/ca.crt": f"cafile {tls.ca}",
+        "certfile /etc/mosquitto/certs/server.crt": f"certfile {tls.server_cert}",
+        "keyfile /etc/mosquitto/certs/server.key": f"keyfile {tls.server_key}",
+    }
+    for old, new in replacements.items():
+        assert old in text, f"deploy/mosquitto/cm.conf no longer contains {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+@dataclass(frozen=True)
+class Secured:
+    broker: Mosquitto
+    tls: TlsFiles
+    secrets: dict[str, Path]  # user -> password file
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    directory = tmp_path_factory.mktemp("secured")
+    tls = make_test_ca(directory / "ca")
+    passwd = write_password_file(directory / "cm.passwd", USERS)
+    secrets = {}
+    for user, password in USERS.items():
+        secrets[user] = directory / f"{user}.secret"
+        secrets[user].write_text(password + "\n")
+    broker = Mosquitto(directory / "broker", tls_port=free_port(), config=deploy_config(passwd, tls))
+    with broker:
+        yield Secured(broker, tls, secrets)
+
+
+def subscriber(secured: Secured, user: str, topics: str | list[str] = "cm/#") -> Subscriber:
+    return Subscriber(secured.broker.tls_port, topics, username=user, password=USERS[user], tls_ca=secured.tls.ca)
+
+
+def eventually(condition, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def connack(port: int, *, username: str | None = None, password: str | None = None,
+            tls_ca: Path | None = None) -> mqtt.ReasonCode:
+    """The broker's answer to a CONNECT."""
+    answers: list[mqtt.ReasonCode] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_connect = lambda c, u, flags, reason, props: answers.append(reason)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls_ca is not None:
+        client.tls_set(ca_certs=str(tls_ca))
+    client.connect(HOST, port)
+    deadline = time.monotonic() + 10
+    while not answers and time.monotonic() < deadline:
+        client.loop(0.05)
+    client.disconnect()
+    assert answers, f"no CONNACK from the broker on port {port}"
+    return answers[0]
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_the_agent_publishes_over_tls_with_a_password_file(secured: Secured, tmp_path: Path, protocol: str,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    config = MqttConfig(host="127.0.0.1", port=secured.broker.tls_port, device_id="pi-1", username="pi-1",
+                        password_file=str(secured.secrets["pi-1"]), tls_ca=str(secured.tls.ca), protocol=protocol,
+                        reconnect_min=0.2, reconnect_max=0.2)
+    with subscriber(secured, "homeassistant") as reader, Outbox(tmp_path / "outbox.sqlite") as outbox:
+        publisher = Publisher(config, outbox)
+        publisher.start()
+        try:
+            assert eventually(lambda: publisher.connected)
+            publisher.publish_alert(ALERT)
+            assert publisher.wait_for_flush(10)
+        finally:
+            publisher.stop()
+        assert reader.wait_for(lambda s: s.on(PI1.status)[-1:] == [b"offline"] and s.on(PI1.alert))
+    validate("alert", json.loads(reader.on(PI1.alert)[0]))
+    assert USERS["pi-1"] not in caplog.text
+
+
+def test_a_broker_certificate_from_another_ca_is_refused(secured: Secured, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    stranger = make_test_ca(tmp_path / "other-ca", common_name="stranger")
+    config = MqttConfig(host="127.0.0.1", port=secured.broker.tls_port, device_id="pi-1", username="pi-1",
+                        password_file=str(secured.secrets["pi-1"]), tls_ca=str(stranger.ca),
+                        reconnect_min=0.2, reconnect_max=0.2)
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        publisher = Publisher(config, outbox)
+        publisher.start()
+        try:
+            assert eventually(lambda: publisher.failed_attempts >= 2)
+            assert not publisher.connected
+        finally:
+            publisher.stop()
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+
+@pytest.mark.parametrize("username, password", [(None, None), ("pi-1", "wrong"), ("nobody", "pi-1 secret")])
+def test_clients_without_valid_credentials_are_refused(secured: Secured, username: str | None,
+                                                       password: str | None) -> None:
+    for port, ca in ((secured.broker.port, None), (secured.broker.tls_port, secured.tls.ca)):
+        reason = connack(port, username=username, password=password, tls_ca=ca)
+        assert reason.is_failure and reason.getName() in ("Not authorized", "Bad user name or password")
+    assert not connack(secured.broker.port, username="pi-1", password=USERS["pi-1"]).is_failure
+
+
+def test_a_device_cannot_publish_under_another_devices_prefix(secured: Secured) -> None:
+    with subscriber(secured, "homeassistant") as reader, subscriber(secured, "pi-2", []) as intruder:
+        forged = dict(ALERT, id="0b7c9e1d-2f3a-4b5c-9d6e-7f8a9b0c1d2e")
+        assert intruder.publish_acked(PI1.alert, json.dumps(forged).encode())
+        assert intruder.publish_acked("cm/pi-2/alert", b"sentinel")  # allowed, and sent after the forgery
+        assert reader.wait_for(lambda s: s.on("cm/pi-2/alert") == [b"sentinel"])
+        assert reader.on(PI1.alert) == []
+
+
+def test_a_device_cannot_read_another_devices_messages(secured: Secured) -> None:
+    with subscriber(secured, "homeassistant") as reader, subscriber(secured, "pi-2", ["cm/pi-1/#", "cm/#"]) as spy, \
+            subscriber(secured, "pi-1", []) as device:
+        assert device.publish_acked(PI1.alert, json.dumps(ALERT).encode())
+        assert reader.wait_for(lambda s: len(s.on(PI1.alert)) == 1)
+        # The broker has routed the alert; anything it sent the spy before this PUBACK has arrived by now.
+        assert spy.publish_acked("cm/pi-2/status", b"online")
+        assert spy.messages == []
+
+
+def test_a_password_file_hashed_in_python_is_accepted_by_mosquitto(tmp_path: Path) -> None:
+    passwd = write_password_file(tmp_path / "passwd", {"pi-1": "s3cret"}, use_tool=False)
+    config = f"listener {{port}} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
+    with Mosquitto(tmp_path / "broker", config=config) as broker:
+        assert not connack(broker.port, username="pi-1", password="s3cret").is_failure
+        assert connack(broker.port, username="pi-1", password="s3cret!").is_failure
+
+
+def test_unusable_tls_files_are_named(tmp_path: Path) -> None:
+    bogus = tmp_path / "ca.crt"
+    bogus.write_text("not a certificate\n")
+    config = MqttConfig(host="127.0.0.1", device_id="pi-1", tls_ca=str(bogus))
+    with Outbox(tmp_path / "outbox.sqlite") as outbox, pytest.raises(PublisherError, match=str(bogus)):
+        Publisher(config, outbox)
