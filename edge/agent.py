@@ -132,7 +132,7 @@ class Agent:
         channels = self.pipeline.channels
         if reading.score is not None and not self._scored_once:
             self._scored_once = True
-            log.info("first snapshot scored %.2f s after start", time.monotonic() - self._started)
+            log.info("first snapshot scored %.2f s after the agent was set up", time.monotonic() - self._started)
         if transition is not None:
             self.publish_transition(reading, transition)
         elif self._since_us is None:

@@ -140,7 +140,7 @@ def live_chain() -> tuple[AlertPrinter, float]:
     tty = OUT / "ttyDEMO"
     config = write_config(port, protocol, tty)
     started = time.monotonic()
-    replay = subprocess.Popen([BIN / "cm-replay", OUT / "run", "--port", f"pty:{tty}", "--speed", "max"])
+    replay = subprocess.Popen([BIN / "cm-replay", OUT / "run", "--port", f"pty:{tty}", "--speed", "max", "--no-progress"])
     agent = subprocess.Popen([BIN / "cm-edge", "--config", config])
     try:
         deadline = time.monotonic() + 180
@@ -159,6 +159,7 @@ def live_chain() -> tuple[AlertPrinter, float]:
 
 def main() -> int:
     started = time.monotonic()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the demo's steps
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)

@@ -206,6 +206,7 @@ class Subscriber:
         if persistent and not client_id:
             client_id = f"subscriber-{secrets.token_hex(4)}"
         self.messages: list[Message] = []
+        self.arrivals: list[float] = []  # time.monotonic() at each message's arrival, for latency benchmarks
         self.granted: list[int] = []
         self._topics = [topics] if isinstance(topics, str) else topics
         self._changed = threading.Condition()
@@ -250,6 +251,7 @@ class Subscriber:
     def _on_message(self, client, userdata, message) -> None:
         with self._changed:
             self.messages.append(Message(message.topic, bytes(message.payload), bool(message.retain), message.qos))
+            self.arrivals.append(time.monotonic())
             self._changed.notify_all()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:

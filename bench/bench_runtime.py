@@ -1,0 +1,139 @@
+"""Per-snapshot cost of the edge path (features + int8 model + detector through edge.runtime), and the import
+time and resident memory of a process that only scores: `python bench/bench_runtime.py [repeats] [BUNDLE]`.
+
+Numbers are printed, never asserted. Without a BUNDLE a small one is trained first (synthetic run, few epochs).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SNAPSHOTS = 200  # scored per repeat
+DISTINCT = 8  # distinct snapshots, cycled: the agent scores a snapshot it has just assembled, still in cache
+CHANNELS = 4
+SAMPLES = 20_480
+
+# The child process: import the edge runtime, load a bundle, score; report its own cost.
+CHILD = r"""
+import json, resource, sys, time
+started = time.perf_counter()
+import numpy as np
+from edge.bundle import load_bundle
+from edge.detector import Detector
+from edge.features import snapshot_features
+from edge.runtime import Scorer
+imported = time.perf_counter() - started
+bundle = load_bundle(sys.argv[1])
+scorer = Scorer(bundle)
+detector = Detector(bundle.card.detector)
+counts = np.random.default_rng(0).normal(0, 80, (20480, len(bundle.card.feature_spec.channels))).astype(np.int16)
+history = np.tile(snapshot_features(counts, 0.001), (scorer.window, 1))
+detector.update(scorer.score(history).score)
+ready = time.perf_counter() - started
+status = {line.split(":")[0]: int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("Vm")}
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from a parent that may hold TensorFlow.
+print(json.dumps({"import_s": imported, "ready_s": ready, "vmrss_mb": status["VmRSS"] / 1024, "vmhwm_mb": status["VmHWM"] / 1024, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "modules_tensorflow": any(m.startswith("tensorflow") for m in sys.modules)}))
+"""
+
+
+def figure(samples: list[float], unit: str) -> dict:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "unit": unit}
+
+
+def small_bundle(directory: Path) -> Path:
+    """A bundle trained on a short synthetic run: the model's size and speed do not depend on the data."""
+    from firmware_bridge.synth import generate
+    from trainer.train import FitOptions, fit
+
+    generate(directory / "run", files=60, fail_bearing=3, seed=0)
+    return fit(directory / "run", FitOptions(out=directory / "bundle", epochs=5, train_fraction=0.5, verbose=0))
+
+
+def snapshots(count: int) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return rng.normal(0, 80, (count, SAMPLES, CHANNELS)).astype(np.int16)
+
+
+def per_snapshot_ms(bundle_path: Path, repeats: int) -> list[float]:
+    from edge.bundle import load_bundle
+    from edge.detector import Detector
+    from edge.features import snapshot_features
+    from edge.runtime import Scorer
+
+    bundle = load_bundle(bundle_path)
+    scorer = Scorer(bundle)
+    detector = Detector(bundle.card.detector)
+    data = snapshots(DISTINCT)
+    history = np.zeros((scorer.window, CHANNELS))
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for i in range(SNAPSHOTS):
+            counts = data[i % DISTINCT]
+            history[:-1] = history[1:]
+            history[-1] = snapshot_features(counts, 0.001)
+            detector.update(scorer.score(history).score)
+        timings.append((time.perf_counter() - started) / SNAPSHOTS * 1000)
+    return timings
+
+
+def model_only_ms(bundle_path: Path, repeats: int) -> list[float]:
+    from edge.bundle import load_bundle
+    from edge.runtime import Scorer
+
+    bundle = load_bundle(bundle_path)
+    scorer = Scorer(bundle)
+    history = np.tile(np.array(bundle.card.scaler.maximum), (scorer.window, 1))
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(SNAPSHOTS):
+            scorer.score(history)
+        timings.append((time.perf_counter() - started) / SNAPSHOTS * 1000)
+    return timings
+
+
+def child_costs(bundle_path: Path, repeats: int) -> list[dict]:
+    return [
+        json.loads(subprocess.run([sys.executable, "-c", CHILD, str(bundle_path)], capture_output=True, text=True,
+                                  check=True).stdout.strip().splitlines()[-1])
+        for _ in range(repeats)
+    ]
+
+
+def run(repeats: int = 5, bundle: Path | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-runtime-") as scratch:
+        path = Path(bundle) if bundle else small_bundle(Path(scratch))
+        children = child_costs(path, max(1, min(repeats, 5)))
+        return {
+            "per_snapshot_features_model_detector": figure(per_snapshot_ms(path, repeats), "ms"),
+            "per_snapshot_model_only": figure(model_only_ms(path, repeats), "ms"),
+            "import_edge_runtime": figure([c["import_s"] for c in children], "s"),
+            "import_load_first_score": figure([c["ready_s"] for c in children], "s"),
+            "resident_memory_vmrss": figure([c["vmrss_mb"] for c in children], "MB"),
+            "peak_resident_memory_vmhwm": figure([c["vmhwm_mb"] for c in children], "MB"),
+            "model_int8_bytes": (path / "model_int8.tflite").stat().st_size,
+            "tensorflow_imported": any(c["modules_tensorflow"] for c in children),
+        }
+
+
+def print_table(results: dict, title: str) -> None:
+    print(f"{title}\n{'measure':42s} {'median':>10s} {'min':>10s} {'max':>10s}  unit")
+    for name, value in results.items():
+        if isinstance(value, dict):
+            print(f"{name:42s} {value['median']:10.4f} {value['min']:10.4f} {value['max']:10.4f}  {value['unit']}")
+        else:
+            print(f"{name:42s} {value!s:>10s}")
+
+
+if __name__ == "__main__":
+    print_table(run(int(sys.argv[1]) if len(sys.argv) > 1 else 5, Path(sys.argv[2]) if len(sys.argv) > 2 else None),
+                "edge runtime (LiteRT, int8)")

@@ -1,0 +1,119 @@
+"""Bundle loading and the edge runtime: the real LiteRT interpreter, no TensorFlow."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from trained import shared_bundle, shared_run
+
+from edge.bundle import CARD_FILE, BundleError, ModelCard, load_bundle
+from edge.runtime import Scorer, load_interpreter
+from trainer.dataset import load_dataset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def bundle_copy(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(shared_bundle(), tmp_path / "bundle"))
+
+
+def edit_card(bundle: Path, change) -> None:
+    path = bundle / CARD_FILE
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_card_round_trips_through_json() -> None:
+    card = load_bundle(shared_bundle()).card
+    again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
+    assert again == card
+    assert card.to_dict()["schema_version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["feature_spec"].__setitem__("window", 0), "model_card.json: feature_spec.window: expected a positive integer, got 0"),
+        (lambda d: d["scaler"].pop("minimum"), "model_card.json: scaler.minimum: missing"),
+        (lambda d: d["scaler"].__setitem__("maximum", [1.0]), "model_card.json: scaler.maximum: expected a list of 4 finite numbers (one per channel), got [1.0]"),
+        (lambda d: d.__setitem__("alarm_threshold", "high"), "model_card.json: alarm_threshold: expected a finite number, got 'high'"),
+        (lambda d: d.__setitem__("schema_version", 99), "model_card.json: schema_version: expected 1, got 99"),
+        (lambda d: d["detector"].__setitem__("k", 9), "model_card.json: detector: k and n: expected 1 <= k <= n, got k=9, n=5"),
+    ],
+)
+def test_bad_card_names_file_and_key(bundle_copy: Path, change, message: str) -> None:
+    edit_card(bundle_copy, change)
+    with pytest.raises(BundleError) as error:
+        load_bundle(bundle_copy)
+    assert str(error.value) == f"{bundle_copy}/{message}"
+
+
+def test_sha256_mismatch_names_both_values(bundle_copy: Path) -> None:
+    model = bundle_copy / "model_int8.tflite"
+    expected = json.loads((bundle_copy / CARD_FILE).read_text())["model_sha256"]
+    model.write_bytes(model.read_bytes() + b"\0")
+    with pytest.raises(BundleError) as error:
+        load_bundle(bundle_copy)
+    message = str(error.value)
+    assert message.startswith(f"{model}: sha256 mismatch")
+    assert expected in message
+    import hashlib
+
+    assert hashlib.sha256(model.read_bytes()).hexdigest() in message
+
+
+def test_missing_card_and_bad_json(tmp_path: Path, bundle_copy: Path) -> None:
+    with pytest.raises(BundleError, match="model_card.json: missing"):
+        load_bundle(tmp_path)
+    (bundle_copy / CARD_FILE).write_text("{\n  'id': 1\n}")
+    with pytest.raises(BundleError, match=r"model_card.json:2: not valid JSON"):
+        load_bundle(bundle_copy)
+
+
+def test_int8_model_is_quantized_and_float_twin_agrees() -> None:
+    bundle = load_bundle(shared_bundle())
+    interpreter = load_interpreter(bundle.model_path)
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    features = load_dataset(shared_run()).features[:70]
+    int8, _ = Scorer(bundle).score_series(features)
+    floats, _ = Scorer(bundle, model_path=bundle.float_model_path).score_series(features)
+    assert np.corrcoef(int8, floats)[0, 1] > 0.95
+    assert np.all(int8 < bundle.card.alarm_threshold) and np.all(floats < bundle.card.alarm_threshold)
+
+
+def test_score_and_score_series_agree() -> None:
+    bundle = load_bundle(shared_bundle())
+    scorer = Scorer(bundle)
+    features = load_dataset(shared_run()).features
+    scores, errors = scorer.score_series(features)
+    window = scorer.window
+    assert scores.shape == (len(features) - window + 1,) and errors.shape == (scores.size, 4)
+    for i in (0, 50, scores.size - 1):
+        single = scorer.score(features[i : i + window])
+        assert single.score == pytest.approx(scores[i], rel=1e-12)
+        assert np.allclose(single.channel_errors, errors[i])
+        assert single.score == pytest.approx(single.channel_errors.mean())
+    with pytest.raises(ValueError, match="expected features of shape"):
+        scorer.score(features[: window + 1])
+
+
+def test_edge_scores_without_tensorflow() -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from edge.bundle import load_bundle\nfrom edge.runtime import Scorer\n"
+        f"b = load_bundle({str(shared_bundle())!r})\ns = Scorer(b)\n"
+        "print(s.score(np.tile(b.card.scaler.maximum, (s.window, 1))).score)\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'pandas', 'matplotlib')]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip().splitlines()[-1]) >= 0

@@ -1,0 +1,150 @@
+"""Features tables: the seeds' merged table loads and trains, labelled tables yield classification metrics,
+and bad input gets errors naming file, line and column."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trainer.cli import main
+from trainer.dataset import DatasetError, load_table
+
+SEED_HEADER = ",Bearing 1,Bearing 2,Bearing 3,Bearing4"
+
+
+def write_seed_table(path: Path, rows: int = 120, seed: int = 0, dead_bearing_at: int | None = None) -> Path:
+    """The seeds' merged table: one row per 10-minute snapshot, mean absolute g per bearing; bearing 3 fails late."""
+    rng = np.random.default_rng(seed)
+    level = np.array([0.060, 0.075, 0.082, 0.068]) * np.exp(np.cumsum(rng.normal(0, 0.004, (rows, 4)), axis=0))
+    level *= 1 + rng.normal(0, 0.01, (rows, 4))
+    growth = np.clip((np.arange(rows) - 0.75 * rows) / (0.25 * rows), 0, None)
+    level[:, 2] += 0.08 * growth**2
+    if dead_bearing_at is not None:
+        level[dead_bearing_at:, 1] = 0.001
+    times = pd.date_range("2004-02-12 10:32:39", periods=rows, freq="10min").strftime("%Y-%m-%d %H:%M:%S")
+    lines = [SEED_HEADER] + [f"{t},{a:.6f},{b:.6f},{c:.6f},{d:.6f}" for t, (a, b, c, d) in zip(times, level)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_fraud_table(path: Path, rows: int = 600, seed: int = 1) -> Path:
+    """creditcard-style: Time,V1..V6,Amount,Class with Class=1 (anomaly) rows far from the normal cloud."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(0, 1, (rows, 6))
+    amount = rng.gamma(2.0, 30.0, rows)
+    fraud = rng.random(rows) < 0.05
+    features[fraud] += rng.choice([-1, 1], (int(fraud.sum()), 6)) * rng.uniform(4, 7, (int(fraud.sum()), 6))
+    frame = pd.DataFrame(features, columns=[f"V{i}" for i in range(1, 7)])
+    frame.insert(0, "Time", np.sort(rng.uniform(0, 172_000, rows)).round(0))
+    frame["Amount"] = amount.round(2)
+    frame["Class"] = fraud.astype(int)
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def seed_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_seed_table(tmp_path_factory.mktemp("table") / "merged.csv")
+
+
+def test_seed_table_loads_as_it_is(seed_table: Path) -> None:
+    data = load_table(seed_table)
+    assert data.channels == ("Bearing 1", "Bearing 2", "Bearing 3", "Bearing4")
+    assert data.features.shape == (120, 4)
+    assert str(data.timestamps[0]) == "2004-02-12T10:32:39.000"
+
+
+@pytest.mark.slow
+def test_seed_table_trains_and_alarms_on_the_failing_bearing(seed_table: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    assert main(["fit", str(seed_table), "--out", str(bundle), "--train-fraction", "0.5", "--epochs", "40", "--quiet"]) == 0
+    assert main(["evaluate", str(bundle), str(seed_table), "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["snapshots"] == 120
+    assert report["alarms_in_training_span"] == 0
+    assert report["first_alarm"] is not None
+    assert report["top_channel_at_first_alarm"] == "Bearing 3"
+    assert (tmp_path / "report" / "score.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_dead_sensor_in_a_table_is_a_sensor_fault(seed_table: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    assert main(["fit", str(seed_table), "--out", str(bundle), "--train-fraction", "0.5", "--epochs", "5", "--quiet"]) == 0
+    dead = write_seed_table(tmp_path / "dead.csv", dead_bearing_at=80)
+    assert main(["evaluate", str(bundle), str(dead), "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["sensor_fault_snapshots"] == 40
+    assert report["sensor_faults"] == ["dropout:Bearing 2"]
+    assert report["final_state"] == "sensor_fault"
+
+
+@pytest.mark.slow
+def test_labelled_table_reports_precision_recall_f1_auc(tmp_path: Path) -> None:
+    table = write_fraud_table(tmp_path / "creditcard.csv")
+    bundle = tmp_path / "bundle"
+    args = ["fit", str(table), "--out", str(bundle), "--label-column", "Class", "--epochs", "30", "--quiet"]
+    assert main(args) == 0
+    card = json.loads((bundle / "model_card.json").read_text())
+    assert "Class" not in card["feature_spec"]["channels"] and len(card["feature_spec"]["channels"]) == 7
+    assert main(["evaluate", str(bundle), str(table), "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    for key in ("precision", "recall", "f1", "roc_auc"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["roc_auc"] > 0.9
+    assert report["recall"] > 0.5
+
+
+def test_nan_and_inf_rows_are_reported_and_excluded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_seed_table(tmp_path / "t.csv", rows=10)
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",nan"
+    lines[5] = lines[5].split(",", 1)[0] + ",inf,0.1,0.1,0.1"
+    lines[7] = lines[7].split(",", 1)[0] + ",,0.1,0.1,0.1"
+    path.write_text("\n".join(lines) + "\n")
+    data = load_table(path)
+    assert len(data) == 7
+    assert data.excluded == (
+        f"{path}:4: excluded: non-finite value in column 'Bearing4'",
+        f"{path}:6: excluded: non-finite value in column 'Bearing 1'",
+        f"{path}:8: excluded: non-finite value in column 'Bearing 1'",
+    )
+    assert f"{path}:6: excluded" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("edit", "label", "message"),
+    [
+        (lambda ls: ls.__setitem__(4, ls[4].rsplit(",", 1)[0] + ",0.0x1"), None, ":5: column 'Bearing4': expected a number, got '0.0x1'"),
+        (lambda ls: ls.__setitem__(3, "yesterday" + ls[3][19:]), None, ":4: column 'Unnamed: 0': expected a timestamp"),
+        (lambda ls: ls.__setitem__(6, ls[2]), None, ":7: column 'Unnamed: 0': timestamps must not go backwards"),
+        (lambda ls: None, "Class", "--label-column 'Class': no such column"),
+    ],
+)
+def test_bad_tables_give_errors_naming_file_line_and_column(tmp_path: Path, edit, label, message: str) -> None:
+    path = write_seed_table(tmp_path / "bad.csv", rows=10)
+    lines = path.read_text().splitlines()
+    edit(lines)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as error:
+        load_table(path, label)
+    assert str(error.value).startswith(str(path))
+    assert message in str(error.value)
+
+
+def test_bad_label_value_names_line(tmp_path: Path) -> None:
+    path = write_fraud_table(tmp_path / "cc.csv", rows=20)
+    text = path.read_text().splitlines()
+    text[10] = text[10].rsplit(",", 1)[0] + ",maybe"
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(DatasetError, match=r"cc.csv:11: column 'Class': expected a label 0 \(normal\) or 1 \(anomaly\), got 'maybe'"):
+        load_table(path, "Class")
+
+
+def test_cli_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nothing.csv"
+    assert main(["fit", str(missing), "--out", str(tmp_path / "b")]) == 1
+    assert capsys.readouterr().err.strip() == f"cm-train fit: error: {missing}: no such file or directory"

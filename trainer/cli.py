@@ -1,0 +1,87 @@
+"""`cm-train`: fit a bundle from IMS files or a features table, evaluate a bundle on a run."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edge.bundle import BundleError
+from trainer.calibrate import RULES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cm-train", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fit = commands.add_parser("fit", help="train an int8 TFLite bundle")
+    fit.add_argument("input", type=Path, help="IMS directory or features table CSV")
+    fit.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    fit.add_argument("--channels", help="IMS columns to use, 1-based, e.g. 1,3,5,7")
+    fit.add_argument("--label-column", help="table column marking anomalies (1 = anomaly); only normal rows are fitted")
+    span = fit.add_mutually_exclusive_group()
+    span.add_argument("--train-until", help="last timestamp of the healthy training span (inclusive)")
+    span.add_argument("--train-fraction", type=float, default=0.5, help="leading share of snapshots to train on (default 0.5)")
+    fit.add_argument("--window", type=int, default=None, help="feature vectors per model input (default: see trainer/README.md)")
+    fit.add_argument("--epochs", type=int, default=100, help="maximum epochs; early stopping ends sooner (default 100)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--threshold-rule", choices=RULES, default="calibration")
+    fit.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+
+    evaluate = commands.add_parser("evaluate", help="score a run with a bundle: report.json and score.png")
+    evaluate.add_argument("bundle", type=Path)
+    evaluate.add_argument("input", type=Path, help="IMS directory or features table CSV")
+    evaluate.add_argument("--out", type=Path, required=True, help="report directory")
+    evaluate.add_argument("--failure-at", help="time of failure for the lead time (default: the last snapshot)")
+    evaluate.add_argument("--train-until", help="end of the training span (default: the card's)")
+    evaluate.add_argument("--channels", help="IMS columns, 1-based (default: the card's)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Imported late: `cm-train --help` should not wait for TensorFlow.
+    from trainer.dataset import DatasetError, parse_channels, parse_time
+
+    try:
+        if args.command == "fit":
+            from trainer.export import ExportError
+            from trainer.train import DEFAULT_WINDOW, FitOptions, fit
+
+            options = FitOptions(
+                out=args.out,
+                channels=parse_channels(args.channels),
+                label_column=args.label_column,
+                train_until=parse_time(args.train_until) if args.train_until else None,
+                train_fraction=args.train_fraction,
+                window=args.window if args.window is not None else (1 if args.label_column else DEFAULT_WINDOW),
+                epochs=args.epochs,
+                seed=args.seed,
+                threshold_rule=args.threshold_rule,
+                verbose=0 if args.quiet else 2,
+            )
+            try:
+                print(fit(args.input, options))
+            except ExportError as error:
+                print(f"cm-train fit: export failed: {error}", file=sys.stderr)
+                return 1
+        else:
+            from trainer.evaluate import evaluate
+
+            report = evaluate(
+                args.bundle,
+                args.input,
+                args.out,
+                failure_at=parse_time(args.failure_at) if args.failure_at else None,
+                train_until=parse_time(args.train_until) if args.train_until else None,
+                channels=parse_channels(args.channels),
+            )
+            print(json.dumps(report, indent=2))
+    except (DatasetError, BundleError, ValueError) as error:
+        print(f"cm-train {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

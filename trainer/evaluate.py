@@ -1,0 +1,234 @@
+"""`cm-train evaluate`: score every snapshot with the int8 model through the edge runtime, run the detector,
+and write report.json and score.png.
+
+Snapshots whose sensor check fails (raw counts for IMS directories, a feature far below the healthy range
+for tables) go to the detector as faults: neither an alarm nor a healthy reading. A window that contains a
+faulty snapshot is not scored.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from edge.bundle import Bundle, check_channels, load_bundle  # noqa: E402
+from edge.detector import Detector, State  # noqa: E402
+from edge.runtime import Scorer  # noqa: E402
+from edge.sensor import check_features  # noqa: E402
+from trainer.dataset import Dataset, load_dataset, parse_time  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Per snapshot: score (NaN where not scored), per-channel errors, fault reason and detector state."""
+
+    scores: np.ndarray
+    errors: np.ndarray
+    faults: list[str | None]
+    states: list[State]
+
+
+def sensor_faults(dataset: Dataset, bundle: Bundle) -> list[str | None]:
+    """Raw-count checks where the samples exist, then the feature dropout check against the card's healthy_min."""
+    raw = list(dataset.faults) if dataset.faults else [None] * len(dataset)
+    names = bundle.card.feature_spec.channels
+    # Only magnitude channels (healthy minimum above zero) can drop out; a signed feature near zero is normal.
+    healthy_min = np.asarray(bundle.card.healthy_min)
+    floor = np.where(healthy_min > 0, healthy_min, -np.inf)
+    return [fault or check_features(row, floor, names) for fault, row in zip(raw, dataset.features)]
+
+
+def run_detector(dataset: Dataset, bundle: Bundle) -> Trace:
+    scorer = Scorer(bundle)
+    window = scorer.window
+    count, channels = dataset.features.shape
+    scores = np.full(count, np.nan)
+    errors = np.full((count, channels), np.nan)
+    window_scores, window_errors = scorer.score_series(dataset.features)
+    scores[window - 1 :] = window_scores
+    errors[window - 1 :] = window_errors
+    faults = sensor_faults(dataset, bundle)
+    faulty = np.array([f is not None for f in faults])
+    # A window holding a faulty snapshot says nothing about the bearing.
+    tainted = np.convolve(faulty.astype(int), np.ones(window, dtype=int))[:count] > 0
+    detector = Detector(bundle.card.detector)
+    states: list[State] = []
+    for row in range(count):
+        if faults[row] is not None:
+            detector.update(None, faults[row])
+        elif row >= window - 1 and not tainted[row]:
+            detector.update(float(scores[row]))
+        else:
+            scores[row] = np.nan
+            errors[row] = np.nan
+        states.append(detector.state)
+    return Trace(scores=scores, errors=errors, faults=faults, states=states)
+
+
+def alarm_episodes(states: list[State]) -> list[tuple[int, int]]:
+    """(first, last) rows of each alarm episode; a sensor fault inside an alarm does not end it."""
+    episodes: list[tuple[int, int]] = []
+    start: int | None = None
+    last = -1
+    for row, state in enumerate(states):
+        if state == State.ALARM:
+            start = row if start is None else start
+            last = row
+        elif state != State.SENSOR_FAULT and start is not None:
+            episodes.append((start, last))
+            start = None
+    if start is not None:
+        episodes.append((start, len(states) - 1))
+    return episodes
+
+
+def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Precision, recall, F1 at the alarm threshold and ROC AUC of the scores (rank statistic)."""
+    predicted = scores > threshold
+    true_positive = int((predicted & labels).sum())
+    precision = true_positive / max(int(predicted.sum()), 1)
+    recall = true_positive / max(int(labels.sum()), 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "roc_auc": roc_auc(labels, scores),
+            "labelled_snapshots": int(labels.size), "anomalies": int(labels.sum())}
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Mann-Whitney U / (positives x negatives), ties counted half; None without both classes."""
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if not positives or not negatives:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(scores.size)
+    ranks[order] = np.arange(1, scores.size + 1)
+    # Average the ranks of tied scores.
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = (sums / counts)[inverse]
+    u = ranks[labels].sum() - positives * (positives + 1) / 2
+    return float(u / (positives * negatives))
+
+
+def evaluate(
+    bundle_path: str | Path,
+    input_path: str | Path,
+    out: str | Path,
+    failure_at: np.datetime64 | None = None,
+    train_until: np.datetime64 | None = None,
+    channels: tuple[int, ...] | None = None,
+) -> dict:
+    """Score, detect, and write report.json and score.png into `out`; returns the report."""
+    bundle = load_bundle(bundle_path)
+    provenance = bundle.card.provenance
+    if channels is None and provenance.get("kind") == "ims" and Path(input_path).is_dir():
+        channels = tuple(provenance["columns"]) if provenance.get("columns") else None
+    dataset = load_dataset(input_path, channels, provenance.get("label_column") if Path(input_path).is_file() else None)
+    check_channels(bundle.card, dataset.channels, str(input_path))
+    if train_until is None and provenance.get("train_end"):
+        train_until = parse_time(provenance["train_end"])
+    trace = run_detector(dataset, bundle)
+    report = build_report(dataset, bundle, trace, failure_at, train_until)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    plot(dataset, bundle, trace, train_until, out / "score.png")
+    return report
+
+
+def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.datetime64 | None,
+                 train_until: np.datetime64 | None) -> dict:
+    stamps = dataset.timestamps
+    card = bundle.card
+    over = np.flatnonzero(np.nan_to_num(trace.scores, nan=-np.inf) > card.alarm_threshold)
+    episodes = alarm_episodes(trace.states)
+    persistent = episodes[-1] if episodes and _ends_in_alarm(trace.states) else None
+    first_alarm = episodes[0][0] if episodes else None
+    end = failure_at if failure_at is not None else stamps[-1]
+    in_training = stamps <= train_until if train_until is not None else np.zeros(len(stamps), dtype=bool)
+    report = {
+        "bundle": str(bundle.path),
+        "bundle_id": card.id,
+        "input": dataset.source,
+        "snapshots": len(dataset),
+        "scored_snapshots": int(np.isfinite(trace.scores).sum()),
+        "excluded_rows": len(dataset.excluded),
+        "warning_threshold": card.warning_threshold,
+        "alarm_threshold": card.alarm_threshold,
+        "first_pointwise_alarm": _time(stamps, over[0]) if over.size else None,
+        "first_alarm": _time(stamps, first_alarm),
+        "lead_time_hours": _hours(end - stamps[first_alarm]) if first_alarm is not None else None,
+        "lead_time_reference": "failure_at" if failure_at is not None else "last_snapshot",
+        "train_until": str(train_until) if train_until is not None else None,
+        "alarms_in_training_span": sum(1 for start, _ in episodes if in_training[start]),
+        "alarm_episodes": [{"start": _time(stamps, a), "end": _time(stamps, b)} for a, b in episodes],
+        "false_alarm_episodes": len(episodes) - (1 if persistent else 0),
+        "persistent_alarm_start": _time(stamps, persistent[0]) if persistent else None,
+        "top_channel_at_first_alarm": _top_channel(card.feature_spec.channels, trace.errors, first_alarm),
+        "sensor_fault_snapshots": sum(1 for f in trace.faults if f is not None),
+        "sensor_faults": sorted({f for f in trace.faults if f is not None}),
+        "final_state": str(trace.states[-1]),
+    }
+    if dataset.labels is not None:
+        scored = np.isfinite(trace.scores) & ~in_training
+        span = "after_training_span"
+        if not scored.any():
+            scored, span = np.isfinite(trace.scores), "all_snapshots"
+        report |= classification_metrics(dataset.labels[scored], trace.scores[scored], card.alarm_threshold)
+        report["metrics_span"] = span
+    return report
+
+
+def _ends_in_alarm(states: list[State]) -> bool:
+    for state in reversed(states):
+        if state != State.SENSOR_FAULT:
+            return state == State.ALARM
+    return False
+
+
+def _time(stamps: np.ndarray, row: int | None) -> str | None:
+    return None if row is None else str(stamps[row].astype("datetime64[s]")).replace("T", " ")
+
+
+def _hours(delta: np.timedelta64) -> float:
+    return round(float(delta / np.timedelta64(1, "s")) / 3600.0, 3)
+
+
+def _top_channel(names: tuple[str, ...], errors: np.ndarray, row: int | None) -> str | None:
+    if row is None or not np.isfinite(errors[row]).all():
+        return None
+    return names[int(np.argmax(errors[row]))]
+
+
+def plot(dataset: Dataset, bundle: Bundle, trace: Trace, train_until: np.datetime64 | None, path: Path) -> None:
+    """Score with warning/alarm lines and shaded alarm periods; per-channel errors below."""
+    card = bundle.card
+    stamps = dataset.timestamps.astype("datetime64[s]").astype(object)
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, constrained_layout=True)
+    top.plot(stamps, trace.scores, lw=0.9, color="black", label="score (int8)")
+    top.axhline(card.warning_threshold, color="orange", ls="--", label="warning")
+    top.axhline(card.alarm_threshold, color="red", ls="--", label="alarm")
+    for a, b in alarm_episodes(trace.states):
+        top.axvspan(stamps[a], stamps[b], color="red", alpha=0.15, lw=0)
+        bottom.axvspan(stamps[a], stamps[b], color="red", alpha=0.15, lw=0)
+    faults = [i for i, f in enumerate(trace.faults) if f is not None]
+    if faults:
+        top.scatter([stamps[i] for i in faults], [card.alarm_threshold] * len(faults), marker="x", color="purple", label="sensor fault")
+    if train_until is not None:
+        top.axvline(train_until.astype("datetime64[s]").astype(object), color="grey", ls=":", label="end of training span")
+    top.set_yscale("log")
+    top.set_ylabel("reconstruction error (scaled units)")
+    top.set_title(f"{Path(dataset.source).name}: bundle {card.id}, window {card.feature_spec.window}")
+    top.legend(loc="upper left", fontsize=8)
+    for channel, name in enumerate(card.feature_spec.channels[:12]):
+        bottom.plot(stamps, trace.errors[:, channel], lw=0.8, label=name)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("per-channel error")
+    bottom.legend(loc="upper left", fontsize=8, ncol=4)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
