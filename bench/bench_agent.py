@@ -5,7 +5,6 @@ its telemetry and alerts at an MQTT subscriber through a real Mosquitto).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the test suite's Mosquitto launcher and subscriber
@@ -21,9 +19,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the test suite's Mosquitto launcher a
 from broker import Mosquitto, Subscriber  # noqa: E402
 from figures import figure, row  # noqa: E402
 
-from edge.agent import detector_settings  # noqa: E402
 from edge.bundle import load_bundle  # noqa: E402
-from edge.config import load_config  # noqa: E402
 from edge.pipeline import Pipeline  # noqa: E402
 from edge.snapshot import Snapshot  # noqa: E402
 from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, list_ims_files, read_counts  # noqa: E402

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import threading
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import serial
 
+from figures import figure
 from firmware_bridge.frame import FrameDecoder, encode
 from firmware_bridge.ims import IMS_SNAPSHOT_SAMPLES, list_ims_files, write_ims_file
 from firmware_bridge.replay import replay
@@ -20,9 +20,6 @@ from firmware_bridge.replay import replay
 REPO = Path(__file__).resolve().parents[1]
 RATE = 20_000
 
-
-def _figure(samples: list[float], unit: str) -> dict:
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "unit": unit}
 
 
 def _timed(action: Callable[[], object], repeats: int) -> list[float]:
@@ -57,9 +54,9 @@ def decoder_throughput(repeats: int) -> dict:
     seconds = _timed(decode, repeats)
     return {
         "stream_mb": len(data) / 1e6,
-        "mb_per_s": _figure([len(data) / 1e6 / s for s in seconds], "MB/s"),
-        "samples_per_s": _figure([frames * 256 / s for s in seconds], "samples/s (per channel)"),
-        "realtime_factor": _figure([frames * 256 / RATE / s for s in seconds], "x real time (4 ch @ 20 kHz)"),
+        "mb_per_s": figure([len(data) / 1e6 / s for s in seconds], "MB/s"),
+        "samples_per_s": figure([frames * 256 / s for s in seconds], "samples/s (per channel)"),
+        "realtime_factor": figure([frames * 256 / RATE / s for s in seconds], "x real time (4 ch @ 20 kHz)"),
     }
 
 
@@ -119,9 +116,9 @@ def replay_throughput(repeats: int) -> dict:
             seconds = summary.seconds
             files_per_s.append(summary.files / seconds)
             mb_per_s.append(summary.bytes / 1e6 / seconds)
-    return {"source": source, "files": n_files, "files_per_s": _figure(files_per_s, "files/s"),
-            "mb_per_s": _figure(mb_per_s, "MB/s"),
-            "realtime_factor": _figure([f * IMS_SNAPSHOT_SAMPLES / RATE for f in files_per_s],
+    return {"source": source, "files": n_files, "files_per_s": figure(files_per_s, "files/s"),
+            "mb_per_s": figure(mb_per_s, "MB/s"),
+            "realtime_factor": figure([f * IMS_SNAPSHOT_SAMPLES / RATE for f in files_per_s],
                                        "x real time (8 ch @ 20 kHz)")}
 
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from figures import figure
 from firmware_bridge.ims import list_ims_files, read_counts
 from firmware_bridge.synth import generate
 
@@ -25,9 +25,6 @@ def _real_files() -> list[Path]:
             return [f.path for f in list_ims_files(root)]
     return []
 
-
-def _figure(samples: list[float], unit: str) -> dict:
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "unit": unit}
 
 
 def _rate(repeats: int, count: int, action: Callable[[int], None]) -> list[float]:
@@ -57,8 +54,8 @@ def run(repeats: int = 5) -> dict:
             generate(Path(scratch) / f"run{repeat}", files=SYNTH_FILES, fail_bearing=1, seed=repeat)
 
         return {
-            "ims_parse": _figure(_rate(repeats, len(files), parse), "files/s"),
-            "synth_generate": _figure(_rate(repeats, SYNTH_FILES, synthesise), "files/s"),
+            "ims_parse": figure(_rate(repeats, len(files), parse), "files/s"),
+            "synth_generate": figure(_rate(repeats, SYNTH_FILES, synthesise), "files/s"),
             "parse_source": source,
         }
 

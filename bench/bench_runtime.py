@@ -6,7 +6,6 @@ Numbers are printed, never asserted. Without a BUNDLE a small one is trained fir
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from figures import figure
 
 SNAPSHOTS = 200  # scored per repeat
 DISTINCT = 8  # distinct snapshots, cycled: the agent scores a snapshot it has just assembled, still in cache
@@ -43,9 +43,6 @@ print(json.dumps({"import_s": imported, "ready_s": ready, "vmrss_mb": status["Vm
                   "modules_tensorflow": any(m.startswith("tensorflow") for m in sys.modules)}))
 """
 
-
-def figure(samples: list[float], unit: str) -> dict:
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "unit": unit}
 
 
 def small_bundle(directory: Path) -> Path:

@@ -10,10 +10,8 @@ import json
 import subprocess
 import sys
 
-try:
-    from bench_runtime import figure, print_table
-except ImportError:  # imported as bench.bench_seed
-    from bench.bench_runtime import figure, print_table
+from bench_runtime import print_table
+from figures import figure
 
 SNAPSHOTS = 40  # per process: model.predict is slow enough that a few dozen give a stable median
 

@@ -37,6 +37,10 @@ class MismatchError(ValueError):
 
 def check_bundle_against_config(config: AgentConfig, bundle: Bundle) -> None:
     spec = bundle.card.feature_spec
+    if not spec.sample_rate_hz or not spec.snapshot_samples:
+        raise MismatchError(f"the bundle {bundle.path} was trained on a features table: it has no sample rate or "
+                            f"snapshot length, so it cannot score raw frames; train it on IMS-format files "
+                            f"(an IMS directory or the recorder's output)")
     expected = config.sensor
     pairs = [("channels", expected.channels, spec.channels),
              ("sample_rate_hz", expected.sample_rate_hz, spec.sample_rate_hz),

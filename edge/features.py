@@ -18,9 +18,12 @@ def mean_abs(counts: np.ndarray, scale: float) -> np.ndarray:
     """
     if counts.ndim != 2 or counts.shape[0] == 0:
         raise ValueError(f"expected a non-empty (samples, channels) array, got shape {counts.shape}")
-    # int16 -32768 has no positive int16 twin: widen before abs, accumulate in int64.
-    total = np.abs(counts.astype(np.int32)).sum(axis=0, dtype=np.int64)
-    return total.astype(np.float64) * (float(np.float32(scale)) / counts.shape[0])
+    # abs(-32768) wraps to -32768 in int16, whose uint16 view is 32768: the magnitudes are exact.
+    magnitudes = np.abs(counts).view(np.uint16)
+    # A float64 matrix-vector product sums integers below 2**53 exactly, whatever the order, and BLAS does
+    # it several times faster than numpy's column-wise integer reduction of a (n, 4) array.
+    total = np.ones(counts.shape[0]) @ magnitudes
+    return total * (float(np.float32(scale)) / counts.shape[0])
 
 
 def snapshot_features(counts: np.ndarray, scale: float, feature_set: str = FEATURE_SET) -> np.ndarray:

@@ -32,3 +32,8 @@ def test_feature_far_below_healthy_minimum_is_a_dropout():
     healthy_min = [0.06, 0.07, 0.08, 0.06]
     assert check_features(np.array([0.07, 0.08, 0.09, 0.07]), healthy_min, NAMES) is None
     assert check_features(np.array([0.07, 0.002, 0.09, 0.07]), healthy_min, NAMES) == "dropout:bearing2"
+
+
+def test_signed_features_never_drop_out():
+    # A table's signed feature (healthy minimum below zero) near zero is an ordinary reading.
+    assert check_features(np.array([0.0, -3.0]), [-2.5, -4.0], NAMES[:2]) is None

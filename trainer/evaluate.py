@@ -38,10 +38,7 @@ def sensor_faults(dataset: Dataset, bundle: Bundle) -> list[str | None]:
     """Raw-count checks where the samples exist, then the feature dropout check against the card's healthy_min."""
     raw = list(dataset.faults) if dataset.faults else [None] * len(dataset)
     names = bundle.card.feature_spec.channels
-    # Only magnitude channels (healthy minimum above zero) can drop out; a signed feature near zero is normal.
-    healthy_min = np.asarray(bundle.card.healthy_min)
-    floor = np.where(healthy_min > 0, healthy_min, -np.inf)
-    return [fault or check_features(row, floor, names) for fault, row in zip(raw, dataset.features)]
+    return [fault or check_features(row, bundle.card.healthy_min, names) for fault, row in zip(raw, dataset.features)]
 
 
 def run_detector(dataset: Dataset, bundle: Bundle) -> Trace:
