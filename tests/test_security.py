@@ -181,3 +181,51 @@ def test_unusable_tls_files_are_named(tmp_path: Path) -> None:
     config = MqttConfig(host="127.0.0.1", device_id="pi-1", tls_ca=str(bogus))
     with Outbox(tmp_path / "outbox.sqlite") as outbox, pytest.raises(PublisherError, match=str(bogus)):
         Publisher(config, outbox)
+
+
+def test_cm_edge_itself_connects_over_tls_with_its_password_file(secured: Secured, tmp_path: Path) -> None:
+    """The deployed agent, not just its publisher: cm-edge reads a replay from a pty and reaches the reader."""
+    import os
+    import subprocess
+    import sys
+
+    from trained import shared_bundle, shared_run
+
+    from firmware_bridge.ims import list_ims_files
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for ims in list_ims_files(shared_run())[:4]:
+        os.symlink(ims.path, run / ims.path.name)
+    tty, log = tmp_path / "tty", tmp_path / "agent.log"
+    config = tmp_path / "edge.toml"
+    config.write_text(f"""device_id = "pi-1"
+[serial]
+port = "{tty}"
+[model]
+bundle = "{shared_bundle()}"
+[mqtt]
+host = "127.0.0.1"
+port = {secured.broker.tls_port}
+username = "pi-1"
+password_file = "{secured.secrets['pi-1']}"
+tls_ca = "{secured.tls.ca}"
+[outbox]
+path = "{tmp_path / 'outbox.sqlite'}"
+""")
+    bin_dir = Path(sys.executable).parent
+    with subscriber(secured, "homeassistant") as reader, log.open("wb") as out:
+        agent = subprocess.Popen([bin_dir / "cm-edge", "--config", config], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            # Telemetry is QoS 0 and not kept while offline: start the sensor once the agent is online.
+            assert reader.wait_for(lambda s: s.on(PI1.status)[-1:] == [b"online"], 30), log.read_text()
+            subprocess.run([bin_dir / "cm-replay", run, "--port", f"pty:{tty}", "--no-progress"], check=True,
+                           capture_output=True, timeout=60)
+            assert reader.wait_for(lambda s: len(s.on(PI1.telemetry)) == 4, 30), log.read_text()
+        finally:
+            agent.terminate()
+            assert agent.wait(30) == 0
+    assert reader.wait_for(lambda s: s.on(PI1.status)[-1:] == [b"offline"], 10)
+    for payload in reader.on(PI1.telemetry):
+        validate("telemetry", json.loads(payload))
+    assert USERS["pi-1"] not in log.read_text()  # the secret never reaches the journal
