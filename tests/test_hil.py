@@ -14,12 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from broker import Mosquitto, Subscriber
 from trained import make_synthetic_run, shared_bundle
 
 from edge.payloads import validate
-from firmware_bridge.ims import list_ims_files
+from firmware_bridge.ims import list_ims_files, read_counts
 from firmware_bridge.replay import PtyPort, replay
 
 BIN = Path(sys.executable).parent
@@ -237,6 +238,9 @@ def test_garbage_on_the_serial_line_is_counted_and_later_snapshots_are_scored(ch
     healthy.mkdir()
     for ims in list_ims_files(run_dir)[:12]:
         os.symlink(ims.path, healthy / ims.path.name)
+    recordings = tmp_path / "recordings"
+    with chain.config.open("a") as config:
+        config.write(f'[recorder]\nenabled = true\ndirectory = "{recordings}"\ninterval_s = 0\n')
     with Subscriber(broker.port, f"{TOPIC}/#") as subscriber:
         port = PtyPort(chain.tty)
         try:
@@ -256,6 +260,12 @@ def test_garbage_on_the_serial_line_is_counted_and_later_snapshots_are_scored(ch
     assert all(t["state"] == "normal" for t in telemetry)  # one lost snapshot is not yet a sensor fault
     assert chain.agent.poll() is None
     assert chain.stop_agent() == 0
+    # The recorder kept every scored snapshot as an IMS file equal to the one replayed (all but the lost one).
+    recorded = {f.path.name: f.path for f in list_ims_files(recordings)}
+    sources = {f.path.name: f.path for f in list_ims_files(healthy)}
+    assert len(recorded) == 11 and set(recorded) <= set(sources)
+    for name, path in recorded.items():
+        np.testing.assert_array_equal(read_counts(path), read_counts(sources[name]))
 
 
 def test_frames_with_another_channel_count_stop_the_agent_with_both_values(chain, run_dir):
