@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge.bundle import Bundle, BundleError, load_bundle
 from edge.config import AgentConfig, ConfigError, load_config
-from edge.detector import DetectorSettings, State
+from edge.detector import DetectorSettings, State, Transition
 from edge import messages
 from edge.messages import ModelRef, Reading
 from edge.outbox import Outbox, OutboxError
@@ -127,12 +127,12 @@ class Agent:
             if self.recorder is not None:
                 self.recorder.save(snapshot)
 
-    def on_missing(self, transition, frame: Frame) -> None:
+    def on_missing(self, transition: Transition, frame: Frame) -> None:
         reading = Reading(capture_time_us=frame.header.capture_time_us, snapshot=-1, features=None, score=None,
                           channel_errors=None, state=transition.state, reason=transition.reason)
         self.publish_transition(reading, transition)
 
-    def publish(self, reading: Reading, transition) -> None:
+    def publish(self, reading: Reading, transition: Transition | None) -> None:
         channels = self.pipeline.channels
         if reading.score is not None and not self._scored_once:
             self._scored_once = True
@@ -144,7 +144,7 @@ class Agent:
             self.publisher.publish_state(messages.state(self.config.device_id, reading, self._since_us, channels, self.model))
         self.publisher.publish_telemetry(messages.telemetry(self.config.device_id, reading, channels, self.counters()))
 
-    def publish_transition(self, reading: Reading, transition) -> None:
+    def publish_transition(self, reading: Reading, transition: Transition) -> None:
         channels = self.pipeline.channels
         alert = messages.alert(self.config.device_id, transition, reading, channels, self.thresholds, self.model)
         self.publisher.publish_alert(alert)

@@ -31,7 +31,7 @@ class Reading:
 
     capture_time_us: int
     snapshot: int
-    features: np.ndarray
+    features: np.ndarray | None  # None when the snapshot was lost (missing data)
     score: float | None
     channel_errors: np.ndarray | None
     state: State

@@ -66,7 +66,8 @@ class SnapshotAssembler:
                     break
                 samples, first = samples[skip:], first + skip
                 self._start = first
-                self._capture_time_us = header.capture_time_us + _micros(first - header.first_sample, header.sample_rate_hz)
+                offset = _micros(first - header.first_sample, header.sample_rate_hz)
+                self._capture_time_us = header.capture_time_us + offset
             take = min(len(samples), self.snapshot_samples - self._filled)
             self._buffer[self._filled : self._filled + take] = samples[:take]
             self._filled += take
