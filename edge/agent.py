@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from edge.bundle import Bundle, BundleError, load_bundle
 from edge.config import AgentConfig, ConfigError, load_config

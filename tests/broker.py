@@ -176,6 +176,16 @@ class Mosquitto:
         self.stop()
 
 
+def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll until `condition()` holds; False after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _accepts(port: int) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=0.2):

@@ -9,14 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from broker import Mosquitto, Subscriber, write_password_file
+from broker import Mosquitto, Subscriber, eventually, write_password_file
 
 from edge import messages
 from edge.detector import State, Transition
@@ -29,15 +28,6 @@ T = topics("cm", DEVICE)
 CHANNELS = ("bearing1", "bearing2", "bearing3", "bearing4")
 MODEL = messages.ModelRef("ims1-20240101", "ab" * 32)
 PROTOCOLS = ["5", "3.1.1"]
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def reading(n: int, state: State = State.ALARM, reason: str | None = None) -> messages.Reading:

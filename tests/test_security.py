@@ -11,7 +11,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import HOST, Mosquitto, Subscriber, TlsFiles, free_port, make_test_ca, write_password_file
+from broker import HOST, Mosquitto, Subscriber, TlsFiles, eventually, free_port, make_test_ca, write_password_file
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.outbox import Outbox
@@ -71,15 +71,6 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
 
 def subscriber(secured: Secured, user: str, topics: str | list[str] = "cm/#") -> Subscriber:
     return Subscriber(secured.broker.tls_port, topics, username=user, password=USERS[user], tls_ca=secured.tls.ca)
-
-
-def eventually(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def connack(port: int, *, username: str | None = None, password: str | None = None,
