@@ -84,6 +84,8 @@ def live_agent(run_dir: Path, bundle: Path) -> dict:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 assert port.wait_for_reader()
+                # Telemetry is QoS 0 and not kept while offline: the sensor starts once the agent is online.
+                assert subscriber.wait_for(lambda s: s.on("cm/bench/status")[-1:] == [b"online"], 30)
                 sent_at: dict[int, float] = {}
                 sample = sequence = 0
                 for index, ims in enumerate(files):

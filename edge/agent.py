@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 
 from edge.bundle import Bundle, BundleError, load_bundle
+from edge.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.detector import DetectorSettings, State, Transition
 from edge import messages
@@ -83,9 +84,20 @@ class Agent:
         self.publisher = Publisher(config.mqtt, self.outbox)
         self.recorder = Recorder(config.recorder) if config.recorder.enabled else None
         self.link = SerialLink(config.serial.port, baudrate=config.serial.baudrate)
+        self.checkpoint_path = checkpoint_path(config.outbox_path)
         self._since_us: int | None = None
+        self._state_announced = False
+        self.resume()
         self._started = time.monotonic()
         self._scored_once = False
+
+    def resume(self) -> None:
+        checkpoint = load_checkpoint(self.checkpoint_path, self.model.id)
+        if checkpoint is not None:
+            self.pipeline.detector.resume(checkpoint.state, checkpoint.health, checkpoint.reason)
+            self._since_us = checkpoint.since_us
+            log.info("resuming in state %s (bearing %s) since %s", checkpoint.state, checkpoint.health,
+                     messages.iso_time(checkpoint.since_us))
 
     def run(self, stop: threading.Event) -> int:
         self.publisher.start()
@@ -138,9 +150,11 @@ class Agent:
             log.info("first snapshot scored %.2f s after the agent was set up", time.monotonic() - self._started)
         if transition is not None:
             self.publish_transition(reading, transition)
-        elif self._since_us is None:
-            self._since_us = reading.capture_time_us
+        elif not self._state_announced:
+            if self._since_us is None:
+                self._since_us = reading.capture_time_us
             self.publisher.publish_state(messages.state(self.config.device_id, reading, self._since_us, channels, self.model))
+            self._state_announced = True
         self.publisher.publish_telemetry(messages.telemetry(self.config.device_id, reading, channels, self.counters()))
 
     def publish_transition(self, reading: Reading, transition: Transition) -> None:
@@ -149,6 +163,11 @@ class Agent:
         self.publisher.publish_alert(alert)
         self._since_us = reading.capture_time_us
         self.publisher.publish_state(messages.state(self.config.device_id, reading, self._since_us, channels, self.model))
+        self._state_announced = True
+        # After the outbox commit: a crash in between costs at most a repeated alert, never a lost one.
+        detector = self.pipeline.detector
+        save_checkpoint(self.checkpoint_path, Checkpoint(self.model.id, detector.state, detector.health,
+                                                         detector.reason, self._since_us))
         log.log(logging.WARNING if transition.state != State.NORMAL else logging.INFO,
                 "%s -> %s at %s (score %s, top channel %s%s)", transition.previous_state, transition.state,
                 alert["timestamp"], alert["score"], alert["top_channel"],

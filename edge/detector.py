@@ -63,6 +63,20 @@ class Detector:
     def state(self) -> State:
         return self._state
 
+    @property
+    def health(self) -> State:
+        """The bearing's state, which a sensor fault hides but does not change."""
+        return self._health
+
+    def resume(self, state: State, health: State, reason: str | None) -> None:
+        """Continue from the state saved before a restart: no false all-clear, no repeated alert.
+
+        The k-of-n history starts empty, so an alarm holds until `clear_after` quiet snapshots clear it.
+        """
+        if health == State.SENSOR_FAULT:
+            raise ValueError("health: expected normal, warning or alarm, got sensor_fault")
+        self._state, self._health, self.reason = state, health, reason
+
     def update(self, score: float | None, fault: str | None = None) -> Transition | None:
         """Feed one snapshot: its score, or the reason its sensor check failed. Returns a transition or None."""
         if fault is not None:

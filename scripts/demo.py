@@ -93,6 +93,7 @@ class AlertPrinter:
     def __init__(self, port: int) -> None:
         self.alerts: list[dict] = []
         self.telemetry = 0
+        self.online = False
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
         self.client.on_message = self.on_message
         self.client.on_connect = lambda c, *_: c.subscribe(f"cm/{DEVICE}/#", qos=1)
@@ -110,6 +111,7 @@ class AlertPrinter:
             print(f"  ALERT {alert['timestamp']}  {alert['previous_state']:>12} -> {alert['state']:<12} "
                   f"score {score:>7}  top {alert['top_channel']}  {alert['reason'] or ''}", flush=True)
         elif topic == "status":
+            self.online = message.payload == b"online"
             print(f"  status: {message.payload.decode()}", flush=True)
 
     def stop(self) -> None:
@@ -143,9 +145,15 @@ def live_chain() -> tuple[AlertPrinter, float]:
     tty = OUT / "ttyDEMO"
     config = write_config(port, protocol, tty)
     started = time.monotonic()
-    replay = subprocess.Popen([BIN / "cm-replay", OUT / "run", "--port", f"pty:{tty}", "--speed", "max", "--no-progress"])
     agent = subprocess.Popen([BIN / "cm-edge", "--config", config])
+    replay = None
     try:
+        # Telemetry is QoS 0 and not kept while the agent is offline: start the sensor once it is online.
+        deadline = time.monotonic() + 60
+        while not printer.online and time.monotonic() < deadline and agent.poll() is None:
+            time.sleep(0.1)
+        replay = subprocess.Popen([BIN / "cm-replay", OUT / "run", "--port", f"pty:{tty}", "--speed", "max",
+                                   "--no-progress"])
         deadline = time.monotonic() + 180
         while printer.telemetry < FILES and time.monotonic() < deadline and agent.poll() is None:
             time.sleep(0.2)
@@ -153,8 +161,9 @@ def live_chain() -> tuple[AlertPrinter, float]:
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(20)
-        replay.terminate()
-        replay.wait(10)
+        if replay is not None:
+            replay.terminate()
+            replay.wait(10)
         printer.stop()
         stop_broker()
     return printer, time.monotonic() - started

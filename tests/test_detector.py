@@ -64,3 +64,19 @@ def test_bad_settings_name_what_is_wrong(kwargs):
     base = dict(warning_threshold=1.0, alarm_threshold=2.0)
     with pytest.raises(ValueError):
         DetectorSettings(**{**base, **kwargs})
+
+
+def test_resumed_alarm_neither_repeats_nor_clears_early():
+    detector = Detector(SETTINGS)
+    detector.resume(State.ALARM, State.ALARM, None)
+    transitions = [detector.update(s) for s in [3.0, 3.0, 3.0, 0.5, 0.5, 0.5]]
+    assert transitions == [None] * 6 and detector.state == State.ALARM
+    assert detector.update(0.5).state == State.NORMAL  # the 4th quiet snapshot (clear_after=4)
+
+
+def test_resumed_sensor_fault_returns_to_the_saved_bearing_state():
+    detector = Detector(SETTINGS)
+    detector.resume(State.SENSOR_FAULT, State.WARNING, "dropout:b3")
+    assert detector.update(None, fault="dropout:b3") is None
+    transition = detector.update(1.5)
+    assert (transition.previous_state, transition.state) == (State.SENSOR_FAULT, State.WARNING)

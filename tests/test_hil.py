@@ -80,6 +80,11 @@ class Chain:
                                           stderr=subprocess.STDOUT)
         return self.agent
 
+    def start_online(self, subscriber: Subscriber) -> None:
+        """Start the agent and wait for its `online`: telemetry sent before the connection is dropped (QoS 0)."""
+        self.start_agent()
+        assert subscriber.wait_for(lambda s: s.on(f"{TOPIC}/status")[-1:] == [b"online"], 30), self.agent_log()
+
     def replay(self, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([BIN / "cm-replay", run_dir, "--port", f"pty:{self.tty}", "--speed", "max",
                                "--no-progress", *extra], capture_output=True, text=True, timeout=120)
@@ -129,7 +134,7 @@ def reference(run_dir, bundle, tmp_path_factory) -> dict:
     tmp_path = tmp_path_factory.mktemp("reference")
     with Mosquitto(tmp_path / "broker") as broker, Subscriber(broker.port, f"{TOPIC}/#") as subscriber:
         chain = Chain(tmp_path, broker, bundle)
-        chain.start_agent()
+        chain.start_online(subscriber)
         result = chain.replay(run_dir)
         assert result.returncode == 0, result.stderr
         assert subscriber.wait_for(lambda s: len(s.on(f"{TOPIC}/telemetry")) >= FILES, 60), chain.agent_log()
@@ -185,7 +190,7 @@ def test_every_payload_matches_its_schema(reference):
 
 def test_broker_restart_mid_replay_delays_alerts_but_loses_none(reference, chain, broker, run_dir):
     with Subscriber(broker.port, f"{TOPIC}/#", persistent=True) as subscriber:
-        chain.start_agent()
+        chain.start_online(subscriber)
         replayer = threading.Thread(target=chain.replay, args=(run_dir,))
         replayer.start()
         # Take the broker away while the bearing is still healthy, so every alert is raised during the outage.
@@ -217,6 +222,31 @@ def test_agent_killed_with_pending_alerts_publishes_them_after_restart(reference
     assert chain.stop_agent() == 0
 
 
+def test_restarted_agent_resumes_its_state_without_a_false_all_clear(reference, chain, broker, run_dir, tmp_path):
+    with Subscriber(broker.port, f"{TOPIC}/#") as subscriber:
+        chain.start_online(subscriber)
+        assert chain.replay(run_dir).returncode == 0
+        assert subscriber.wait_for(lambda s: len(s.on(f"{TOPIC}/telemetry")) >= FILES, 60), chain.agent_log()
+        assert chain.stop_agent() == 0
+        before = len(subscriber.messages)
+        # The sensor is still dead after the restart: the last snapshots again.
+        tail = tmp_path / "tail"
+        tail.mkdir()
+        for ims in list_ims_files(run_dir)[-3:]:
+            os.symlink(ims.path, tail / ims.path.name)
+        chain.start_online(subscriber)
+        assert chain.replay(tail).returncode == 0
+        assert subscriber.wait_for(lambda s: len(s.on(f"{TOPIC}/telemetry")) >= FILES + 3, 60), chain.agent_log()
+        assert subscriber.publish_acked(f"{TOPIC}/probe", b"")
+        after = subscriber.messages[before:]
+    assert [m for m in after if m.topic.endswith("/alert")] == []  # nothing new happened: nothing to announce
+    states = [json.loads(m.payload) for m in after if m.topic.endswith("/state")]
+    assert states and {s["state"] for s in states} == {"sensor_fault"}
+    assert states[0]["since"] == reference["alerts"][-1]["timestamp"]
+    assert "resuming in state sensor_fault (bearing alarm)" in chain.agent_log()
+    assert chain.stop_agent() == 0
+
+
 class Corrupting:
     """Writes through a pty, injecting line noise into the middle of one snapshot's burst."""
 
@@ -244,7 +274,7 @@ def test_garbage_on_the_serial_line_is_counted_and_later_snapshots_are_scored(ch
     with Subscriber(broker.port, f"{TOPIC}/#") as subscriber:
         port = PtyPort(chain.tty)
         try:
-            chain.start_agent()
+            chain.start_online(subscriber)
             assert port.wait_for_reader()
             replay(healthy, Corrupting(port, at_write=5), announce=None)
             port.drain()
