@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import signal
 import sys
 import threading
@@ -29,10 +30,23 @@ from firmware_bridge.frame import Frame, FrameType
 from firmware_bridge.link import SerialLink
 
 log = logging.getLogger("cm-edge")
+FRAME_QUEUE = 4096  # frames (about 13 snapshots of 4 x 20,480 samples) between the serial thread and scoring
+TICK_S = 0.5  # how often the main loop looks at its clocks when no frame arrives
 
 
 class MismatchError(ValueError):
     """The bundle does not fit the config or the sensor's frames."""
+
+
+def _put(frames: queue.Queue[Frame | None], item: Frame | None, stop: threading.Event) -> bool:
+    """Hand a frame to the scoring loop; give up once the agent stops (the loop no longer takes any)."""
+    while not stop.is_set():
+        try:
+            frames.put(item, timeout=TICK_S)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def check_bundle_against_config(config: AgentConfig, bundle: Bundle) -> None:
@@ -89,6 +103,7 @@ class Agent:
         self._state_announced = False
         self.resume()
         self._started = time.monotonic()
+        self._last_snapshot = self._started
         self._scored_once = False
 
     def resume(self) -> None:
@@ -103,10 +118,22 @@ class Agent:
         self.publisher.start()
         log.info("agent %s started: port %s, bundle %s (model %s), %d alert(s) pending in the outbox",
                  self.config.device_id, self.config.serial.port, self.bundle.path, self.model.id, self.publisher.pending())
+        frames: queue.Queue[Frame | None] = queue.Queue(maxsize=FRAME_QUEUE)
+        reader = threading.Thread(target=self.read_link, args=(frames, stop), name="serial", daemon=True)
+        reader.start()
         next_counters = time.monotonic() + self.config.counters_interval_s
         try:
-            for frame in self.link.frames(stop):
-                self.on_frame(frame)
+            while not stop.is_set():
+                try:
+                    frame = frames.get(timeout=TICK_S)
+                except queue.Empty:
+                    pass  # no frame this tick: only the clocks below move
+                else:
+                    if frame is None:
+                        log.error("the serial thread ended unexpectedly (its traceback is above)")
+                        return 1  # not 2: systemd restarts the agent
+                    self.on_frame(frame)
+                self.check_stale()
                 if time.monotonic() >= next_counters:
                     log.info("counters: %s", " ".join(f"{k}={v}" for k, v in self.counters().items()))
                     next_counters = time.monotonic() + self.config.counters_interval_s
@@ -114,10 +141,32 @@ class Agent:
             log.error("%s", error)
             return 2
         finally:
+            stop.set()
             self.link.close()
+            reader.join(5)
             self.publisher.stop()
             self.outbox.close()
         return 0
+
+    def read_link(self, frames: queue.Queue[Frame | None], stop: threading.Event) -> None:
+        """The serial thread: reading never waits for scoring or publishing, and silence can be noticed."""
+        try:
+            for frame in self.link.frames(stop):
+                if not _put(frames, frame, stop):
+                    return
+        finally:
+            _put(frames, None, stop)  # only an error gets here without `stop`: the loop must not wait forever
+
+    def check_stale(self) -> None:
+        """No complete snapshot for `stale_after_s`: the sensor is silent, which is missing data, not health."""
+        stale_after = self.config.sensor.stale_after_s
+        if stale_after is None or time.monotonic() - self._last_snapshot < stale_after:
+            return
+        self._last_snapshot = time.monotonic()
+        log.warning("no complete snapshot from %s for %.0f s", self.config.serial.port, stale_after)
+        transition = self.pipeline.missing()
+        if transition is not None:
+            self.on_missing(transition, int(time.time() * 1_000_000))  # no frame to date it: the wall clock
 
     def on_frame(self, frame: Frame) -> None:
         if frame.header.frame_type == FrameType.STATUS:
@@ -131,15 +180,16 @@ class Agent:
                         frame.header.sequence, frame.header.first_sample)
             transition = self.pipeline.missing()
             if transition is not None:
-                self.on_missing(transition, frame)
+                self.on_missing(transition, frame.header.capture_time_us)
         for snapshot in snapshots:
+            self._last_snapshot = time.monotonic()
             reading, transition = self.pipeline.process(snapshot)
             self.publish(reading, transition)
             if self.recorder is not None:
                 self.recorder.save(snapshot)
 
-    def on_missing(self, transition: Transition, frame: Frame) -> None:
-        reading = Reading(capture_time_us=frame.header.capture_time_us, snapshot=-1, features=None, score=None,
+    def on_missing(self, transition: Transition, capture_time_us: int) -> None:
+        reading = Reading(capture_time_us=capture_time_us, snapshot=-1, features=None, score=None,
                           channel_errors=None, state=transition.state, reason=transition.reason)
         self.publish_transition(reading, transition)
 

@@ -36,6 +36,7 @@ class SensorConfig:
     channels: tuple[str, ...] | None = None
     sample_rate_hz: int | None = None
     snapshot_samples: int | None = None
+    stale_after_s: float | None = None  # no complete snapshot for this long: missing data (off when unset)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ class _Reader:
         )
 
     def sensor(self) -> SensorConfig:
-        table = self.section("sensor", {"channels", "sample_rate_hz", "snapshot_samples"})
+        table = self.section("sensor", {"channels", "sample_rate_hz", "snapshot_samples", "stale_after_s"})
         channels = table.get("channels")
         if channels is not None and (not isinstance(channels, list) or not all(isinstance(c, str) for c in channels)
                                      or not channels):
@@ -219,6 +220,7 @@ class _Reader:
             channels=tuple(channels) if channels else None,
             sample_rate_hz=self.positive(table, "sample_rate_hz", int, None, name="sensor.sample_rate_hz"),
             snapshot_samples=self.positive(table, "snapshot_samples", int, None, name="sensor.snapshot_samples"),
+            stale_after_s=self.positive(table, "stale_after_s", float, None, name="sensor.stale_after_s"),
         )
 
     def detector(self) -> DetectorOverrides:

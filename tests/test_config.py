@@ -1,6 +1,7 @@
 """Config validation: a bad config stops the agent at start with the key, the value and what was expected."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,23 @@ def test_cm_edge_check_exits_nonzero_on_a_bad_config(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "mqtt.port" in result.stdout + result.stderr
+
+
+
+def test_the_shipped_example_config_is_valid_with_every_optional_key_uncommented(tmp_path):
+    example = Path(__file__).resolve().parents[1] / "deploy" / "edge.example.toml"
+    assert load_config(example).serial.port == "/dev/cm-sensor"
+    secret = tmp_path / "file"
+    secret.write_text("x\n")
+    lines = []
+    for line in example.read_text().splitlines():
+        if re.match(r"^# ([a-z_]+ = |\[[a-z]+\])", line):  # a documented optional key or section, commented out
+            line = line[2:]
+            if line.split()[0] in ("password_file", "tls_ca", "tls_cert", "tls_key"):
+                line = f'{line.split()[0]} = "{secret}"'
+        lines.append(line)
+    config = load_config(write(tmp_path, "\n".join(lines)))
+    assert config.mqtt.username == "pump-07" and config.mqtt.tls_ca == str(secret)
+    assert config.detector.given() == {"warning_threshold": 0.05, "alarm_threshold": 0.08, "k": 3, "n": 5,
+                                       "clear_after": 6, "fault_after": 2}
+    assert config.sensor.channels == ("bearing1", "bearing2", "bearing3", "bearing4")

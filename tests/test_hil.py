@@ -298,6 +298,27 @@ def test_garbage_on_the_serial_line_is_counted_and_later_snapshots_are_scored(ch
         np.testing.assert_array_equal(read_counts(path), read_counts(sources[name]))
 
 
+def test_a_silent_sensor_becomes_a_sensor_fault_and_recovers(chain, broker, run_dir, tmp_path):
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    for ims in list_ims_files(run_dir)[:4]:
+        os.symlink(ims.path, healthy / ims.path.name)
+    with chain.config.open("a") as config:
+        config.write("[sensor]\nstale_after_s = 1\n")
+    with Subscriber(broker.port, f"{TOPIC}/#") as subscriber:
+        chain.start_online(subscriber)
+        assert chain.replay(healthy).returncode == 0
+        # Then nothing: after fault_after (2) silent periods the agent says the data is missing.
+        assert subscriber.wait_for(lambda s: len(s.on(f"{TOPIC}/alert")) == 1, 30), chain.agent_log()
+        (alert,) = payloads(subscriber, "alert")
+        assert (alert["previous_state"], alert["state"], alert["reason"]) == ("normal", "sensor_fault", "missing_data")
+        # The sensor comes back: the next scored snapshot ends the fault.
+        assert chain.replay(healthy).returncode == 0
+        assert subscriber.wait_for(lambda s: len(s.on(f"{TOPIC}/alert")) == 2, 30), chain.agent_log()
+        assert payloads(subscriber, "alert")[1]["state"] == "normal"
+    assert chain.stop_agent() == 0
+
+
 def test_frames_with_another_channel_count_stop_the_agent_with_both_values(chain, run_dir):
     chain.start_agent()
     replayer = subprocess.Popen([BIN / "cm-replay", run_dir, "--port", f"pty:{chain.tty}", "--channels", "1,2,3",
