@@ -229,7 +229,7 @@ class Agent:
             "frames": stats.frames, "crc_errors": stats.crc_errors, "malformed": stats.malformed,
             "resyncs": stats.resyncs, "sequence_gaps": stats.sequence_gaps, "bytes_dropped": stats.bytes_dropped,
             "snapshots": self.assembler.completed, "snapshots_discarded": self.assembler.discarded,
-            "alerts_pending": self.publisher.pending(),
+            "alerts_pending": self.publisher.pending(), "telemetry_dropped": self.publisher.dropped_telemetry,
         }
 
 

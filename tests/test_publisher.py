@@ -49,7 +49,7 @@ def state(n: int) -> dict:
 
 def telemetry(n: int) -> dict:
     counters = dict.fromkeys(["frames", "crc_errors", "malformed", "resyncs", "sequence_gaps", "bytes_dropped",
-                              "snapshots", "snapshots_discarded", "alerts_pending"], 0)
+                              "snapshots", "snapshots_discarded", "alerts_pending", "telemetry_dropped"], 0)
     return messages.telemetry(DEVICE, reading(n), CHANNELS, counters)
 
 
