@@ -89,6 +89,17 @@ def list_ims_files(directory: str | os.PathLike[str]) -> list[ImsFile]:
     return sorted(files, key=lambda f: f.timestamp)
 
 
+def parse_channels(text: str) -> tuple[int, ...]:
+    """`--channels 1,3,5,7`: distinct 1-based column numbers, as the IMS README numbers the channels."""
+    try:
+        numbers = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        numbers = ()
+    if not numbers or min(numbers) < 1 or len(set(numbers)) != len(numbers):
+        raise ValueError(f"expected distinct 1-based column numbers like 1,3,5,7, got {text!r}")
+    return numbers
+
+
 def channel_names(n_columns: int) -> list[str]:
     """Column names as the IMS README numbers them: set 1 has x and y per bearing, sets 2 and 3 one each."""
     if n_columns == 8:

@@ -30,7 +30,7 @@ import numpy as np
 import serial
 
 from firmware_bridge.frame import MAX_PAYLOAD, encode
-from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, ImsFile, list_ims_files, read_counts
+from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, ImsFile, list_ims_files, parse_channels, read_counts
 
 _U32 = 2**32
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -302,15 +302,12 @@ def replay(
     return ReplaySummary(sent_files, sent_frames, sent_bytes, finished - started)
 
 
-def parse_channels(text: str) -> list[int]:
-    """`--channels 1,3,5,7` (1-based, as the IMS README numbers them) → 0-based column indices."""
+def _columns(text: str) -> list[int]:
+    """`--channels 1,3,5,7` → 0-based column indices."""
     try:
-        numbers = [int(part) for part in text.split(",")]
-    except ValueError:
-        numbers = []
-    if not numbers or min(numbers) < 1:
-        raise argparse.ArgumentTypeError(f"expected 1-based column numbers like 1,3,5,7, got {text!r}")
-    return [n - 1 for n in numbers]
+        return [n - 1 for n in parse_channels(text)]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _speed(text: str) -> str:
@@ -329,7 +326,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--speed", default="max", type=_speed,
                         help="realtime (original spacing of the files), max, or a factor like 60 (default: max)")
     parser.add_argument("--loop", action="store_true", help="start again after the last file, forever")
-    parser.add_argument("--channels", type=parse_channels, metavar="1,3,5,7",
+    parser.add_argument("--channels", type=_columns, metavar="1,3,5,7",
                         help="1-based columns to send (default: all)")
     parser.add_argument("--frame-samples", type=int, default=256, help="samples per frame (default: 256)")
     parser.add_argument("--baudrate", type=int, default=921600, help="for real serial ports (default: 921600)")

@@ -19,6 +19,7 @@ import pandas as pd
 
 from edge.features import snapshot_features
 from edge.sensor import check_counts
+from firmware_bridge import ims
 from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, IMS_SNAPSHOT_SAMPLES, channel_names, list_ims_files, read_counts
 
 
@@ -51,16 +52,13 @@ class Dataset:
 
 
 def parse_channels(text: str | None) -> tuple[int, ...] | None:
-    """`--channels 1,3,5,7` (1-based, as the IMS README numbers them)."""
-    if text is None or text == "":
+    """`--channels 1,3,5,7` (1-based, as the IMS README numbers them); None selects every column."""
+    if not text:
         return None
     try:
-        columns = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise DatasetError(f"--channels: expected 1-based column numbers like 1,3,5,7, got {text!r}") from None
-    if any(c < 1 for c in columns) or len(set(columns)) != len(columns):
-        raise DatasetError(f"--channels: expected distinct 1-based column numbers, got {text!r}")
-    return columns
+        return ims.parse_channels(text)
+    except ValueError as error:
+        raise DatasetError(f"--channels: {error}") from None
 
 
 def parse_time(text: str) -> np.datetime64:
