@@ -237,6 +237,10 @@ def prepare(config_path: str) -> tuple[AgentConfig, Bundle]:
     config = load_config(config_path)
     bundle = load_bundle(config.bundle)
     check_bundle_against_config(config, bundle)
+    try:
+        detector_settings(config, bundle)
+    except ValueError as error:  # an override that does not fit the card's other settings
+        raise ConfigError(f"{config.path}: [detector] with the bundle's settings: {error}") from None
     return config, bundle
 
 

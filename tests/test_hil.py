@@ -345,6 +345,11 @@ def test_config_check_refuses_a_bundle_that_does_not_match_the_sensor(chain):
                             text=True, timeout=60)
     assert result.returncode == 2
     assert "sensor.channels is x, y, z but the bundle" in result.stdout
+    chain.config.write_text(text.replace('[sensor]\nchannels = ["x", "y", "z"]\n', "[detector]\nk = 9\n"))
+    result = subprocess.run([BIN / "cm-edge", "--config", chain.config, "--check"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "[detector] with the bundle's settings: k and n: expected 1 <= k <= n, " \
+                                      "got k=9, n=5" in result.stdout
     chain.config.write_text(text.replace('[sensor]\nchannels = ["x", "y", "z"]\n', ""))
     result = subprocess.run([BIN / "cm-edge", "--config", chain.config, "--check"], capture_output=True,
                             text=True, timeout=60)
