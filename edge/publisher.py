@@ -117,8 +117,7 @@ class Publisher:
         self._early_acks: set[int] = set()  # PUBACKs that beat the registration of their mid
         self._online = False
         self._last_state: bytes | None = None
-        self._outage_reported = False
-        self._outage_started: float | None = None
+        self._outage_started: float | None = None  # set while an outage is going on (it was logged once)
         self._failed_attempts = 0
         self._dropped_telemetry = 0
         self._client = self._make_client()
@@ -266,13 +265,12 @@ class Publisher:
             if self._last_state is not None:
                 self._send(self.topics.state, self._last_state, 1, True, None)
             self._online = True
-        if self._outage_reported and self._outage_started is not None:
+        if self._outage_started is not None:
             log.info("connected to MQTT broker %s after %.0f s; re-sending %d stored alert(s)", self._where(),
                      time.monotonic() - self._outage_started, len(pending))
         else:
             log.info("connected to MQTT broker %s as %s; %d stored alert(s) to send", self._where(),
                      self.config.username or "anonymous", len(pending))
-        self._outage_reported = False
         self._outage_started = None
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -291,12 +289,10 @@ class Publisher:
     def _report_outage(self, level: int, message: str) -> None:
         """Log the first problem of an outage at `level`, the retries at DEBUG: one line per outage."""
         self._failed_attempts += 1
-        if self._outage_started is None:
-            self._outage_started = time.monotonic()
-        if self._outage_reported:
+        if self._outage_started is not None:
             log.debug("%s", message)
             return
-        self._outage_reported = True
+        self._outage_started = time.monotonic()
         log.log(level, "%s; retrying every %g-%g s, alerts wait in the outbox (%d pending)", message,
                 self.config.reconnect_min, self.config.reconnect_max, len(self.outbox))
 

@@ -55,5 +55,5 @@ def thresholds(rule: str, training_scores: np.ndarray, calibration_scores: np.nd
 
 
 def detector_settings(limits: Thresholds) -> DetectorSettings:
-    """Debounce defaults: alarm when 3 of the last 5 snapshots exceed, clear after 6 quiet ones."""
-    return DetectorSettings(warning_threshold=limits.warning, alarm_threshold=limits.alarm, k=3, n=5, clear_after=6, fault_after=2)
+    """The thresholds with DetectorSettings' debounce defaults (k=3 of n=5 to raise, 6 quiet snapshots to clear)."""
+    return DetectorSettings(warning_threshold=limits.warning, alarm_threshold=limits.alarm)

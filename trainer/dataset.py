@@ -8,7 +8,6 @@ file, line and column, and rows with NaN or inf are excluded and reported, never
 from __future__ import annotations
 
 import hashlib
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,9 +63,10 @@ def parse_channels(text: str | None) -> tuple[int, ...] | None:
 def parse_time(text: str) -> np.datetime64:
     """A timestamp as given on the command line: 2004-02-12 10:32:39, ISO 8601, 2004.02.12.10.32.39 or seconds."""
     value = text.strip()
-    ims = re.fullmatch(r"(\d{4})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})", value)
-    if ims:
-        value = "{}-{}-{} {}:{}:{}".format(*ims.groups())
+    try:
+        return np.datetime64(ims.parse_timestamp(value).replace(tzinfo=None), "ms")
+    except ims.ImsFormatError:
+        pass  # not an IMS file name: one of the other forms
     try:
         return np.datetime64(int(float(value) * 1000), "ms")
     except ValueError:

@@ -173,8 +173,9 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
 def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: FitOptions) -> ModelCard:
     """The card before calibration: everything the scorer needs, placeholder thresholds."""
     train_end = dataset.timestamps[rows[-1]]
+    fingerprint = dataset.fingerprint()
     return ModelCard(
-        id=f"cm-{dataset.fingerprint()[:12]}-{options.seed}",
+        id=f"cm-{fingerprint[:12]}-{options.seed}",
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         feature_spec=FeatureSpec(
             feature_set=FEATURE_SET,
@@ -195,7 +196,7 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
             "kind": dataset.kind,
             "columns": list(dataset.columns) if dataset.columns else None,
             "label_column": options.label_column,
-            "data_sha256": dataset.fingerprint(),
+            "data_sha256": fingerprint,
             "snapshots": len(dataset),
             "excluded_rows": len(dataset.excluded),
             "train_start": str(dataset.timestamps[rows[0]]),
