@@ -189,6 +189,20 @@ def test_every_payload_matches_its_schema(reference):
         validate("status", status)
 
 
+def test_the_live_agent_and_cm_train_evaluate_tell_the_same_story(reference, run_dir, bundle):
+    """The batch evaluation a trainer reads and the stream the agent scores: same scores, same states."""
+    from trainer.dataset import load_dataset
+    from trainer.evaluate import run_detector
+
+    from edge.bundle import load_bundle
+
+    trace = run_detector(load_dataset(run_dir), load_bundle(bundle))
+    telemetry = reference["telemetry"]
+    assert [t["state"] for t in telemetry] == [str(state) for state in trace.states]
+    live = np.array([np.nan if t["score"] is None else t["score"] for t in telemetry])
+    np.testing.assert_allclose(live, trace.scores, atol=1e-6)  # the payload rounds to 6 decimals
+
+
 def test_broker_restart_mid_replay_delays_alerts_but_loses_none(reference, chain, broker, run_dir):
     with Subscriber(broker.port, f"{TOPIC}/#", persistent=True) as subscriber:
         chain.start_online(subscriber)

@@ -52,18 +52,18 @@ def run_detector(dataset: Dataset, bundle: Bundle) -> Trace:
     errors[window - 1 :] = window_errors
     faults = sensor_faults(dataset, bundle)
     faulty = np.array([f is not None for f in faults])
-    # A window holding a faulty snapshot says nothing about the bearing.
+    # A window holding a faulty snapshot says nothing about the bearing: not scored, as on the device.
     tainted = np.convolve(faulty.astype(int), np.ones(window, dtype=int))[:count] > 0
+    unscored = tainted | (np.arange(count) < window - 1)
+    scores[unscored] = np.nan
+    errors[unscored] = np.nan
     detector = Detector(bundle.card.detector)
     states: list[State] = []
     for row in range(count):
         if faults[row] is not None:
             detector.update(None, faults[row])
-        elif row >= window - 1 and not tainted[row]:
+        elif not unscored[row]:
             detector.update(float(scores[row]))
-        else:
-            scores[row] = np.nan
-            errors[row] = np.nan
         states.append(detector.state)
     return Trace(scores=scores, errors=errors, faults=faults, states=states)
 
