@@ -118,14 +118,29 @@ def evaluate(
     out: str | Path,
     failure_at: np.datetime64 | None = None,
     train_until: np.datetime64 | None = None,
-    channels: tuple[int, ...] | None = None,
+    channels: tuple[str | int, ...] | None = None,
+    format: str | None = None,
+    sample_rate_hz: int | None = None,
+    snapshot_samples: int | None = None,
 ) -> dict:
-    """Score, detect, and write report.json and score.png into `out`; returns the report."""
+    """Score, detect, and write report.json and score.png into `out`; returns the report.
+
+    A recording is read as the card says the training data was (format, channels, sample rate, snapshot
+    length) unless the arguments say otherwise.
+    """
     bundle = load_bundle(bundle_path)
     provenance = bundle.card.provenance
-    if channels is None and provenance.get("kind") == "ims" and Path(input_path).is_dir():
-        channels = tuple(provenance["columns"]) if provenance.get("columns") else None
-    dataset = load_dataset(input_path, channels, provenance.get("label_column") if Path(input_path).is_file() else None)
+    spec = bundle.card.feature_spec
+    if provenance.get("kind", "table") != "table":
+        if channels is None and provenance.get("columns"):
+            channels = tuple(provenance["columns"])
+        if format is None and provenance.get("format") and not _is_table_file(input_path, provenance):
+            format = provenance["format"]
+        sample_rate_hz = sample_rate_hz or spec.sample_rate_hz or None
+        snapshot_samples = snapshot_samples or spec.snapshot_samples or None
+    label_column = provenance.get("label_column") if provenance.get("kind") == "table" else None
+    dataset = load_dataset(input_path, channels, label_column, format=format, sample_rate_hz=sample_rate_hz,
+                           snapshot_samples=snapshot_samples)
     check_channels(bundle.card, dataset.channels, str(input_path))
     if train_until is None and provenance.get("train_end"):
         train_until = parse_time(provenance["train_end"])
@@ -136,6 +151,10 @@ def evaluate(
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     plot(dataset, bundle, trace, train_until, out / "score.png")
     return report
+
+
+def _is_table_file(path: str | Path, provenance: dict) -> bool:
+    return Path(path).is_file() and Path(path).suffix.lower() == ".csv" and provenance.get("format") != "csv"
 
 
 def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.datetime64 | None,

@@ -33,7 +33,10 @@ SATURATION_FACTOR = 10.0  # the card records the score of an input this many tim
 @dataclass(frozen=True)
 class FitOptions:
     out: Path
-    channels: tuple[int, ...] | None = None
+    channels: tuple[str | int, ...] | None = None
+    format: str | None = None  # recording format; None: detected (see firmware_bridge.recording)
+    sample_rate_hz: int | None = None
+    snapshot_samples: int | None = None
     label_column: str | None = None
     train_until: np.datetime64 | None = None
     train_fraction: float = 0.5
@@ -106,7 +109,8 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
     started = time.perf_counter()
     if options.window < 1:
         raise DatasetError(f"--window: expected a positive integer, got {options.window}")
-    dataset = load_dataset(input_path, options.channels, options.label_column)
+    dataset = load_dataset(input_path, options.channels, options.label_column, format=options.format,
+                           sample_rate_hz=options.sample_rate_hz, snapshot_samples=options.snapshot_samples)
     in_training = training_mask(dataset, options.train_until, options.train_fraction)
     rows = healthy_rows(dataset, in_training)
     fit_rows, calibration_rows = split_holdout(rows, options.window, options.holdout_fraction, dataset.source)
@@ -195,6 +199,9 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
             "source": dataset.source,
             "kind": dataset.kind,
             "columns": list(dataset.columns) if dataset.columns else None,
+            "format": dataset.kind,
+            # The scale rule of firmware_bridge.recording: 0.001 g per count, or 0.001 g x 2**k when values do not fit.
+            "scales_g_per_count": list(dataset.scales),
             "label_column": options.label_column,
             "data_sha256": fingerprint,
             "snapshots": len(dataset),
