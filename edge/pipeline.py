@@ -11,7 +11,7 @@ import numpy as np
 
 from edge.bundle import Bundle
 from edge.detector import Detector, DetectorSettings, Transition
-from edge.features import snapshot_features
+from edge.features import FeatureExtractor
 from edge.messages import Reading
 from edge.runtime import Scorer
 from edge.sensor import SensorLimits, check_counts, check_features
@@ -21,10 +21,13 @@ MISSING_DATA = "missing_data"
 
 
 class Pipeline:
-    def __init__(self, bundle: Bundle, settings: DetectorSettings, limits: SensorLimits = SensorLimits()) -> None:
+    def __init__(self, bundle: Bundle, settings: DetectorSettings, limits: SensorLimits = SensorLimits(),
+                 shaft_rpm: float | None = None) -> None:
         card = bundle.card
         self.channels = card.feature_spec.channels
         self.feature_set = card.feature_spec.feature_set
+        # [machine] shaft_rpm moves the bearing's envelope lines to the speed the machine runs at.
+        self.extractor = FeatureExtractor(card.feature_spec.feature_config(shaft_rpm))
         self.healthy_min = np.asarray(card.healthy_min, dtype=np.float64)
         self.scorer = Scorer(bundle)
         self.detector = Detector(settings)
@@ -33,7 +36,7 @@ class Pipeline:
         self._window: deque[np.ndarray] = deque(maxlen=self.scorer.window)
 
     def process(self, snapshot: Snapshot) -> tuple[Reading, Transition | None]:
-        features = snapshot_features(snapshot.counts, snapshot.scale, self.feature_set)
+        features = self.extractor(snapshot.counts, snapshot.scale)
         fault = check_counts(snapshot.counts, self.channels, self.limits) or check_features(
             features, self.healthy_min, self.channels, self.limits
         )

@@ -19,6 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("input", type=Path, help="recording (IMS/FEMTO folder, .mat file, CSV/TSV/NPY folder) or features table CSV")
     fit.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     add_recording_arguments(fit)
+    fit.add_argument("--feature-set", choices=("mean_abs", "vibration"), default="mean_abs",
+                     help="features per channel (default mean_abs; vibration needs --bearing and --shaft-rpm)")
+    fit.add_argument("--bearing", type=_bearing, metavar="PRESET|GEOMETRY",
+                     help="za-2115, 6205-2rs, 6203-2rs, pronostia or balls=N,ball_mm=X,pitch_mm=Y,contact_deg=Z")
+    fit.add_argument("--shaft-rpm", type=float, metavar="RPM", help="shaft speed for the bearing's defect lines")
     fit.add_argument("--label-column", help="table column marking anomalies (1 = anomaly); only normal rows are fitted")
     span = fit.add_mutually_exclusive_group()
     span.add_argument("--train-until", help="last timestamp of the healthy training span (inclusive)")
@@ -37,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--train-until", help="end of the training span (default: the card's)")
     add_recording_arguments(evaluate, defaults="the card's")
     return parser
+
+
+def _bearing(text: str) -> object:
+    from edge.bearing import parse_bearing
+
+    try:
+        return parse_bearing(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_recording_arguments(parser: argparse.ArgumentParser, defaults: str | None = None) -> None:
@@ -70,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                 format=args.format,
                 sample_rate_hz=args.sample_rate,
                 snapshot_samples=args.snapshot_samples,
+                feature_set=args.feature_set,
+                bearing=args.bearing,
+                shaft_rpm=args.shaft_rpm,
                 label_column=args.label_column,
                 train_until=parse_time(args.train_until) if args.train_until else None,
                 train_fraction=args.train_fraction,

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from edge.features import snapshot_features
+from edge.bearing import BearingGeometry
+from edge.features import FEATURE_SET, FeatureConfig, FeatureExtractor
 from edge.sensor import check_counts
 from firmware_bridge import ims
 from firmware_bridge.recording import RecordingError, open_recording, parse_channel_list
@@ -42,6 +43,9 @@ class Dataset:
     sample_rate_hz: int = 0
     snapshot_samples: int = 0
     scales: tuple[float, ...] = ()  # recordings: the distinct scales (g per count) the scale rule chose
+    feature_config: FeatureConfig = FeatureConfig()  # how the features were computed (the card records it)
+    line_hz: np.ndarray | None = None  # vibration set: (snapshots, channels, 4) envelope lines found
+    prominence: np.ndarray | None = None  # vibration set: (snapshots, channels, 4) their prominence
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -91,6 +95,9 @@ def load_dataset(
     format: str | None = None,
     sample_rate_hz: int | None = None,
     snapshot_samples: int | None = None,
+    feature_set: str = FEATURE_SET,
+    bearing: BearingGeometry | None = None,
+    shaft_rpm: float | None = None,
 ) -> Dataset:
     """A recording (folder or file, in any format firmware_bridge.recording reads) or a features table CSV.
 
@@ -104,11 +111,15 @@ def load_dataset(
         if channels is not None:
             raise DatasetError(f"{path}: --channels applies to a recording; a table's channels are its columns "
                                "(give --format csv for a file of raw samples)")
+        if feature_set != FEATURE_SET:
+            raise DatasetError(f"{path}: --feature-set {feature_set} needs raw samples: a features table has "
+                               "its features already (give --format csv for a file of raw samples)")
         return load_table(path, label_column)
     if label_column is not None:
         raise DatasetError(f"{path}: --label-column applies to a features table, not a recording")
     return load_recording(path, channels, format=format, sample_rate_hz=sample_rate_hz,
-                          snapshot_samples=snapshot_samples)
+                          snapshot_samples=snapshot_samples, feature_set=feature_set, bearing=bearing,
+                          shaft_rpm=shaft_rpm)
 
 
 def load_recording(
@@ -118,6 +129,9 @@ def load_recording(
     format: str | None = None,
     sample_rate_hz: int | None = None,
     snapshot_samples: int | None = None,
+    feature_set: str = FEATURE_SET,
+    bearing: BearingGeometry | None = None,
+    shaft_rpm: float | None = None,
 ) -> Dataset:
     try:
         recording = open_recording(path, format=format, channels=channels, sample_rate_hz=sample_rate_hz,
@@ -126,12 +140,24 @@ def load_recording(
         raise DatasetError(str(error)) from None
     if not len(recording):
         raise DatasetError(f"{path}: no snapshots in this recording")
+    try:
+        config = FeatureConfig(feature_set, recording.sample_rate_hz, bearing, shaft_rpm)
+        extractor = FeatureExtractor(config)
+        extractor.analyse(recording.snapshot(0).counts, 0.001)  # a line beyond the spectrum fails here, named
+    except ValueError as error:
+        raise DatasetError(f"{path}: {error}") from None
     features: list[np.ndarray] = []
+    lines: list[np.ndarray] = []
+    prominences: list[np.ndarray] = []
     faults: list[str | None] = []
     scales: set[float] = set()
     try:
         for i, snapshot in enumerate(recording.snapshots()):
-            features.append(snapshot_features(snapshot.counts, snapshot.scale))
+            analysis = extractor.analyse(snapshot.counts, snapshot.scale)
+            features.append(analysis.features)
+            if analysis.line_hz is not None and analysis.prominence is not None:
+                lines.append(analysis.line_hz)
+                prominences.append(analysis.prominence)
             faults.append(check_counts(snapshot.counts, recording.channels))
             scales.add(snapshot.scale)
             if (i + 1) % 200 == 0 or i + 1 == len(recording):
@@ -150,6 +176,9 @@ def load_recording(
         sample_rate_hz=recording.sample_rate_hz,
         snapshot_samples=recording.snapshot_samples,
         scales=tuple(sorted(scales)),
+        feature_config=config,
+        line_hz=np.array(lines) if lines else None,
+        prominence=np.array(prominences) if prominences else None,
     )
 
 

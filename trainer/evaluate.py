@@ -44,7 +44,8 @@ def sensor_faults(dataset: Dataset, bundle: Bundle) -> list[str | None]:
 def run_detector(dataset: Dataset, bundle: Bundle) -> Trace:
     scorer = Scorer(bundle)
     window = scorer.window
-    count, channels = dataset.features.shape
+    count = dataset.features.shape[0]
+    channels = len(bundle.card.feature_spec.channels)
     scores = np.full(count, np.nan)
     errors = np.full((count, channels), np.nan)
     window_scores, window_errors = scorer.score_series(dataset.features)
@@ -140,7 +141,8 @@ def evaluate(
         snapshot_samples = snapshot_samples or spec.snapshot_samples or None
     label_column = provenance.get("label_column") if provenance.get("kind") == "table" else None
     dataset = load_dataset(input_path, channels, label_column, format=format, sample_rate_hz=sample_rate_hz,
-                           snapshot_samples=snapshot_samples)
+                           snapshot_samples=snapshot_samples, feature_set=spec.feature_set, bearing=spec.bearing,
+                           shaft_rpm=spec.shaft_rpm)
     check_channels(bundle.card, dataset.channels, str(input_path))
     if train_until is None and provenance.get("train_end"):
         train_until = parse_time(provenance["train_end"])

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from edge.bundle import FLOAT_MODEL_FILE, INT8_MODEL_FILE, Bundle, FeatureSpec, ModelCard, Scaler, file_sha256, write_card
 from edge.detector import DetectorSettings
+from edge.bearing import BearingGeometry
 from edge.features import FEATURE_SET
 from edge.runtime import Scorer
 from trainer import calibrate, export
@@ -37,6 +38,9 @@ class FitOptions:
     format: str | None = None  # recording format; None: detected (see firmware_bridge.recording)
     sample_rate_hz: int | None = None
     snapshot_samples: int | None = None
+    feature_set: str = FEATURE_SET  # see edge/features.py
+    bearing: BearingGeometry | None = None  # vibration set: --bearing
+    shaft_rpm: float | None = None  # vibration set: --shaft-rpm
     label_column: str | None = None
     train_until: np.datetime64 | None = None
     train_fraction: float = 0.5
@@ -110,7 +114,8 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
     if options.window < 1:
         raise DatasetError(f"--window: expected a positive integer, got {options.window}")
     dataset = load_dataset(input_path, options.channels, options.label_column, format=options.format,
-                           sample_rate_hz=options.sample_rate_hz, snapshot_samples=options.snapshot_samples)
+                           sample_rate_hz=options.sample_rate_hz, snapshot_samples=options.snapshot_samples,
+                           feature_set=options.feature_set, bearing=options.bearing, shaft_rpm=options.shaft_rpm)
     in_training = training_mask(dataset, options.train_until, options.train_fraction)
     rows = healthy_rows(dataset, in_training)
     fit_rows, calibration_rows = split_holdout(rows, options.window, options.holdout_fraction, dataset.source)
@@ -118,7 +123,7 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
     scaler = Scaler.fit(dataset.features[fit_rows])
     fit_windows = windows(scaler.transform(dataset.features[fit_rows]), options.window)
     calibration_windows = windows(scaler.transform(dataset.features[calibration_rows]), options.window)
-    print(f"training on {fit_windows.shape[0]} windows of {options.window} x {len(dataset.channels)}, "
+    print(f"training on {fit_windows.shape[0]} windows of {options.window} x {dataset.features.shape[1]}, "
           f"{calibration_windows.shape[0]} held out for calibration", file=sys.stderr)
     model, epochs_run = train_autoencoder(fit_windows, calibration_windows, options)
 
@@ -182,11 +187,14 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
         id=f"cm-{fingerprint[:12]}-{options.seed}",
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         feature_spec=FeatureSpec(
-            feature_set=FEATURE_SET,
+            feature_set=dataset.feature_config.feature_set,
             channels=dataset.channels,
             sample_rate_hz=dataset.sample_rate_hz,
             snapshot_samples=dataset.snapshot_samples,
             window=options.window,
+            features=dataset.feature_config.names,
+            bearing=dataset.feature_config.bearing,
+            shaft_rpm=dataset.feature_config.shaft_rpm,
         ),
         scaler=scaler,
         warning_threshold=1.0,
