@@ -103,7 +103,9 @@ class Agent:
         self.bundle = bundle
         settings = detector_settings(config, bundle)
         self.thresholds = (settings.warning_threshold, settings.alarm_threshold)
-        self.pipeline = Pipeline(bundle, settings)
+        machine = config.machine
+        self.pipeline = Pipeline(bundle, settings, shaft_rpm=machine.shaft_rpm, iso_group=machine.iso_group,
+                                 zone_alarm=machine.zone_alarm)
         self.assembler = SnapshotAssembler(bundle.card.feature_spec.snapshot_samples)
         self.model = ModelRef(bundle.card.id, bundle.card.model_sha256)
         self.outbox = outbox or Outbox(config.outbox_path)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edge.bundle import BundleError
+from edge.diagnosis import ISO_GROUPS
 from trainer.calibrate import RULES
 
 
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--failure-at", help="time of failure for the lead time (default: the last snapshot)")
     evaluate.add_argument("--train-until", help="end of the training span (default: the card's)")
     add_recording_arguments(evaluate, defaults="the card's")
+    evaluate.add_argument("--iso-group", default="2-rigid", choices=ISO_GROUPS,
+                          help="ISO 20816 machine group for the velocity zones of the vibration set: "
+                               "1-rigid, 1-flexible, 2-rigid (default), 2-flexible, small")
     return parser
 
 
@@ -114,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 format=args.format,
                 sample_rate_hz=args.sample_rate,
                 snapshot_samples=args.snapshot_samples,
+                iso_group=args.iso_group,
             )
             print(json.dumps(report, indent=2))
     except (DatasetError, BundleError, ValueError) as error:

@@ -17,7 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from edge.bundle import Bundle, check_channels, load_bundle  # noqa: E402
+from edge import diagnosis  # noqa: E402
+from edge.bundle import Bundle, ModelCard, check_channels, load_bundle  # noqa: E402
 from edge.detector import State  # noqa: E402
 from edge.scoring import StreamScorer, score_stream  # noqa: E402
 from trainer.dataset import Dataset, load_dataset, parse_time  # noqa: E402
@@ -103,6 +104,7 @@ def evaluate(
     format: str | None = None,
     sample_rate_hz: int | None = None,
     snapshot_samples: int | None = None,
+    iso_group: str = "2-rigid",
 ) -> dict:
     """Score, detect, and write report.json and score.png into `out`; returns the report.
 
@@ -127,7 +129,7 @@ def evaluate(
     if train_until is None and provenance.get("train_end"):
         train_until = parse_time(provenance["train_end"])
     trace = run_detector(dataset, bundle)
-    report = build_report(dataset, bundle, trace, failure_at, train_until)
+    report = build_report(dataset, bundle, trace, failure_at, train_until, iso_group)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -140,7 +142,7 @@ def _is_table_file(path: str | Path, provenance: dict) -> bool:
 
 
 def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.datetime64 | None,
-                 train_until: np.datetime64 | None) -> dict:
+                 train_until: np.datetime64 | None, iso_group: str = "2-rigid") -> dict:
     stamps = dataset.timestamps
     card = bundle.card
     over = np.flatnonzero(np.nan_to_num(trace.scores, nan=-np.inf) > card.alarm_threshold)
@@ -164,7 +166,8 @@ def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.
         "lead_time_reference": "failure_at" if failure_at is not None else "last_snapshot",
         "train_until": str(train_until) if train_until is not None else None,
         "alarms_in_training_span": sum(1 for start, _ in episodes if in_training[start]),
-        "alarm_episodes": [{"start": _time(stamps, a), "end": _time(stamps, b)} for a, b in episodes],
+        "alarm_episodes": [{"start": _time(stamps, a), "end": _time(stamps, b),
+                            **_episode_diagnosis(dataset, card, a, b, iso_group)} for a, b in episodes],
         "false_alarm_episodes": len(episodes) - (1 if persistent else 0),
         "persistent_alarm_start": _time(stamps, persistent[0]) if persistent else None,
         "top_channel_at_first_alarm": _top_channel(card.feature_spec.channels, trace, first_alarm),
@@ -172,6 +175,7 @@ def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.
         "sensor_faults": sorted({f for f in trace.faults if f is not None}),
         "final_state": str(trace.states[-1]),
     }
+    report |= _zones_report(dataset, card, first_alarm, iso_group)
     if dataset.labels is not None:
         scored = np.isfinite(trace.scores) & ~in_training
         span = "after_training_span"
@@ -180,6 +184,28 @@ def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.
         report |= classification_metrics(dataset.labels[scored], trace.scores[scored], card.alarm_threshold)
         report["metrics_span"] = span
     return report
+
+
+def _episode_diagnosis(dataset: Dataset, card: ModelCard, first: int, last: int, iso_group: str) -> dict:
+    """Vibration set: the defect the episode's envelope lines point to (their median over the episode, so one
+    noisy snapshot does not decide) and the ISO zones at its start."""
+    if dataset.line_hz is None or dataset.prominence is None:
+        return {}
+    lines = np.median(dataset.line_hz[first:last + 1], axis=0)
+    prominence = np.median(dataset.prominence[first:last + 1], axis=0)
+    zones = diagnosis.zones(dataset.features[first], card.feature_spec.features, card.feature_spec.channels, iso_group)
+    return {"defect": diagnosis.diagnose(lines, prominence, card.feature_spec.channels).payload(), "iso_zones": zones}
+
+
+def _zones_report(dataset: Dataset, card: ModelCard, first_alarm: int | None, iso_group: str) -> dict:
+    """Vibration set: each channel's ISO 20816 zone at the first alarm, at the end and at its worst."""
+    spec = card.feature_spec
+    if diagnosis.zones(dataset.features[0], spec.features, spec.channels, iso_group) is None:
+        return {}
+    every = [diagnosis.zones(row, spec.features, spec.channels, iso_group) or {} for row in dataset.features]
+    worst = {name: max((z[name] for z in every), key=diagnosis.ZONES.index) for name in spec.channels}
+    return {"iso_zones": {"group": iso_group, "at_first_alarm": every[first_alarm] if first_alarm is not None else None,
+                          "at_end": every[-1], "worst": worst}}
 
 
 def _ends_in_alarm(states: list[State]) -> bool:
