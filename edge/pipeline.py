@@ -34,7 +34,7 @@ class Pipeline:
 
     def process(self, snapshot: Snapshot) -> tuple[Reading, Transition | None]:
         features = snapshot_features(snapshot.counts, snapshot.scale, self.feature_set)
-        fault = check_counts(snapshot.counts, self.channels, self.limits) or check_features(
+        fault = check_counts(snapshot.counts, self.channels, self.limits, snapshot.scale) or check_features(
             features, self.healthy_min, self.channels, self.limits
         )
         score = None
@@ -59,7 +59,7 @@ class Pipeline:
         )
         return reading, transition
 
-    def missing(self) -> Transition | None:
-        """A snapshot lost to a gap in the sample index: a sensor fault once it persists."""
+    def missing(self, reason: str = MISSING_DATA) -> Transition | None:
+        """A snapshot lost (a gap in the sample index, unusable frames): a sensor fault once it persists."""
         self._window.clear()
-        return self.detector.update(None, fault=MISSING_DATA)
+        return self.detector.update(None, fault=reason)
