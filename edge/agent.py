@@ -16,11 +16,12 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from typing import Protocol
 
 from edge.bundle import Bundle, BundleError, load_bundle
 from edge.cadence import Cadence
 from edge.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
-from edge.clock import StreamClock, TimeSource, now_us, plausible, unsynchronised
+from edge.clock import StreamClock, TimeSource, plausible, unsynchronised
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.detector import DetectorSettings, State, Transition
 from edge import messages
@@ -38,6 +39,14 @@ from firmware_bridge.link import SerialLink
 log = logging.getLogger("cm-edge")
 FRAME_QUEUE = 4096  # frames (about 13 snapshots of 4 x 20,480 samples) between the serial thread and scoring
 TICK_S = 0.5  # how often the main loop looks at its clocks when no frame arrives
+
+
+class Clock(Protocol):
+    """What the agent reads time from: the `time` module, or a test's stand-in."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
 
 
 class MismatchError(ValueError):
@@ -94,8 +103,11 @@ def trained_scale(bundle: Bundle) -> float | None:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, bundle: Bundle) -> None:
+    def __init__(self, config: AgentConfig, bundle: Bundle, *, link: SerialLink | None = None,
+                 outbox: Outbox | None = None, publisher: Publisher | None = None, clock: Clock = time) -> None:
+        """The collaborators default to the real ones the config describes; tests pass their own."""
         self.config = config
+        self.clock = clock
         self.bundle = bundle
         settings = detector_settings(config, bundle)
         self.thresholds = (settings.warning_threshold, settings.alarm_threshold)
@@ -103,7 +115,7 @@ class Agent:
         spec = bundle.card.feature_spec
         self.assembler = SnapshotAssembler(spec.snapshot_samples)
         self.guard = FrameGuard(len(spec.channels), spec.sample_rate_hz, trained_scale(bundle), config.serial.port)
-        self.clock = StreamClock(config.serial.port)
+        self.stream_clock = StreamClock(config.serial.port, now=lambda: int(self.clock.time() * 1_000_000))
         self.cadence = Cadence(snapshot_interval_s(config, bundle))
         self.time_source: TimeSource | None = None
         self.status_frames = 0
@@ -113,14 +125,14 @@ class Agent:
         self._lost_us = 0  # stream time those losses stand for since the last accepted frame
         self._bytes_dropped = 0
         self.model = ModelRef(bundle.card.id, bundle.card.model_sha256)
-        self.outbox = Outbox(config.outbox_path)
-        self.publisher = Publisher(config.mqtt, self.outbox)
+        self.outbox = outbox or Outbox(config.outbox_path)
+        self.publisher = publisher or Publisher(config.mqtt, self.outbox)
         self.recorder = Recorder(config.recorder) if config.recorder.enabled else None
-        self.link = SerialLink(config.serial.port, baudrate=config.serial.baudrate)
+        self.link = link or SerialLink(config.serial.port, baudrate=config.serial.baudrate)
         self.checkpoint_path = checkpoint_path(config.outbox_path)
         self._since_us: int | None = None
         self.resume()
-        self._started = time.monotonic()
+        self._started = self.clock.monotonic()
         self._last_snapshot = self._started
         self._scored_once = False
 
@@ -144,7 +156,7 @@ class Agent:
         frames: queue.Queue[Frame | None] = queue.Queue(maxsize=FRAME_QUEUE)
         reader = threading.Thread(target=self.read_link, args=(frames, stop), name="serial", daemon=True)
         reader.start()
-        next_counters = time.monotonic() + self.config.counters_interval_s
+        next_counters = self.clock.monotonic() + self.config.counters_interval_s
         try:
             while not stop.is_set():
                 try:
@@ -158,9 +170,9 @@ class Agent:
                     self.on_frame(frame)
                 self.check_noise()
                 self.check_stale()
-                if time.monotonic() >= next_counters:
+                if self.clock.monotonic() >= next_counters:
                     log.info("counters: %s", " ".join(f"{k}={v}" for k, v in self.counters().items()))
-                    next_counters = time.monotonic() + self.config.counters_interval_s
+                    next_counters = self.clock.monotonic() + self.config.counters_interval_s
         finally:
             stop.set()
             self.link.close()
@@ -181,13 +193,13 @@ class Agent:
     def check_stale(self) -> None:
         """No complete snapshot for `stale_after_s`: the sensor is silent, which is missing data, not health."""
         stale_after = self.config.sensor.stale_after_s
-        if stale_after is None or time.monotonic() - self._last_snapshot < stale_after:
+        if stale_after is None or self.clock.monotonic() - self._last_snapshot < stale_after:
             return
-        self._last_snapshot = time.monotonic()
+        self._last_snapshot = self.clock.monotonic()
         log.warning("no complete snapshot from %s for %.0f s", self.config.serial.port, stale_after)
         transition = self.pipeline.missing()
         if transition is not None:
-            self.on_missing(transition, int(time.time() * 1_000_000))  # no frame to date it: the wall clock
+            self.on_missing(transition, int(self.clock.time() * 1_000_000))  # no frame to date it: the wall clock
 
     def on_frame(self, frame: Frame) -> None:
         header = frame.header
@@ -203,7 +215,7 @@ class Agent:
             return
         if self.guard.duplicate(header):
             return
-        epoch_us, self.time_source = self.clock.epoch_us(header)
+        epoch_us, self.time_source = self.stream_clock.epoch_us(header)
         frame = Frame(replace(header, capture_time_us=epoch_us), frame.samples, frame.message)
         self._stream_us = epoch_us + header.sample_count * 1_000_000 // header.sample_rate_hz
         self._lost_us = 0
@@ -217,7 +229,7 @@ class Agent:
             self.on_snapshot(snapshot)
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
-        self._last_snapshot = time.monotonic()
+        self._last_snapshot = self.clock.monotonic()
         due, missed = self.cadence.snapshot(snapshot.capture_time_us)
         if missed is not None:
             self.report_lost(missed, snapshot.capture_time_us)
@@ -239,7 +251,7 @@ class Agent:
         snapshot_samples = self.assembler.snapshot_samples
         while self._lost_samples >= snapshot_samples:
             self._lost_samples -= snapshot_samples
-            base = self._stream_us if self._stream_us is not None else now_us()
+            base = self._stream_us if self._stream_us is not None else int(self.clock.time() * 1_000_000)
             self.on_lost(max(base + self._lost_us, claimed_us or 0), reason)
 
     def check_noise(self) -> None:
@@ -270,7 +282,7 @@ class Agent:
         channels = self.pipeline.channels
         if reading.score is not None and not self._scored_once:
             self._scored_once = True
-            log.info("first snapshot scored %.2f s after the agent was set up", time.monotonic() - self._started)
+            log.info("first snapshot scored %.2f s after the agent was set up", self.clock.monotonic() - self._started)
         if transition is not None:
             self.publish_transition(reading, transition)
         else:
