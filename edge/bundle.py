@@ -40,6 +40,7 @@ class FeatureSpec:
     sample_rate_hz: int
     snapshot_samples: int
     window: int
+    snapshot_interval_s: float | None = None  # the training cadence (median spacing); None: not recorded
     features: tuple[str, ...] = DEFAULT_FEATURES  # the F names per channel; columns are channel-major (C x F)
     bearing: BearingGeometry | None = None  # vibration set: the geometry its envelope lines come from
     shaft_rpm: float | None = None  # vibration set: the shaft speed the lines are computed at
@@ -61,6 +62,7 @@ class FeatureSpec:
             "sample_rate_hz": self.sample_rate_hz,
             "snapshot_samples": self.snapshot_samples,
             "window": self.window,
+            "snapshot_interval_s": self.snapshot_interval_s,
             "features": list(self.features),
         }
         if self.bearing is not None:
@@ -267,6 +269,15 @@ class _Reader:
             raise self.fail(key, "a finite number", value)
         return float(value)
 
+    def optional_interval(self, data: Mapping, key: str) -> float | None:
+        """Seconds >= 0, or None when the key is absent or null (cards written before it existed)."""
+        if data.get(key.rsplit(".", 1)[-1]) is None:
+            return None
+        value = self.number(data, key)
+        if value < 0:
+            raise self.fail(key, "a number of seconds >= 0", value)
+        return value
+
     def numbers(self, data: Mapping, key: str, count: int) -> tuple[float, ...]:
         value = self.get(data, key)
         ok = isinstance(value, list) and len(value) == count
@@ -298,6 +309,7 @@ class _Reader:
             sample_rate_hz=self.integer(data, "feature_spec.sample_rate_hz", minimum=0),
             snapshot_samples=self.integer(data, "feature_spec.snapshot_samples", minimum=0),
             window=self.integer(data, "feature_spec.window", minimum=1),
+            snapshot_interval_s=self.optional_interval(data, "feature_spec.snapshot_interval_s"),
             features=features,
             bearing=bearing,
             shaft_rpm=shaft_rpm,

@@ -118,16 +118,16 @@ def state(device_id: str, reading: Reading, since_us: int, channels: Sequence[st
     }
 
 
-def telemetry(device_id: str, reading: Reading, channels: Sequence[str], counters: Mapping[str, int]) -> dict[str, Any]:
+def telemetry(device_id: str, reading: Reading, channels: Sequence[str], counters: Mapping[str, int],
+              time_source: str | None = None) -> dict[str, Any]:
+    extra: dict[str, Any] = {} if time_source is None else {"time_source": str(time_source)}
     per_channel = len(reading.feature_names)
     # "features" keeps its meaning (one number per channel: the first feature, mean_abs in every set);
     # a set with more features per channel adds them all under "channel_features".
     first = None if reading.features is None else reading.features[::per_channel]
-    extra: dict[str, Any] = {}
     if per_channel > 1 and reading.features is not None:
         extra["channel_features"] = _channel_features(reading, channels)
     return {
-        **extra,
         **_diagnosis(reading),
         "device_id": device_id,
         "timestamp": iso_time(reading.capture_time_us),
@@ -138,4 +138,5 @@ def telemetry(device_id: str, reading: Reading, channels: Sequence[str], counter
         "state": str(reading.state),
         "reason": reading.reason,
         "counters": dict(counters),
+        **extra,
     }

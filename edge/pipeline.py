@@ -50,7 +50,7 @@ class Pipeline:
     def process(self, snapshot: Snapshot) -> tuple[Reading, Transition | None]:
         analysis = self.extractor.analyse(snapshot.counts, snapshot.scale)
         features = analysis.features
-        step = self.core.update(features, check_counts(snapshot.counts, self.channels, self.limits))
+        step = self.core.update(features, check_counts(snapshot.counts, self.channels, self.limits, snapshot.scale))
         iso = zones(features, self.feature_names, self.channels, self.iso_group)
         state, reason, transition = step.state, step.reason, step.transition
         if self.zone is not None:
@@ -83,9 +83,9 @@ class Pipeline:
         self._published = state
         return state, reason, transition
 
-    def missing(self) -> Transition | None:
-        """A snapshot lost to a gap in the sample index: a sensor fault once it persists."""
-        return self.core.missing().transition
+    def missing(self, reason: str = MISSING_DATA) -> Transition | None:
+        """A snapshot lost (a gap in the sample index, unusable frames): a sensor fault once it persists."""
+        return self.core.missing(reason).transition
 
 
 def reading(step: Step, capture_time_us: int, index: int, features: np.ndarray) -> Reading:

@@ -131,7 +131,8 @@ def test_card_records_the_feature_set_and_an_older_card_still_loads() -> None:
     data["feature_spec"].pop("features", None)
     old = ModelCard.from_dict(json.loads(json.dumps(data)))
     assert old.feature_spec.features == ("mean_abs",) and old.feature_spec.bearing is None
-    spec = FeatureSpec("vibration", ("DE", "FE"), 48_000, 16_384, 2, VIBRATION_FEATURES, BEARING, 1796.0)
+    spec = FeatureSpec("vibration", ("DE", "FE"), 48_000, 16_384, 2, features=VIBRATION_FEATURES, bearing=BEARING,
+                       shaft_rpm=1796.0)
     data["feature_spec"] = spec.to_dict()
     columns = 2 * len(VIBRATION_FEATURES)
     data["scaler"] = {"minimum": [0.0] * columns, "maximum": [1.0] * columns}

@@ -158,7 +158,7 @@ def load_recording(
             if analysis.line_hz is not None and analysis.prominence is not None:
                 lines.append(analysis.line_hz)
                 prominences.append(analysis.prominence)
-            faults.append(check_counts(snapshot.counts, recording.channels))
+            faults.append(check_counts(snapshot.counts, recording.channels, scale=snapshot.scale))
             scales.add(snapshot.scale)
             if (i + 1) % 200 == 0 or i + 1 == len(recording):
                 print(f"features: {i + 1}/{len(recording)} snapshots", file=sys.stderr, flush=True)

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from edge.bundle import FLOAT_MODEL_FILE, INT8_MODEL_FILE, Bundle, FeatureSpec, ModelCard, Scaler, file_sha256, write_card
+from edge.cadence import training_interval_s
 from edge.detector import DetectorSettings
 from edge.bearing import BearingGeometry
 from edge.features import FEATURE_SET
@@ -209,6 +210,7 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
             sample_rate_hz=dataset.sample_rate_hz,
             snapshot_samples=dataset.snapshot_samples,
             window=options.window,
+            snapshot_interval_s=training_interval_s(dataset.timestamps[rows].astype("datetime64[us]").astype(np.int64)),
             features=dataset.feature_config.names,
             bearing=dataset.feature_config.bearing,
             shaft_rpm=dataset.feature_config.shaft_rpm,
