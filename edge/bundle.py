@@ -44,6 +44,7 @@ class FeatureSpec:
     features: tuple[str, ...] = DEFAULT_FEATURES  # the F names per channel; columns are channel-major (C x F)
     bearing: BearingGeometry | None = None  # vibration set: the geometry its envelope lines come from
     shaft_rpm: float | None = None  # vibration set: the shaft speed the lines are computed at
+    scale: float | None = None  # g per count of the training recording (the scale rule); frames must carry it
 
     @property
     def columns(self) -> int:
@@ -69,6 +70,8 @@ class FeatureSpec:
             data["bearing"] = self.bearing.to_dict()
         if self.shaft_rpm is not None:
             data["shaft_rpm"] = self.shaft_rpm
+        if self.scale is not None:
+            data["scale"] = self.scale
         return data
 
 
@@ -302,6 +305,9 @@ class _Reader:
             except (KeyError, TypeError, ValueError) as error:
                 raise self.fail("feature_spec.bearing", "balls, ball_mm, pitch_mm and contact_deg", bearing_data) from error
         shaft_rpm = self.number(data, "feature_spec.shaft_rpm") if data.get("shaft_rpm") is not None else None
+        scale = self.number(data, "feature_spec.scale") if data.get("scale") is not None else None
+        if scale is not None and not scale > 0:
+            raise self.fail("feature_spec.scale", "a positive number of g per count", scale)
         spec = FeatureSpec(
             feature_set=feature_set,
             channels=channels,
@@ -313,6 +319,7 @@ class _Reader:
             features=features,
             bearing=bearing,
             shaft_rpm=shaft_rpm,
+            scale=scale,
         )
         if feature_set != DEFAULT_FEATURES[0]:
             try:

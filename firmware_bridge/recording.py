@@ -4,11 +4,13 @@ Every reader yields `RecordedSnapshot`s: int16 counts, the scale (g per count), 
 capture time. The trainer computes features from them and the replay harness sends them as frames, so
 both see the same counts and scale whatever the source format.
 
-Scale rule (one home, documented in PROTOCOL.md and the READMEs): each snapshot is held at 0.001 g per
-count when its values fit in int16 (|value| <= 32.767 g), else at the smallest power-of-two multiple
-0.001 g x 2**k that holds its largest magnitude. Three-decimal data (IMS, FEMTO) is lossless at k = 0;
-other data is rounded to the nearest count. The scale travels in every frame and the trainer records the
-scales it saw in the model card, so a replayed snapshot's features equal the trainer's bit for bit.
+Scale rule (one home, documented in PROTOCOL.md and the READMEs): a recording is held at 0.001 g per
+count when all its values fit in int16 (|value| <= 32.767 g), else at the smallest power-of-two multiple
+0.001 g x 2**k that holds its largest magnitude (the selected channels of every snapshot, found by a first
+pass over the files). One scale per recording, as a real sensor has one: the trainer records it in the
+model card (feature_spec.scale) and the replay harness sends it in every frame, so the agent accepts the
+stream and a replayed snapshot's features equal the trainer's bit for bit. Three-decimal data (IMS,
+FEMTO) is lossless at k = 0; other data is rounded to the nearest count.
 
 Formats (`--format`, auto-detected when unambiguous):
 - ims: a folder of IMS files (firmware_bridge.ims), 20 kHz.
@@ -75,6 +77,7 @@ class Recording:
     format: str
     channels: tuple[str, ...]
     columns: tuple[int, ...]  # 1-based positions of the selected channels among the source's channels
+    scale: float  # g per count of every snapshot (the scale rule)
     sample_rate_hz: int
     snapshot_samples: int
     times: tuple[datetime, ...]
@@ -108,14 +111,20 @@ def scale_for(k: int) -> float:
     return float(np.float32(BASE_SCALE * 2**k))
 
 
-def quantize(values: np.ndarray) -> tuple[np.ndarray, float]:
-    """(samples, channels) g values -> int16 counts and their scale, by the scale rule.
+def peak(values: np.ndarray) -> float:
+    return float(np.max(np.abs(values))) if values.size else 0.0
+
+
+def quantize(values: np.ndarray, k: int | None = None) -> tuple[np.ndarray, float]:
+    """(samples, channels) g values -> int16 counts at 0.001 g x 2**k (k: by the scale rule for these values).
 
     Counts are round(value * 1000 / 2**k): for three-decimal values at k = 0 exactly the written digits.
     """
     values = np.asarray(values, dtype=np.float64)
-    peak = float(np.max(np.abs(values))) if values.size else 0.0
-    k = scale_exponent(peak)
+    if k is None:
+        k = scale_exponent(peak(values))
+    elif round(peak(values) * 1000.0 / 2**k) > _INT16_MAX:
+        raise ValueError(f"values up to {peak(values):g} g do not fit int16 at {scale_for(k):g} g per count")
     counts = np.rint(values * (1000.0 / 2**k))
     return counts.astype(np.int16), scale_for(k)
 
@@ -346,7 +355,8 @@ def _open_ims(path: Path, channels: Sequence[str | int] | None, rate: int | None
                                 _where(files[number], part, length, per_file))
 
     times = tuple(stamp + _offset(part * length, sample_rate) for stamp in stamps for part in range(per_file))
-    return Recording(path, "ims", tuple(names[c - 1] for c in columns), columns, sample_rate, length, times, read)
+    return Recording(path, "ims", tuple(names[c - 1] for c in columns), columns, scale_for(0), sample_rate, length,
+                     times, read)
 
 
 def _offset(samples: int, rate: int) -> timedelta:
@@ -375,17 +385,23 @@ def _open_femto(path: Path, channels: Sequence[str | int] | None, rate: int | No
     times = _femto_times(files, first)
     picked = [_FEMTO_TIME_COLUMNS + c - 1 for c in columns]
 
-    def read(index: int) -> RecordedSnapshot:
-        number, part = divmod(index, per_file)
+    def table_of(number: int) -> np.ndarray:
         table = first if number == 0 else _femto_table(files[number], first.shape[1])
         if len(table) != len(first):
             raise RecordingError(files[number], f"expected {len(first)} rows (as in {files[0].name}), found {len(table)}")
-        counts, scale = quantize(table[part * length:(part + 1) * length, picked])
+        return table
+
+    k = scale_exponent(max(peak(table_of(n)[:, picked]) for n in range(len(files))))
+
+    def read(index: int) -> RecordedSnapshot:
+        number, part = divmod(index, per_file)
+        counts, scale = quantize(table_of(number)[part * length:(part + 1) * length, picked], k)
         stamp = times[number] + _offset(part * length, sample_rate)
         return RecordedSnapshot(counts, scale, sample_rate, stamp, _where(files[number], part, length, per_file))
 
     all_times = tuple(t + _offset(part * length, sample_rate) for t in times for part in range(per_file))
-    return Recording(path, "femto", tuple(names[c - 1] for c in columns), columns, sample_rate, length, all_times, read)
+    return Recording(path, "femto", tuple(names[c - 1] for c in columns), columns, scale_for(k), sample_rate, length,
+                     all_times, read)
 
 
 def _femto_table(path: Path, columns: int | None = None) -> np.ndarray:
@@ -468,6 +484,7 @@ def _open_mat(path: Path, channels: Sequence[str | int] | None, rate: int | None
     selected = tuple(names[c - 1] for c in columns)
     plan: list[tuple[Path, int, int]] = []  # (file, start sample, length) of each snapshot
     length = 0
+    largest = 0.0
     cache: dict[Path, np.ndarray] = {}
     for number, file in enumerate(files):
         records = first if number == 0 else _load_mat(file)
@@ -485,9 +502,12 @@ def _open_mat(path: Path, channels: Sequence[str | int] | None, rate: int | None
             raise RecordingError(file, f"--snapshot-samples {length} is longer than the record ({rows} samples)")
         if len(files) == 1:
             cache[file] = np.column_stack(arrays)
+        usable = rows // length * length  # samples that make whole snapshots
+        largest = max([largest] + [peak(a[:usable]) for a in arrays])
         plan += [(file, start, length) for start in range(0, rows - length + 1, length)]
     # No timestamps in a .mat file: snapshots follow each other from 1970, file after file in name order.
     times = [_EPOCH + _offset(i * length, rate) for i in range(len(plan))]
+    k = scale_exponent(largest)
 
     def read(index: int) -> RecordedSnapshot:
         file, start, size = plan[index]
@@ -496,10 +516,10 @@ def _open_mat(path: Path, channels: Sequence[str | int] | None, rate: int | None
             mapping = _mat_names(records)
             cache.clear()
             cache[file] = np.column_stack([records[mapping[n]] for n in selected])
-        counts, scale = quantize(cache[file][start:start + size])
+        counts, scale = quantize(cache[file][start:start + size], k)
         return RecordedSnapshot(counts, scale, rate, times[index], f"{file} (samples {start}..{start + size - 1})")
 
-    return Recording(path, "mat", selected, columns, rate, length, tuple(times), read)
+    return Recording(path, "mat", selected, columns, scale_for(k), rate, length, tuple(times), read)
 
 
 def _open_csv(path: Path, channels: Sequence[str | int] | None, rate: int | None,
@@ -515,18 +535,24 @@ def _open_csv(path: Path, channels: Sequence[str | int] | None, rate: int | None
     picked = [c - 1 for c in columns]
     stamps = _csv_times(files, len(values), rate)
 
-    def read(index: int) -> RecordedSnapshot:
-        number, part = divmod(index, per_file)
+    def table_of(number: int) -> np.ndarray:
         table, _ = (values, header) if number == 0 else _snapshot_values(files[number])
         if table.shape != values.shape:
             raise RecordingError(files[number], f"expected {values.shape[0]} rows of {values.shape[1]} columns "
                                                 f"(as {files[0].name}), found {table.shape[0]} of {table.shape[1]}")
-        counts, scale = quantize(table[part * length:(part + 1) * length, picked])
+        return table
+
+    k = scale_exponent(max(peak(table_of(n)[: per_file * length, picked]) for n in range(len(files))))
+
+    def read(index: int) -> RecordedSnapshot:
+        number, part = divmod(index, per_file)
+        counts, scale = quantize(table_of(number)[part * length:(part + 1) * length, picked], k)
         stamp = stamps[number] + _offset(part * length, rate)
         return RecordedSnapshot(counts, scale, rate, stamp, _where(files[number], part, length, per_file))
 
     times = tuple(t + _offset(part * length, rate) for t in stamps for part in range(per_file))
-    return Recording(path, "csv", tuple(names[c - 1] for c in columns), columns, rate, length, times, read)
+    return Recording(path, "csv", tuple(names[c - 1] for c in columns), columns, scale_for(k), rate, length, times,
+                     read)
 
 
 def _snapshot_values(path: Path) -> tuple[np.ndarray, tuple[str, ...] | None]:

@@ -70,10 +70,14 @@ def test_femto_folder_reads_in_number_order_with_time_of_day(tmp_path: Path, del
     assert recording.channels == ("horizontal", "vertical") and recording.sample_rate_hz == 25600
     assert len(recording) == 11 and recording.snapshot_samples == 256
     read = list(recording.snapshots())
-    for expected, snapshot in zip(snapshots[:-1], read[:-1]):  # acc_00010 after acc_00009, temp_ ignored
-        assert snapshot.scale == float(np.float32(0.001))
-        np.testing.assert_array_equal(snapshot.counts, np.rint(expected * 1000))
-    assert read[-1].scale == float(np.float32(0.002)) and read[-1].counts[5, 1] == -20650
+    # One scale for the whole recording: its last snapshot exceeds 32.767 g, so 0.002 g per count throughout.
+    assert recording.scale == float(np.float32(0.002)) and {s.scale for s in read} == {recording.scale}
+    for expected, snapshot in zip(snapshots, read):  # acc_00010 after acc_00009, temp_ ignored
+        np.testing.assert_array_equal(snapshot.counts, np.rint(expected * 500))
+    assert read[-1].counts[5, 1] == -20650
+    fitting = open_recording(run, channels=["horizontal"])
+    assert fitting.scale == float(np.float32(0.001))  # the channel that fits stays exact
+    np.testing.assert_array_equal(fitting.snapshot(3).counts[:, 0], np.rint(snapshots[3][:, 0] * 1000))
     stamps = [t.timestamp() for t in recording.times]
     assert np.allclose(np.diff(stamps), 10.0)  # midnight: the next day, not 24 h back
     assert recording.times[0].hour == 23 and recording.times[-1].day == recording.times[0].day + 1
@@ -97,9 +101,11 @@ def test_real_femto_run_reads_and_its_end_exceeds_int16_at_a_milli_g(femto_dir: 
     assert recording.channels == ("horizontal", "vertical")
     first_line = (femto_dir / "Bearing1_2" / "acc_00001.csv").read_text().split("\n", 1)[0].split(",")
     first = recording.snapshot(0)
-    assert first.counts[0].tolist() == [round(float(first_line[4]) * 1000), round(float(first_line[5]) * 1000)]
-    last = recording.snapshot(870)
-    assert last.scale > 0.001 and np.abs(last.counts).max() <= 32767
+    # The run reaches 41.3 g: 0.002 g per count for the whole run, counts rounded half to even.
+    assert first.counts[0].tolist() == np.rint([float(first_line[4]) * 500, float(first_line[5]) * 500]).tolist()
+    assert recording.scale == float(np.float32(0.002))
+    end = max(int(np.abs(recording.snapshot(i).counts).max()) for i in range(850, 871))
+    assert 32.767 < end * recording.scale <= 65.534
     assert recording.times[0].strftime("%H:%M:%S") == "08:47:05"
     assert (recording.times[-1] - recording.times[0]).total_seconds() == pytest.approx(870 * 10, abs=1)
 
@@ -218,7 +224,7 @@ def test_tsv_and_npy_snapshots_without_header(tmp_path: Path) -> None:
     assert recording.channels == ("ch1", "ch2")
     a, b = recording.snapshots()
     np.testing.assert_array_equal(a.counts, b.counts)
-    assert a.scale == b.scale == float(np.float32(0.001 * 2 ** scale_exponent(np.abs(values).max())))
+    assert a.scale == b.scale == recording.scale == float(np.float32(0.001 * 2 ** scale_exponent(np.abs(values).max())))
 
 
 @pytest.mark.parametrize("name,content,message", [
@@ -258,6 +264,7 @@ def test_trainer_reads_recordings_and_keeps_tables_apart(tmp_path: Path) -> None
     data = load_dataset(run, channels=["vertical"])
     assert data.kind == "femto" and data.channels == ("vertical",) and data.columns == (2,)
     assert data.sample_rate_hz == 25600 and data.snapshot_samples == 128 and data.scales == (float(np.float32(0.001)),)
+    assert data.scales == (open_recording(run, channels=["vertical"]).scale,)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "acc_00001.csv").write_text("1,2,3\n")

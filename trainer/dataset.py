@@ -42,7 +42,7 @@ class Dataset:
     columns: tuple[int, ...] | None = None  # recordings: the selected channels' 1-based positions
     sample_rate_hz: int = 0
     snapshot_samples: int = 0
-    scales: tuple[float, ...] = ()  # recordings: the distinct scales (g per count) the scale rule chose
+    scales: tuple[float, ...] = ()  # recordings: the scale (g per count) the scale rule chose, one per recording
     feature_config: FeatureConfig = FeatureConfig()  # how the features were computed (the card records it)
     line_hz: np.ndarray | None = None  # vibration set: (snapshots, channels, 4) envelope lines found
     prominence: np.ndarray | None = None  # vibration set: (snapshots, channels, 4) their prominence

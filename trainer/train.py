@@ -214,6 +214,7 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
             features=dataset.feature_config.names,
             bearing=dataset.feature_config.bearing,
             shaft_rpm=dataset.feature_config.shaft_rpm,
+            scale=dataset.scales[0] if len(dataset.scales) == 1 else None,
         ),
         scaler=scaler,
         warning_threshold=1.0,
