@@ -10,7 +10,8 @@ Feature sets:
   mean absolute value, RMS, peak (g); crest factor and kurtosis (ratios); velocity RMS from 10 to 1000 Hz
   in mm/s (ISO 20816; integrated in the frequency domain); and the envelope spectrum's amplitude at the
   bearing's BPFO, BPFI, BSF (or 2 x BSF, the larger) and FTF lines divided by the envelope spectrum's
-  background (its median), so 1 means "no line" whatever the vibration level.
+  background (its median), so 1 means "no line" whatever the vibration level; 0 when the snapshot is too
+  short to resolve the line (nearer to zero than MIN_LINE_BINS frequency bins).
 
 Envelope: the band ENVELOPE_BAND (a share of the sample rate, above the shaft harmonics) is cut from the
 snapshot's spectrum and shifted to zero frequency; the magnitude of its inverse FFT is the envelope of the
@@ -35,6 +36,7 @@ STANDARD_GRAVITY = 9.80665  # m/s^2 per g
 VELOCITY_BAND_HZ = (10.0, 1000.0)  # ISO 20816
 ENVELOPE_BAND = (0.04, 0.24)  # share of the sample rate demodulated for the envelope
 LINE_TOLERANCE = 0.03  # a defect line is searched within +-3% (slip, speed error) and one bin either side
+MIN_LINE_BINS = 3  # a line nearer to zero than this many bins cannot be told from DC and the shaft: not measured
 
 
 def mean_abs(counts: np.ndarray, scale: float) -> np.ndarray:
@@ -106,6 +108,8 @@ class _Plan:
     band: slice  # rfft bins demodulated for the envelope
     envelope_length: int  # inverse FFT length (a fast size >= the band's bins)
     windows: tuple[tuple[int, int], ...]  # envelope-spectrum bins searched for BPFO, BPFI, BSF, 2xBSF, FTF
+    unresolved: tuple[bool, ...]  # per window: too near zero for this snapshot's resolution (prominence 0)
+    nominal_hz: tuple[float, ...]  # per window: the defect frequency itself
     background: slice  # envelope-spectrum bins whose median is the background
     bin_hz: float
 
@@ -186,8 +190,10 @@ def _make_plan(samples: int, rate: int, lines: dict[str, float]) -> _Plan:
     length = _fast_length(high - low)
     top = length // 2  # envelope-spectrum bins available
     windows = []
+    nominal = []
     for name in ("bpfo", "bpfi", "bsf", "bsf2", "ftf"):
         f0 = 2 * lines["bsf"] if name == "bsf2" else lines[name]
+        nominal.append(f0)
         first = max(1, int(math.floor(f0 * (1 - LINE_TOLERANCE) / bin_hz)) - 1)
         last = min(top - 2, int(math.ceil(f0 * (1 + LINE_TOLERANCE) / bin_hz)) + 1)
         if last < first:
@@ -195,7 +201,10 @@ def _make_plan(samples: int, rate: int, lines: dict[str, float]) -> _Plan:
                              f"({top * bin_hz:.0f} Hz at {rate} Hz): a higher sample rate is needed")
         windows.append((first, last + 1))
     background_top = min(top, int(math.ceil(3 * max(lines.values()) / bin_hz)) + 1)
-    return _Plan(weights, slice(low, high), length, tuple(windows), slice(1, max(background_top, 4)), bin_hz)
+    # FEMTO's 0.1 s snapshots have 10 Hz bins: its 13 Hz FTF would be read off the DC and 1x shaft region.
+    unresolved = tuple(f0 * (1 - LINE_TOLERANCE) < MIN_LINE_BINS * bin_hz for f0 in nominal)
+    return _Plan(weights, slice(low, high), length, tuple(windows), unresolved, tuple(nominal),
+                 slice(1, max(background_top, 4)), bin_hz)
 
 
 def _envelope_spectrum(spectrum: np.ndarray, plan: _Plan) -> np.ndarray:
@@ -222,6 +231,10 @@ def _lines(envelope_spectrum: np.ndarray, plan: _Plan) -> tuple[np.ndarray, np.n
         heights[:, column] = segment[rows, best]
         where[:, column] = _interpolated(envelope_spectrum, first + best) * plan.bin_hz
     prominence = heights / background[:, None]
+    for column, unresolved in enumerate(plan.unresolved):
+        if unresolved:
+            prominence[:, column] = 0.0
+            where[:, column] = plan.nominal_hz[column]
     # BSF column: whichever of BSF and 2 x BSF stands out more (a ball strikes both races once per spin).
     use_double = prominence[:, 3] > prominence[:, 2]
     prominence[:, 2] = np.where(use_double, prominence[:, 3], prominence[:, 2])

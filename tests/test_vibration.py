@@ -147,3 +147,13 @@ def test_card_records_the_feature_set_and_an_older_card_still_loads() -> None:
     del data["feature_spec"]["bearing"]
     with pytest.raises(BundleError, match="feature_spec: feature set vibration: needs --bearing"):
         ModelCard.from_dict(data)
+
+
+def test_a_line_the_snapshot_cannot_resolve_is_not_measured() -> None:
+    """FEMTO: 2,560 samples at 25.6 kHz are 10 Hz bins; its 13 Hz cage line would be read off DC and 1x shaft."""
+    extractor = vibration(rate=25_600, shaft_rpm=1800.0, bearing=PRESETS["pronostia"])
+    shaft = np.sin(2 * np.pi * 30 * np.arange(2560) / 25_600)
+    analysis = extractor.analyse(to_counts(defect_signal(25_600, 2560, None) + shaft), 0.001)
+    assert analysis.prominence is not None and analysis.line_hz is not None
+    assert analysis.prominence[0, 3] == 0.0 and analysis.line_hz[0, 3] == pytest.approx(0.4316 * 30, rel=1e-3)
+    assert (analysis.prominence[0, :3] > 0).all()
