@@ -97,3 +97,14 @@ def test_the_shipped_example_config_is_valid_with_every_optional_key_uncommented
     assert config.detector.given() == {"warning_threshold": 0.05, "alarm_threshold": 0.08, "k": 3, "n": 5,
                                        "clear_after": 6, "fault_after": 2}
     assert config.sensor.channels == ("bearing1", "bearing2", "bearing3", "bearing4")
+
+
+def test_machine_section_for_the_vibration_set(tmp_path):
+    base = 'device_id = "p"\n[serial]\nport = "/dev/x"\n[model]\nbundle = "b"\n[mqtt]\nhost = "h"\n'
+    config = load_config(write(tmp_path, base + '[machine]\nshaft_rpm = 1500\niso_group = "1-flexible"\nzone_alarm = true\n'))
+    assert (config.machine.shaft_rpm, config.machine.iso_group, config.machine.zone_alarm) == (1500.0, "1-flexible", True)
+    assert load_config(write(tmp_path, base)).machine.iso_group == "2-rigid"
+    with pytest.raises(ConfigError, match="machine.iso_group: expected one of 1-rigid, 1-flexible, 2-rigid"):
+        load_config(write(tmp_path, base + '[machine]\niso_group = "3"\n'))
+    with pytest.raises(ConfigError, match="machine.shaft_rpm: expected a positive number, got -5"):
+        load_config(write(tmp_path, base + '[machine]\nshaft_rpm = -5\n'))

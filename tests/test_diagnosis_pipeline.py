@@ -94,3 +94,33 @@ def test_report_episodes_carry_the_defect_and_the_zones(machine: tuple[Path, Pat
         assert episode["defect"]["kind"] == "outer_race" and episode["defect"]["channel"] == "ch2"
         assert set(episode["iso_zones"]) == {"ch1", "ch2"}
     assert report["iso_zones"]["group"] == "2-rigid" and set(report["iso_zones"]["worst"]) == {"ch1", "ch2"}
+
+
+def test_zone_alarm_stands_beside_the_learned_score(machine: tuple[Path, Path]) -> None:
+    """[machine] zone_alarm: velocity in zone D raises an alarm (debounced k of n) even when the learned
+    score stays low; off by default, the same snapshots raise nothing."""
+    from edge.detector import DetectorSettings
+
+    bundle = load_bundle(machine[1])
+    deaf = DetectorSettings(warning_threshold=1e9, alarm_threshold=1e9)  # the learned detector never fires
+    t = np.arange(N) / RATE
+    shaking = np.round(np.column_stack([2.0 * np.sin(2 * np.pi * 40 * t)] * 2), 3)  # 55 mm/s: zone D anywhere
+    counts = np.rint(shaking * 1000).astype(np.int16)
+
+    def run(pipeline: Pipeline) -> list:
+        out = []
+        for index in range(6):
+            snapshot = Snapshot(index=index, first_sample=index * N, capture_time_us=index * 1_000_000,
+                                sample_rate_hz=RATE, scale=float(np.float32(0.001)), counts=counts)
+            out.append(pipeline.process(snapshot))
+        return out
+
+    with_zone = run(Pipeline(bundle, deaf, iso_group="2-rigid", zone_alarm=True))
+    states = [reading.state for reading, _ in with_zone]
+    assert states[:2] == [State.NORMAL, State.NORMAL] and states[2:] == [State.ALARM] * 4  # k=3 of n=5
+    transitions = [t for _, t in with_zone if t is not None]
+    assert len(transitions) == 1 and transitions[0].state == State.ALARM
+    assert transitions[0].reason == "iso_zone_d:ch1" and with_zone[-1][0].iso_zones == {"ch1": "D", "ch2": "D"}
+    assert with_zone[-1][0].defect is not None  # an alarm carries a defect object, whatever raised it
+    without = run(Pipeline(bundle, deaf))
+    assert {reading.state for reading, _ in without} == {State.NORMAL} and all(t is None for _, t in without)
