@@ -37,4 +37,4 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf build demo-out bench/results.json .pytest_cache
+	rm -rf build demo-out bench/results.json bench/real_results.json .pytest_cache
