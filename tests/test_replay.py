@@ -189,3 +189,31 @@ class _Sink:
         if self.stop is not None and self.stop_after and len(self.frames) >= self.stop_after:
             self.stop.set()
         return len(data)
+
+
+def test_cm_replay_streams_a_femto_run_at_its_own_rate_channels_and_scale(tmp_path: Path) -> None:
+    """A FEMTO layout through the command line and a real pty: 25.6 kHz, 2 channels, and a run whose
+    values exceed 32.767 g at 0.002 g per count, every frame saying so."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(0)
+    for number in range(1, 4):
+        values = np.round(rng.normal(0, 1, (512, 2)), 3)
+        values[7, 0] = 40.0 if number == 3 else values[7, 0]
+        lines = [";".join(["9", "0", str(number * 10), "0", *(f"{v:.3f}" for v in row)]) for row in values]
+        (run / f"acc_{number:05d}.csv").write_text("\n".join(lines) + "\n")
+    link_path = tmp_path / "ttyFEMTO"
+    process = subprocess.Popen([str(CM_REPLAY), str(run), "--port", f"pty:{link_path}", "--channels", "vertical,horizontal",
+                                "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        received: list[Frame] = []
+        stats: list = []
+        read_from_pty(link_path, 3 * 2, received, stats).join(WAIT_S)
+        out, err = process.communicate(timeout=WAIT_S)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    headers = {(f.header.sample_rate_hz, f.header.channels, f.header.scale) for f in received}
+    assert headers == {(25_600, 2, float(np.float32(0.002)))}
+    counts = np.concatenate([f.samples for f in received])
+    assert counts[2 * 512 + 7, 1] == 20_000  # 40 g on the horizontal channel, sent second
