@@ -26,6 +26,7 @@ from edge.config import AgentConfig, ConfigError, load_config
 from edge.detector import DetectorSettings, State, Transition
 from edge import messages
 from edge.guard import FrameGuard, Throttle, escape
+from edge.homeassistant import Discovery, entities
 from edge.messages import ModelRef, Reading
 from edge.outbox import Outbox, OutboxError
 from edge.pipeline import MISSING_DATA, Pipeline
@@ -145,6 +146,10 @@ class Agent:
                      messages.iso_time(checkpoint.since_us))
 
     def run(self, stop: threading.Event) -> int:
+        if self.config.homeassistant.enabled:
+            found = entities(self.config.device_id, self.publisher.topics, self.pipeline.channels,
+                             self.counters().keys(), self.model.id)
+            Discovery(self.publisher, self.config.homeassistant.discovery_prefix, self.config.device_id, found).start()
         self.publisher.start()
         log.info("agent %s started: port %s, bundle %s (model %s), %d alert(s) pending in the outbox",
                  self.config.device_id, self.config.serial.port, self.bundle.path, self.model.id, self.publisher.pending())
