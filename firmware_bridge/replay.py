@@ -323,7 +323,9 @@ def replay(
     factor = parse_speed(speed)
     stop = stop or threading.Event()
     # Read the first file before opening the port: a bad file, column or frame size fails before anyone waits.
-    preloaded = {files[0].path: read_counts(files[0].path, columns)}
+    # Any snapshot length (IMS: 20,480 rows; the recorder: the sensor's), the same for every file.
+    preloaded = {files[0].path: read_counts(files[0].path, columns, expected_rows=None)}
+    rows = len(preloaded[files[0].path])
     check_frame_size(frame_samples, preloaded[files[0].path].shape[1])
     bar = Progress(None if loop else len(files), sys.stderr, progress)
     sent_files = sent_frames = sent_bytes = sample = sequence = 0
@@ -337,7 +339,7 @@ def replay(
             if stop.is_set():
                 break
             counts = preloaded.pop(ims.path, None)
-            counts = read_counts(ims.path, columns) if counts is None else counts
+            counts = read_counts(ims.path, columns, expected_rows=rows) if counts is None else counts
             if continuous:
                 offset_us = sample * 1_000_000 // IMS_SAMPLE_RATE
             frames = list(frames_for_file(

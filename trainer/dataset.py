@@ -19,7 +19,7 @@ import pandas as pd
 from edge.features import snapshot_features
 from edge.sensor import check_counts
 from firmware_bridge import ims
-from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, IMS_SNAPSHOT_SAMPLES, channel_names, list_ims_files, read_counts
+from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, channel_names, list_ims_files, read_counts
 
 
 class DatasetError(ValueError):
@@ -98,7 +98,10 @@ def load_ims(directory: Path, channels: Sequence[int] | None = None) -> Dataset:
     files = list_ims_files(directory)
     if not files:
         raise DatasetError(f"{directory}: no IMS files (names like 2003.10.22.12.06.24)")
-    first = read_counts(files[0].path)
+    # The first file sets the snapshot length: IMS files have 20,480 rows, the recorder writes whatever
+    # [sensor] snapshot length the installation uses; every other file must have the same.
+    first = read_counts(files[0].path, expected_rows=None)
+    rows = len(first)
     names = channel_names(first.shape[1])
     selection = tuple(channels) if channels else tuple(range(1, first.shape[1] + 1))
     bad = [c for c in selection if c > first.shape[1]]
@@ -109,7 +112,7 @@ def load_ims(directory: Path, channels: Sequence[int] | None = None) -> Dataset:
     features = np.empty((len(files), len(columns)))
     faults: list[str | None] = []
     for i, ims_file in enumerate(files):
-        counts = first[:, columns] if i == 0 else read_counts(ims_file.path, columns)
+        counts = first[:, columns] if i == 0 else read_counts(ims_file.path, columns, expected_rows=rows)
         features[i] = snapshot_features(counts, IMS_SCALE)
         faults.append(check_counts(counts, selected))
         if (i + 1) % 200 == 0 or i + 1 == len(files):
@@ -124,7 +127,7 @@ def load_ims(directory: Path, channels: Sequence[int] | None = None) -> Dataset:
         faults=tuple(faults),
         columns=selection,
         sample_rate_hz=IMS_SAMPLE_RATE,
-        snapshot_samples=IMS_SNAPSHOT_SAMPLES,
+        snapshot_samples=rows,
     )
 
 
