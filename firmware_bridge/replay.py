@@ -1,13 +1,17 @@
-"""Replay harness: recorded IMS snapshots sent as wire frames over any serial link, as an MCU would send them.
+"""Replay harness: recorded snapshots sent as wire frames over any serial link, as an MCU would send them.
 
-    cm-replay IMS_DIR --port URL [--speed realtime|max|FACTOR] [--loop] [--channels 1,3,5,7]
-              [--continuous] [--boot-time] [--frame-samples 256] [--baudrate N] [--write-timeout S]
-              [--no-progress] [--no-wait]
+    cm-replay PATH --port URL [--format ims|femto|mat|csv] [--sample-rate HZ] [--snapshot-samples N]
+              [--channels 1,3,5,7|DE,FE] [--speed realtime|max|FACTOR] [--loop] [--continuous] [--boot-time]
+              [--frame-samples 256] [--baudrate N] [--write-timeout S] [--no-progress] [--no-wait]
+
+PATH is a recording in any format firmware_bridge.recording reads (an IMS folder, a FEMTO run folder, a
+.mat file, a folder of CSV/TSV/NPY snapshots); each is streamed at its own sample rate, channel count and
+scale (the scale rule of firmware_bridge.recording).
 
 URL is any pyserial URL (/dev/ttyUSB0, socket://host:port, loop://) or pty:PATH, which creates a
 pseudo-terminal and symlinks PATH to its slave side: the agent then opens PATH like a real device.
 
-By default each file is one burst at its recorded time (the IMS cadence). --continuous streams the files
+By default each snapshot is one burst at its recorded time (IMS: every 10 minutes). --continuous streams them
 back to back as a running MCU does: consecutive sample indices, time advancing with the samples, paced at
 the sample rate. --boot-time sends time since "boot" with the protocol's boot-time flag, as an MCU without
 a wall clock does. A write that makes no progress for --write-timeout seconds (nobody reads the port)
@@ -38,7 +42,7 @@ import numpy as np
 import serial
 
 from firmware_bridge.frame import FLAG_BOOT_TIME, MAX_PAYLOAD, encode
-from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, ImsFile, list_ims_files, parse_channels, read_counts
+from firmware_bridge.recording import FORMATS, Recording, RecordingError, open_recording, parse_channel_list
 
 _U32 = 2**32
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -126,16 +130,16 @@ def _epoch_us(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
-def _schedule(files: list[ImsFile], loop: bool) -> Iterator[tuple[ImsFile, int]]:
-    """Files with their time offset (µs) from the first file; each --loop pass continues the clock."""
-    times = [_epoch_us(f.timestamp) for f in files]
+def _schedule(recording: Recording, loop: bool) -> Iterator[tuple[int, int]]:
+    """Snapshot indices with their time offset (µs) from the first; each --loop pass continues the clock."""
+    times = [_epoch_us(t) for t in recording.times]
     gaps = np.diff(times)
     # One pass lasts its span plus a typical gap, so replayed time never runs backwards across passes.
     pass_us = times[-1] - times[0] + (int(np.median(gaps)) if len(gaps) else 1_000_000)
     shift = 0
     while True:
-        for ims, at in zip(files, times):
-            yield ims, at - times[0] + shift
+        for index, at in enumerate(times):
+            yield index, at - times[0] + shift
         if not loop:
             return
         shift += pass_us
@@ -296,12 +300,16 @@ class Progress:
 
 
 def replay(
-    ims_dir: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Recording,
     port: str | Writer,
     *,
     speed: str | float = "max",
     loop: bool = False,
     columns: Sequence[int] | None = None,
+    channels: Sequence[str | int] | None = None,
+    format: str | None = None,
+    sample_rate_hz: int | None = None,
+    snapshot_samples: int | None = None,
     frame_samples: int = 256,
     baudrate: int = DEFAULT_BAUDRATE,
     progress: bool = False,
@@ -312,41 +320,43 @@ def replay(
     boot_time: bool = False,
     write_timeout: float | None = WRITE_TIMEOUT_S,
 ) -> ReplaySummary:
-    """Send every IMS file of `ims_dir` as frames; `columns` are 0-based. Returns what was sent.
+    """Send every snapshot of a recording as frames. `channels` are names or 1-based numbers; `columns`
+    (0-based) is the older spelling of the same selection. Returns what was sent.
 
     `continuous`: back to back, time from the samples, paced per frame at the sample rate (divided by the
     speed factor). `boot_time`: time counts from the replay's start, with the boot-time flag.
     """
-    files = list_ims_files(ims_dir)
-    if not files:
-        raise ValueError(f"{ims_dir}: no IMS files to replay")
+    if columns is not None:
+        channels = [c + 1 for c in columns]
+    recording = source if isinstance(source, Recording) else open_recording(
+        source, format=format, channels=channels, sample_rate_hz=sample_rate_hz, snapshot_samples=snapshot_samples)
+    if not len(recording):
+        raise ValueError(f"{recording.source}: no snapshots to replay")
     factor = parse_speed(speed)
     stop = stop or threading.Event()
-    # Read the first file before opening the port: a bad file, column or frame size fails before anyone waits.
-    # Any snapshot length (IMS: 20,480 rows; the recorder: the sensor's), the same for every file.
-    preloaded = {files[0].path: read_counts(files[0].path, columns, expected_rows=None)}
-    rows = len(preloaded[files[0].path])
-    check_frame_size(frame_samples, preloaded[files[0].path].shape[1])
-    bar = Progress(None if loop else len(files), sys.stderr, progress)
+    # Read the first snapshot before opening the port: a bad file, column or frame size fails before anyone waits.
+    preloaded = {0: recording.snapshot(0)}
+    check_frame_size(frame_samples, len(recording.channels))
+    bar = Progress(None if loop else len(recording), sys.stderr, progress)
     sent_files = sent_frames = sent_bytes = sample = sequence = 0
     flags = FLAG_BOOT_TIME if boot_time else 0
     with open_port(port, baudrate=baudrate, stop=stop, wait_reader=wait_reader, announce=announce,
                    write_timeout=write_timeout) as out:
         started = time.monotonic()
         # Boot-relative time starts near zero; a continuous stream with a wall clock starts now.
-        base_us = 0 if boot_time else (time.time_ns() // 1000 if continuous else _epoch_us(files[0].timestamp))
-        for ims, offset_us in _schedule(files, loop):
+        start_us = 0 if boot_time else (time.time_ns() // 1000 if continuous else _epoch_us(recording.times[0]))
+        for index, offset_us in _schedule(recording, loop):
             if stop.is_set():
                 break
-            counts = preloaded.pop(ims.path, None)
-            counts = read_counts(ims.path, columns, expected_rows=rows) if counts is None else counts
+            snapshot = preloaded.pop(index, None) or recording.snapshot(index)
+            rate = snapshot.sample_rate_hz
             if continuous:
-                offset_us = sample * 1_000_000 // IMS_SAMPLE_RATE
+                offset_us = sample * 1_000_000 // rate
             frames = list(frames_for_file(
-                counts, first_sample=sample, sequence=sequence, capture_time_us=base_us + offset_us,
-                sample_rate_hz=IMS_SAMPLE_RATE, scale=IMS_SCALE, frame_samples=frame_samples, flags=flags))
+                snapshot.counts, first_sample=sample, sequence=sequence, capture_time_us=start_us + offset_us,
+                sample_rate_hz=rate, scale=snapshot.scale, frame_samples=frame_samples, flags=flags))
             if continuous:
-                wire = _stream(frames, out, started, offset_us, frame_samples, factor, stop)
+                wire = _stream(frames, out, started, offset_us, frame_samples / rate, factor, stop)
                 if wire is None:
                     break
             else:
@@ -355,29 +365,29 @@ def replay(
                 wire = b"".join(frames)
                 out.write(wire)
             sent_files, sent_frames, sent_bytes = sent_files + 1, sent_frames + len(frames), sent_bytes + len(wire)
-            sample, sequence = sample + len(counts), (sequence + len(frames)) % _U32
+            sample, sequence = sample + len(snapshot.counts), (sequence + len(frames)) % _U32
             bar.update(sent_files, sent_frames, sent_bytes)
         finished = time.monotonic()  # before a pty's drain: the last few KB in the tty buffer are not our time
     bar.finish()
     return ReplaySummary(sent_files, sent_frames, sent_bytes, finished - started)
 
 
-def _stream(frames: list[bytes], out: Writer, started: float, offset_us: int, frame_samples: int,
+def _stream(frames: list[bytes], out: Writer, started: float, offset_us: int, frame_s: float,
             factor: float | None, stop: threading.Event) -> bytes | None:
     """Write one snapshot's frames each when its last sample would have been taken; None if stopped."""
     for number, wire in enumerate(frames):
         if factor is not None:
-            taken_s = (offset_us / 1e6 + (number + 1) * frame_samples / IMS_SAMPLE_RATE) / factor
+            taken_s = (offset_us / 1e6 + (number + 1) * frame_s) / factor
             if stop.wait(max(0.0, started + taken_s - time.monotonic())):
                 return None
         out.write(wire)
     return b"".join(frames)
 
 
-def _columns(text: str) -> list[int]:
-    """`--channels 1,3,5,7` → 0-based column indices."""
+def _channels(text: str) -> tuple[str, ...]:
+    """`--channels 1,3,5,7` (1-based) or `--channels DE,FE` (names)."""
     try:
-        return [n - 1 for n in parse_channels(text)]
+        return parse_channel_list(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -392,17 +402,22 @@ def _speed(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cm-replay", description=__doc__.split("\n\n")[0])
-    parser.add_argument("ims_dir", metavar="IMS_DIR", help="directory of IMS snapshot files")
+    parser.add_argument("source", metavar="PATH", help="recording: IMS or FEMTO folder, .mat file, CSV/TSV/NPY folder")
     parser.add_argument("--port", required=True, metavar="URL",
                         help="pyserial URL (/dev/ttyACM0, socket://host:port, loop://) or pty:PATH")
+    parser.add_argument("--format", choices=FORMATS, help="recording format (default: detected from the names)")
+    parser.add_argument("--sample-rate", type=int, metavar="HZ",
+                        help="sample rate of the recording (required for mat and csv; ims 20000, femto 25600)")
+    parser.add_argument("--snapshot-samples", type=int, metavar="N",
+                        help="cut records into snapshots of N samples (default: one file, one snapshot)")
     parser.add_argument("--speed", default="max", type=_speed,
-                        help="realtime (original spacing of the files), max, or a factor like 60 (default: max)")
-    parser.add_argument("--loop", action="store_true", help="start again after the last file, forever")
-    parser.add_argument("--channels", type=_columns, metavar="1,3,5,7",
-                        help="1-based columns to send (default: all)")
+                        help="realtime (original spacing of the snapshots), max, or a factor like 60 (default: max)")
+    parser.add_argument("--loop", action="store_true", help="start again after the last snapshot, forever")
+    parser.add_argument("--channels", type=_channels, metavar="1,3,5,7|DE,FE",
+                        help="channels to send, by 1-based number or name (default: all)")
     parser.add_argument("--continuous", action="store_true",
-                        help="stream the files back to back as a running MCU does (time from the samples, paced "
-                             "at the sample rate with --speed realtime)")
+                        help="stream the snapshots back to back as a running MCU does (time from the samples, "
+                             "paced at the sample rate with --speed realtime)")
     parser.add_argument("--boot-time", action="store_true",
                         help="send time since boot with the boot-time flag, as an MCU without a wall clock")
     parser.add_argument("--frame-samples", type=int, default=256, help="samples per frame (default: 256)")
@@ -431,8 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, interrupt)
     try:
-        summary = replay(args.ims_dir, args.port, speed=args.speed, loop=args.loop, columns=args.channels,
-                         frame_samples=args.frame_samples, baudrate=args.baudrate,
+        summary = replay(args.source, args.port, speed=args.speed, loop=args.loop, channels=args.channels,
+                         format=args.format, sample_rate_hz=args.sample_rate,
+                         snapshot_samples=args.snapshot_samples, frame_samples=args.frame_samples, baudrate=args.baudrate,
                          progress=not args.no_progress, stop=stop, wait_reader=not args.no_wait,
                          continuous=args.continuous, boot_time=args.boot_time, write_timeout=args.write_timeout)
     except Stopped:
