@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from figures import figure
 
 from edge.bearing import PRESETS
 from edge.features import FeatureConfig, FeatureExtractor, mean_abs
-from figures import figure
 from firmware_bridge.recording import open_recording
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,10 +58,11 @@ def features(repeats: int) -> dict:
         counts = np.random.default_rng(0).normal(0, 300, (samples, channels)).round().astype(np.int16)
         vibration = FeatureExtractor(FeatureConfig("vibration", rate, PRESETS[bearing], rpm))
         calls = 50 if samples > 10_000 else 200
-        results[f"vibration_{name}"] = figure(_per_call_ms(lambda: vibration(counts, 0.001), calls, repeats), "ms")
-        results[f"mean_abs_{name}"] = figure(_per_call_ms(lambda: mean_abs(counts, 0.001), calls * 4, repeats), "ms")
         default = FeatureExtractor()  # the agent's path for a mean_abs card
-        results[f"mean_abs_extractor_{name}"] = figure(_per_call_ms(lambda: default(counts, 0.001), calls * 4, repeats), "ms")
+        timed = {"vibration": (vibration, calls), "mean_abs": (mean_abs, calls * 4), "mean_abs_extractor": (default, calls * 4)}
+        for label, (compute, count) in timed.items():
+            results[f"{label}_{name}"] = figure(
+                _per_call_ms(lambda compute=compute, counts=counts: compute(counts, 0.001), count, repeats), "ms")
     return results
 
 

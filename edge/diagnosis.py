@@ -54,7 +54,7 @@ class Defect:
 
 def diagnose(line_hz: np.ndarray, prominence: np.ndarray, channels: Sequence[str]) -> Defect:
     """The defect the envelope lines of one snapshot point to; (C, 4) arrays in the order of DEFECTS."""
-    channel, column = np.unravel_index(int(np.argmax(prominence)), prominence.shape)
+    channel, column = (int(i) for i in np.unravel_index(int(np.argmax(prominence)), prominence.shape))
     best = float(prominence[channel, column])
     others = np.delete(prominence[channel], column)
     runner_up = float(others.max()) if others.size else 0.0

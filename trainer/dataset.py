@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ class Dataset:
     sample_rate_hz: int = 0
     snapshot_samples: int = 0
     scales: tuple[float, ...] = ()  # recordings: the scale (g per count) the scale rule chose, one per recording
-    feature_config: FeatureConfig = FeatureConfig()  # how the features were computed (the card records it)
+    feature_config: FeatureConfig = field(default_factory=FeatureConfig)  # how the features were computed (the card records it)
     line_hz: np.ndarray | None = None  # vibration set: (snapshots, channels, 4) envelope lines found
     prominence: np.ndarray | None = None  # vibration set: (snapshots, channels, 4) their prominence
 
