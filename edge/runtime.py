@@ -79,8 +79,9 @@ class Scorer:
     def __init__(self, bundle: Bundle, model_path: Path | None = None, num_threads: int = 1) -> None:
         card = bundle.card
         self.window = card.feature_spec.window
-        self.channels = len(card.scaler.minimum)  # model columns: C channels x F features, channel-major
-        self._groups = len(card.feature_spec.channels)
+        # Model columns are channel-major: C channels x F features per channel.
+        self.channels = card.feature_spec.columns
+        self.per_channel = len(card.feature_spec.features)
         reference = card.channel_error_reference
         self._reference = None if reference is None else np.asarray(reference, dtype=np.float64)
         self._scaler = card.scaler
@@ -115,7 +116,7 @@ class Scorer:
         self._input_q.quantize(self._scratch, self._input[0])
         reconstruction = self._output_q.dequantize(self._invoke()[0])
         errors = np.abs(reconstruction - scaled)
-        raw = errors.reshape(self.window, self._groups, -1).mean(axis=(0, 2))
+        raw = errors.mean(axis=0).reshape(-1, self.per_channel).mean(axis=1)  # C entries whatever F is
         if self._reference is None:
             return Score(score=float(errors.mean()), channel_errors=raw, raw_errors=raw, per_channel=False)
         relative = raw / self._reference
