@@ -125,8 +125,13 @@ def training_warnings(dataset: Dataset, rows: np.ndarray, fit_rows: np.ndarray, 
         low, high = fitted.min(axis=0), fitted.max(axis=0)
         span = np.where(high > low, high - low, 1.0)
         beyond = np.maximum(held_out.max(axis=0) - high, low - held_out.min(axis=0)) / span
+        features = dataset.feature_config.names
         for column in np.flatnonzero(beyond > DRIFT_LIMIT):
-            found.append(f"the training span already drifts: at its end {dataset.channels[column]} reaches "
+            # Columns are channel-major: channel column // F, feature column % F.
+            name = dataset.channels[column // len(features)]
+            if len(features) > 1:
+                name += f" {features[column % len(features)]}"
+            found.append(f"the training span already drifts: at its end {name} reaches "
                          f"{beyond[column]:.1f}x its earlier range beyond that range (healthy spans stay under "
                          f"{DRIFT_LIMIT:g}x); does it reach into a developing fault? Use an earlier --train-until "
                          "or a smaller --train-fraction")
