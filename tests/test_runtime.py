@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trained import shared_bundle, shared_run
+from trained import run_features, shared_bundle, shared_run
 
 from edge.bundle import CARD_FILE, BundleError, ModelCard, load_bundle
 from edge.runtime import Scorer, load_interpreter
-from trainer.dataset import load_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +81,7 @@ def test_int8_model_is_quantized_and_float_twin_agrees() -> None:
     interpreter = load_interpreter(bundle.model_path)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
-    features = load_dataset(shared_run()).features[:70]
+    features = run_features(shared_run())[:70]
     int8, _ = Scorer(bundle).score_series(features)
     floats, _ = Scorer(bundle, model_path=bundle.float_model_path).score_series(features)
     assert np.corrcoef(int8, floats)[0, 1] > 0.95
@@ -92,7 +91,7 @@ def test_int8_model_is_quantized_and_float_twin_agrees() -> None:
 def test_score_and_score_series_agree() -> None:
     bundle = load_bundle(shared_bundle())
     scorer = Scorer(bundle)
-    features = load_dataset(shared_run()).features
+    features = run_features(shared_run())
     scores, errors = scorer.score_series(features)
     window = scorer.window
     assert scores.shape == (len(features) - window + 1,) and errors.shape == (scores.size, 4)
