@@ -47,7 +47,7 @@ EDGE_TESTS = {
     "full": ("test_config.py", "test_detector.py", "test_features.py", "test_frame.py", "test_link.py",
              "test_outbox.py", "test_publisher.py", "test_sensor.py", "test_snapshot.py", "test_synth.py",
              "test_runtime.py", "test_numpy_interpreter.py", "test_hil.py", "test_security.py",
-             "test_ims.py", "test_replay.py"),
+             "test_ims.py", "test_replay.py", "test_install.py"),
     # CI: what differs on an ARM CPU (the model, the features, the codec, the broker client), not the
     # pure-Python logic the x86 suite has already proven.
     "ci": ("test_runtime.py", "test_numpy_interpreter.py", "test_features.py", "test_frame.py",
@@ -161,6 +161,9 @@ def mounted_root(tarball: Path, arch: Arch, work: Path) -> Iterator[Path]:
         ("-t", "proc", "proc", root / "proc"),
         ("--bind", cpuinfo, root / "proc/cpuinfo"),
         ("--rbind", "/dev", root / "dev"),
+        # LiteRT's cpuinfo also reads /sys/devices/system/cpu; without it XNNPACK falls back to kernels whose
+        # rounding differs from a Pi's by one LSB now and then.
+        ("--rbind", "/sys", root / "sys"),
         ("--bind", pip_cache, root / "root/.cache/pip"),
     ]
     if shared.is_dir():
@@ -172,7 +175,7 @@ def mounted_root(tarball: Path, arch: Arch, work: Path) -> Iterator[Path]:
             run("mount", *options, source, target)
             done.append(Path(target))
             if options == ["--rbind"]:
-                run("mount", "--make-rslave", target)  # unmounting it later must not reach the host's /dev
+                run("mount", "--make-rslave", target)  # unmounting it later must not reach the host's
         yield root
     finally:
         for target in reversed(done):
@@ -207,10 +210,25 @@ def copy_source(target: Path) -> None:
 # --- steps 2-6 -----------------------------------------------------------------------------------------
 
 
-def install(root: Path, arch: Arch) -> None:
-    venv = ["python3", "-m", "venv", *(["--system-site-packages"] if arch.system_numpy else []), "/opt/cm-edge/venv"]
-    on_device(root, arch, *venv)
-    on_device(root, arch, "pip", "install", "--quiet", "/src[edge]", *TEST_EXTRAS)
+def install(root: Path, arch: Arch, tarball: Path) -> None:
+    """`pip install .[edge]` into /opt/cm-edge/venv, as deploy/install.sh does, plus the test runner.
+
+    Emulated pip is slow, so the venv is cached beside the root, keyed by pyproject.toml: a later run with
+    the same dependencies unpacks it and reinstalls only this package."""
+    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + repr((TEST_EXTRAS, tarball.name)).encode())
+    cached = CACHE / f"venv-{arch.name}-{key.hexdigest()[:12]}.tar"
+    if cached.exists():
+        print(f"    dependencies cached: {cached}")
+        run("tar", "-xf", cached, "-C", root)
+        on_device(root, arch, "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "/src")
+    else:
+        venv = ["python3", "-m", "venv", *(["--system-site-packages"] if arch.system_numpy else []), "/opt/cm-edge/venv"]
+        on_device(root, arch, *venv)
+        on_device(root, arch, "pip", "install", "--quiet", "/src[edge]", *TEST_EXTRAS)
+        partial = cached.with_suffix(".tar.partial")
+        run("tar", "-cf", partial, "-C", root, "opt/cm-edge/venv")
+        partial.rename(cached)
+    on_device(root, arch, "pip", "check")
     report = on_device(root, arch, "python", "-c", (
         "import importlib.util, json, platform, numpy\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'tf_keras', 'pandas', 'tflite_runtime') if importlib.util.find_spec(m)]\n"
@@ -230,9 +248,13 @@ def install(root: Path, arch: Arch) -> None:
         raise CheckFailed(f"ai-edge-litert installed: {facts['litert']}, expected {not arch.system_numpy} on {arch.name}")
 
 
-def hand_out_bundles(handoff: Path) -> None:
-    """The tests' runs and bundles, trained here: the device has no trainer."""
-    run(sys.executable, REPO / "tests/trained.py", handoff, cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)})
+def hand_out_bundles(handoff: Path, log: Path) -> None:
+    """The tests' runs and bundles, trained here: the device has no trainer. TensorFlow's chatter goes to `log`."""
+    with log.open("wb") as output:
+        trained = subprocess.run([sys.executable, str(REPO / "tests/trained.py"), str(handoff)], cwd=REPO,
+                                 env=os.environ | {"PYTHONPATH": str(REPO)}, stdout=output, stderr=subprocess.STDOUT)
+    if trained.returncode:
+        raise CheckFailed(f"training the bundles failed:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def model_outputs(bundles: Path, kind: str | None) -> dict[str, object]:
@@ -381,9 +403,9 @@ def check(arch: Arch, subset: str, keep: bool) -> None:
             copy_source(root / "src")
             handoff = root / "handoff"
             with step("install .[edge] on the device, no TensorFlow"):
-                install(root, arch)
+                install(root, arch, tarball)
             with step("bundles for the device, trained on x86"):
-                hand_out_bundles(handoff / "bundles")
+                hand_out_bundles(handoff / "bundles", work / "train.log")
             with step(f"model outputs on {arch.name} against x86 LiteRT, bit for bit"):
                 compare_model_outputs(root, arch, handoff)
             with step(f"edge tests on {arch.name} ({subset} subset)"):
