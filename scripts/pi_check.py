@@ -42,18 +42,18 @@ CACHE = Path(os.environ.get("CM_PI_CHECK_CACHE", "/var/cache/cm-pi-check"))
 DEVICE = "pi-check"
 TOPIC = f"cm/{DEVICE}"
 TEST_EXTRAS = ("pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "jsonschema>=4.20")
-# Tests that need neither the trainer nor a compiler: what a Pi with the `edge` extra can run.
+# Tests that need neither the trainer nor a compiler: what a Pi with the `edge` extra can run. test_hil is
+# left out: its chain (replay included) would run emulated with x86 timeouts; step 5 is that chain, across.
 EDGE_TESTS = {
     "full": ("test_config.py", "test_detector.py", "test_features.py", "test_frame.py", "test_link.py",
              "test_outbox.py", "test_publisher.py", "test_sensor.py", "test_snapshot.py", "test_synth.py",
-             "test_runtime.py", "test_numpy_interpreter.py", "test_hil.py", "test_security.py",
+             "test_runtime.py", "test_numpy_interpreter.py", "test_security.py",
              "test_ims.py", "test_replay.py", "test_install.py"),
     # CI: what differs on an ARM CPU (the model, the features, the codec, the broker client), not the
     # pure-Python logic the x86 suite has already proven.
     "ci": ("test_runtime.py", "test_numpy_interpreter.py", "test_features.py", "test_frame.py",
            "test_publisher.py"),
 }
-NEEDS_TRAINER = "cm_train_evaluate"  # test_hil's comparison with `cm-train evaluate` imports the trainer
 NEEDS_LITERT = ("test_int8_outputs_equal_litert_exactly", "test_scores_equal_litert_through_the_scorer",
                 "test_load_interpreter_order_and_choice")
 
@@ -442,11 +442,11 @@ def compare_model_outputs(root: Path, arch: Arch, handoff: Path) -> None:
 
 def edge_tests(root: Path, arch: Arch, subset: str) -> None:
     files = [f"tests/{name}" for name in EDGE_TESTS[subset]]
-    deselect = [NEEDS_TRAINER] + (list(NEEDS_LITERT) if arch.system_numpy else [])
+    deselect = " and ".join(f"not {name}" for name in NEEDS_LITERT) if arch.system_numpy else ""
     env = device_env(arch, CI="true", CM_TEST_BUNDLES="/handoff/bundles")
     # A slow emulated CPU: the per-test timeout is the suite's own (pyproject) times four.
     on_device(root, arch, "sh", "-c", f"cd /src && exec python -m pytest -q -p no:cacheprovider --timeout 1200 "
-              f"-k '{' and '.join(f'not {name}' for name in deselect)}' {' '.join(files)}", env=env)
+              f"-k '{deselect}' {' '.join(files)}", env=env)
 
 
 def ratio(root: Path, arch: Arch, handoff: Path) -> None:

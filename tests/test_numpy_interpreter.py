@@ -1,7 +1,7 @@
 """The pure-numpy int8 interpreter (for 32-bit Pi OS) gives exactly LiteRT's int8 outputs on the trainer's models.
 
 Compared raw, tensor for tensor, on bundles the trainer fitted for windows 1, 2, 4 and 1 to 22 input
-columns, with inputs that span the whole int8 range (saturating ones included), and through the Scorer on
+columns, and with the vibration feature set (4 channels x 10 features), with inputs that span the whole int8 range (saturating ones included), and through the Scorer on
 the features of a synthetic run to failure and far beyond the training range.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trained import TABLE_SHAPES, run_features, shared_bundle, shared_run, table_bundle
+from trained import TABLE_SHAPES, run_features, shared_bundle, shared_run, table_bundle, vibration_bundle
 
 from edge.bundle import load_bundle
 from edge.numpy_interpreter import NumpyInterpreter, UnsupportedModelError
@@ -44,7 +44,8 @@ def raw_outputs(interpreter, inputs: list[np.ndarray]) -> np.ndarray:
 
 
 def bundles() -> list[pytest.param]:
-    cases = [pytest.param(lambda: shared_bundle(), id="synthetic-run-c4-w2")]
+    cases = [pytest.param(lambda: shared_bundle(), id="synthetic-run-c4-w2"),
+             pytest.param(lambda: vibration_bundle(), id="vibration-c4x10-w2")]
     cases += [pytest.param(lambda c=c, w=w: table_bundle(c, w), id=f"table-c{c}-w{w}") for c, w in TABLE_SHAPES]
     return cases
 

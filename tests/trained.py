@@ -105,10 +105,23 @@ def table_bundle(channels: int, window: int) -> Path:
     return make_bundle(table, _scratch() / name, epochs=3, train_fraction=0.6)
 
 
+@functools.cache
+def vibration_bundle() -> Path:
+    """A bundle with the `vibration` feature set (4 channels x 10 features = 40 model columns), on a short run."""
+    from edge.bearing import PRESETS
+
+    handed = _handed_in("vibration")
+    if handed:
+        return handed
+    run = make_synthetic_run(_scratch() / "vibration-run", files=40)
+    return make_bundle(run, _scratch() / "vibration", feature_set="vibration", bearing=PRESETS["6205-2rs"],
+                       shaft_rpm=2000.0, epochs=3)
+
+
 def hand_out(directory: Path) -> None:
     """Make every run and bundle the helpers give into `directory`, for a device without the trainer."""
     directory.mkdir(parents=True, exist_ok=True)
-    for name, source in [("run", shared_run()), ("bundle", shared_bundle())] + [
+    for name, source in [("run", shared_run()), ("bundle", shared_bundle()), ("vibration", vibration_bundle())] + [
         (f"table-c{c}-w{w}", table_bundle(c, w)) for c, w in TABLE_SHAPES
     ]:
         shutil.rmtree(directory / name, ignore_errors=True)
