@@ -49,10 +49,9 @@ EDGE_TESTS = {
              "test_outbox.py", "test_publisher.py", "test_sensor.py", "test_snapshot.py", "test_synth.py",
              "test_numpy_interpreter.py", "test_security.py",
              "test_ims.py", "test_replay.py", "test_install.py"),
-    # CI: what differs on an ARM CPU (the model, the features, the codec, the broker client), not the
-    # pure-Python logic the x86 suite has already proven.
-    "ci": ("test_numpy_interpreter.py", "test_features.py", "test_frame.py",
-           "test_publisher.py"),
+    # CI: the numerics an ARM CPU could change (the model's int8 outputs, the features); the codec, the
+    # link, the publisher and the detector are exercised on the device by the HIL step anyway.
+    "ci": ("test_numpy_interpreter.py", "test_features.py"),
 }
 NEEDS_LITERT = ("test_int8_outputs_equal_litert_exactly", "test_scores_equal_litert_through_the_scorer",
                 "test_load_interpreter_order_and_choice")
