@@ -227,6 +227,8 @@ def install(root: Path, arch: Arch, tarball: Path) -> None:
         on_device(root, arch, "pip", "install", "--quiet", "/src[edge]", *TEST_EXTRAS)
         partial = cached.with_suffix(".tar.partial")
         run("tar", "-cf", partial, "-C", root, "opt/cm-edge/venv")
+        for stale in CACHE.glob(f"venv-{arch.name}-*.tar"):  # made for an older pyproject.toml
+            stale.unlink()
         partial.rename(cached)
     on_device(root, arch, "pip", "check")
     report = on_device(root, arch, "python", "-c", (
