@@ -19,6 +19,7 @@ from edge.bundle import Bundle, BundleError, load_bundle
 from edge.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.detector import DetectorSettings, State, Transition
+from edge.health import Health, Watch
 from edge import messages
 from edge.messages import ModelRef, Reading
 from edge.outbox import Outbox, OutboxError
@@ -94,9 +95,12 @@ class Agent:
         self.pipeline = Pipeline(bundle, settings)
         self.assembler = SnapshotAssembler(bundle.card.feature_spec.snapshot_samples)
         self.model = ModelRef(bundle.card.id, bundle.card.model_sha256)
-        self.outbox = Outbox(config.outbox_path)
-        self.publisher = Publisher(config.mqtt, self.outbox)
-        self.recorder = Recorder(config.recorder) if config.recorder.enabled else None
+        self.health = Health(config.device_id)
+        self.outbox = Outbox(config.outbox_path, health=self.health)
+        self.publisher = Publisher(config.mqtt, self.outbox, health=self.health)
+        self.health.on_change = self.publisher.publish_health
+        self.watch = Watch(self.health)
+        self.recorder = Recorder(config.recorder, self.health) if config.recorder.enabled else None
         self.link = SerialLink(config.serial.port, baudrate=config.serial.baudrate)
         self.checkpoint_path = checkpoint_path(config.outbox_path)
         self._since_us: int | None = None
@@ -107,7 +111,7 @@ class Agent:
         self._scored_once = False
 
     def resume(self) -> None:
-        checkpoint = load_checkpoint(self.checkpoint_path, self.model.id)
+        checkpoint = load_checkpoint(self.checkpoint_path, self.model.id, self.health)
         if checkpoint is not None:
             self.pipeline.detector.resume(checkpoint.state, checkpoint.health, checkpoint.reason)
             self._since_us = checkpoint.since_us
@@ -115,6 +119,8 @@ class Agent:
                      messages.iso_time(checkpoint.since_us))
 
     def run(self, stop: threading.Event) -> int:
+        self.watch.check(self.link.stats)
+        self.publisher.publish_health(self.health.payload())
         self.publisher.start()
         log.info("agent %s started: port %s, bundle %s (model %s), %d alert(s) pending in the outbox",
                  self.config.device_id, self.config.serial.port, self.bundle.path, self.model.id, self.publisher.pending())
@@ -136,6 +142,7 @@ class Agent:
                 self.check_stale()
                 if time.monotonic() >= next_counters:
                     log.info("counters: %s", " ".join(f"{k}={v}" for k, v in self.counters().items()))
+                    self.watch.check(self.link.stats)
                     next_counters = time.monotonic() + self.config.counters_interval_s
         except MismatchError as error:
             log.error("%s", error)
@@ -217,7 +224,7 @@ class Agent:
         # After the outbox commit: a crash in between costs at most a repeated alert, never a lost one.
         detector = self.pipeline.detector
         save_checkpoint(self.checkpoint_path, Checkpoint(self.model.id, detector.state, detector.health,
-                                                         detector.reason, self._since_us))
+                                                         detector.reason, self._since_us), self.health)
         log.log(logging.WARNING if transition.state != State.NORMAL else logging.INFO,
                 "%s -> %s at %s (score %s, top channel %s%s)", transition.previous_state, transition.state,
                 alert["timestamp"], alert["score"], alert["top_channel"],

@@ -4,20 +4,24 @@ very pipeline that will score it (`cm-train fit RECORDER_DIR` reads them like an
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime
 
 import numpy as np
 
 from edge.config import RecorderConfig
+from edge.health import Health
 from edge.snapshot import Snapshot
 from firmware_bridge.ims import IMS_SCALE, list_ims_files, write_ims_file
 
 log = logging.getLogger(__name__)
+RECORDING_MODE = 0o640
 
 
 class Recorder:
-    def __init__(self, config: RecorderConfig) -> None:
+    def __init__(self, config: RecorderConfig, health: Health | None = None) -> None:
         self.config = config
+        self.health = health
         self.quota_bytes = int(config.quota_mb * 1024 * 1024)
         config.directory.mkdir(parents=True, exist_ok=True)
         self._files = [f.path for f in list_ims_files(config.directory)]  # oldest first
@@ -33,7 +37,19 @@ class Recorder:
             # IMS files hold thousandths of a g: rescale other sensors' counts to that unit.
             counts = np.clip(np.rint(counts * (snapshot.scale / IMS_SCALE)), -32768, 32767).astype(np.int16)
         moment = datetime.fromtimestamp(snapshot.capture_time_us / 1e6, UTC)
-        path = write_ims_file(self.config.directory, moment, counts)
+        try:
+            path = write_ims_file(self.config.directory, moment, counts)
+            # Readable by the agent's group (a training user copying them), by nobody else.
+            os.chmod(path, RECORDING_MODE)
+        except OSError as error:  # a full or read-only disk costs recordings, never the agent
+            message = f"{self.config.directory}: cannot write a recording ({error.strerror}); retried at the next one"
+            if self.health is not None:
+                self.health.fault("storage", message, source="recorder")
+            else:
+                log.error("%s", message)
+            return
+        if self.health is not None:
+            self.health.clear("storage", source="recorder")
         self._last_us = snapshot.capture_time_us
         self._files.append(path)
         self._bytes += path.stat().st_size

@@ -1,6 +1,7 @@
 """The recorder keeps snapshots as IMS files that the trainer reads back exactly, within a disk quota."""
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,10 @@ def test_other_scales_are_stored_in_thousandths_of_a_g(tmp_path: Path) -> None:
     recorder.save(snap)
     (ims,) = list_ims_files(tmp_path)
     np.testing.assert_array_equal(read_counts(ims.path, expected_rows=None), snap.counts.astype(np.int32) * 2)
+
+
+def test_recordings_are_readable_by_the_group_only(tmp_path: Path) -> None:
+    recorder = Recorder(RecorderConfig(enabled=True, directory=tmp_path, quota_mb=100, interval_s=600))
+    recorder.save(snapshot(0, T0))
+    (ims,) = list_ims_files(tmp_path)
+    assert stat.S_IMODE(ims.path.stat().st_mode) == 0o640
