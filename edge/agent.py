@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from typing import Protocol
 
 from edge.bundle import Bundle, BundleError, load_bundle
 from edge.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
@@ -33,6 +34,14 @@ from firmware_bridge.link import SerialLink
 log = logging.getLogger("cm-edge")
 FRAME_QUEUE = 4096  # frames (about 13 snapshots of 4 x 20,480 samples) between the serial thread and scoring
 TICK_S = 0.5  # how often the main loop looks at its clocks when no frame arrives
+
+
+class Clock(Protocol):
+    """What the agent reads time from: the `time` module, or a test's stand-in."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
 
 
 class MismatchError(ValueError):
@@ -87,8 +96,11 @@ def detector_settings(config: AgentConfig, bundle: Bundle) -> DetectorSettings:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, bundle: Bundle) -> None:
+    def __init__(self, config: AgentConfig, bundle: Bundle, *, link: SerialLink | None = None,
+                 outbox: Outbox | None = None, publisher: Publisher | None = None, clock: Clock = time) -> None:
+        """The collaborators default to the real ones the config describes; tests pass their own."""
         self.config = config
+        self.clock = clock
         self.bundle = bundle
         settings = detector_settings(config, bundle)
         self.thresholds = (settings.warning_threshold, settings.alarm_threshold)
@@ -96,17 +108,17 @@ class Agent:
         self.assembler = SnapshotAssembler(bundle.card.feature_spec.snapshot_samples)
         self.model = ModelRef(bundle.card.id, bundle.card.model_sha256)
         self.health = Health(config.device_id)
-        self.outbox = Outbox(config.outbox_path, health=self.health)
-        self.publisher = Publisher(config.mqtt, self.outbox, health=self.health)
+        self.outbox = outbox or Outbox(config.outbox_path, health=self.health)
+        self.publisher = publisher or Publisher(config.mqtt, self.outbox, health=self.health)
         self.health.on_change = self.publisher.publish_health
         self.watch = Watch(self.health)
         self.recorder = Recorder(config.recorder, self.health) if config.recorder.enabled else None
-        self.link = SerialLink(config.serial.port, baudrate=config.serial.baudrate)
+        self.link = link or SerialLink(config.serial.port, baudrate=config.serial.baudrate)
         self.checkpoint_path = checkpoint_path(config.outbox_path)
         self._since_us: int | None = None
         self._state_announced = False
         self.resume()
-        self._started = time.monotonic()
+        self._started = self.clock.monotonic()
         self._last_snapshot = self._started
         self._scored_once = False
 
@@ -127,7 +139,7 @@ class Agent:
         frames: queue.Queue[Frame | None] = queue.Queue(maxsize=FRAME_QUEUE)
         reader = threading.Thread(target=self.read_link, args=(frames, stop), name="serial", daemon=True)
         reader.start()
-        next_counters = time.monotonic() + self.config.counters_interval_s
+        next_counters = self.clock.monotonic() + self.config.counters_interval_s
         try:
             while not stop.is_set():
                 try:
@@ -140,10 +152,10 @@ class Agent:
                         return 1  # not 2: systemd restarts the agent
                     self.on_frame(frame)
                 self.check_stale()
-                if time.monotonic() >= next_counters:
+                if self.clock.monotonic() >= next_counters:
                     log.info("counters: %s", " ".join(f"{k}={v}" for k, v in self.counters().items()))
                     self.watch.check(self.link.stats)
-                    next_counters = time.monotonic() + self.config.counters_interval_s
+                    next_counters = self.clock.monotonic() + self.config.counters_interval_s
         except MismatchError as error:
             log.error("%s", error)
             return 2
@@ -167,13 +179,13 @@ class Agent:
     def check_stale(self) -> None:
         """No complete snapshot for `stale_after_s`: the sensor is silent, which is missing data, not health."""
         stale_after = self.config.sensor.stale_after_s
-        if stale_after is None or time.monotonic() - self._last_snapshot < stale_after:
+        if stale_after is None or self.clock.monotonic() - self._last_snapshot < stale_after:
             return
-        self._last_snapshot = time.monotonic()
+        self._last_snapshot = self.clock.monotonic()
         log.warning("no complete snapshot from %s for %.0f s", self.config.serial.port, stale_after)
         transition = self.pipeline.missing()
         if transition is not None:
-            self.on_missing(transition, int(time.time() * 1_000_000))  # no frame to date it: the wall clock
+            self.on_missing(transition, int(self.clock.time() * 1_000_000))  # no frame to date it: the wall clock
 
     def on_frame(self, frame: Frame) -> None:
         if frame.header.frame_type == FrameType.STATUS:
@@ -189,7 +201,7 @@ class Agent:
             if transition is not None:
                 self.on_missing(transition, frame.header.capture_time_us)
         for snapshot in snapshots:
-            self._last_snapshot = time.monotonic()
+            self._last_snapshot = self.clock.monotonic()
             reading, transition = self.pipeline.process(snapshot)
             self.publish(reading, transition)
             if self.recorder is not None:
@@ -204,7 +216,7 @@ class Agent:
         channels = self.pipeline.channels
         if reading.score is not None and not self._scored_once:
             self._scored_once = True
-            log.info("first snapshot scored %.2f s after the agent was set up", time.monotonic() - self._started)
+            log.info("first snapshot scored %.2f s after the agent was set up", self.clock.monotonic() - self._started)
         if transition is not None:
             self.publish_transition(reading, transition)
         elif not self._state_announced:

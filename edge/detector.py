@@ -1,15 +1,20 @@
 """The health-state machine: scores and sensor faults in, debounced state transitions out.
 
-A pointwise exceedance is not an alarm. A state is raised when k of the last n snapshots exceed its
-threshold and cleared only after `clear_after` consecutive snapshots below the warning threshold
-(hysteresis), so a score hovering near a threshold does not flap. Sensor faults are a state of their own:
-never a healthy reading, never a bearing alarm. The same code serves `cm-train evaluate` and the agent.
+A pointwise exceedance is not an alarm. A state is raised when one channel exceeds its threshold on k of
+the last n snapshots, and cleared only after `clear_after` consecutive snapshots below the warning threshold
+(hysteresis), so a score hovering near a threshold does not flap. Counting per channel means noise that
+wanders from channel to channel does not add up to an alarm, and the alarm knows which channel raised it
+(`driver`): that is the bearing an alert names, not whichever channel happened to peak on one snapshot.
+Sensor faults are a state of their own: never a healthy reading, never a bearing alarm. edge.scoring feeds
+it for the agent, `cm-train evaluate` and training alike.
 """
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
+
+import numpy as np
 
 
 class State(StrEnum):
@@ -51,8 +56,11 @@ class Transition:
 class Detector:
     def __init__(self, settings: DetectorSettings) -> None:
         self.settings = settings
-        self._warning_hits: deque[bool] = deque(maxlen=settings.n)
-        self._alarm_hits: deque[bool] = deque(maxlen=settings.n)
+        # Per snapshot, which channels exceeded the threshold (one entry per channel).
+        self._warning_hits: deque[np.ndarray] = deque(maxlen=settings.n)
+        self._alarm_hits: deque[np.ndarray] = deque(maxlen=settings.n)
+        self._last: np.ndarray | None = None  # the last channel scores, to break ties between channels
+        self.driver: int | None = None  # the channel whose k of n raised the current warning or alarm
         self._quiet = 0  # consecutive scores below the warning threshold
         self._fault_streak = 0
         self._health = State.NORMAL  # the bearing's state, kept through a sensor fault
@@ -72,13 +80,19 @@ class Detector:
         """Continue from the state saved before a restart: no false all-clear, no repeated alert.
 
         The k-of-n history starts empty, so an alarm holds until `clear_after` quiet snapshots clear it.
+        The driving channel is not saved: it is known again once the channel raises k of n.
         """
         if health == State.SENSOR_FAULT:
             raise ValueError("health: expected normal, warning or alarm, got sensor_fault")
         self._state, self._health, self.reason = state, health, reason
 
-    def update(self, score: float | None, fault: str | None = None) -> Transition | None:
-        """Feed one snapshot: its score, or the reason its sensor check failed. Returns a transition or None."""
+    def update(self, score: float | None, fault: str | None = None,
+               channel_scores: np.ndarray | None = None) -> Transition | None:
+        """Feed one snapshot: its score (and per-channel scores, on the same scale as the thresholds), or the
+        reason its sensor check failed. Returns a transition or None.
+
+        Without per-channel scores the score counts as the only channel.
+        """
         if fault is not None:
             self._fault_streak += 1
             if self._fault_streak >= self.settings.fault_after:
@@ -88,21 +102,40 @@ class Detector:
             raise ValueError("update() needs a score or a fault reason")
         self._fault_streak = 0
         s = self.settings
-        self._alarm_hits.append(score > s.alarm_threshold)
-        self._warning_hits.append(score > s.warning_threshold)
+        channels = np.atleast_1d(np.asarray(score if channel_scores is None else channel_scores, dtype=np.float64))
+        if self._alarm_hits and self._alarm_hits[-1].shape != channels.shape:
+            self._alarm_hits.clear()  # a different channel count (never within one bundle): start counting afresh
+            self._warning_hits.clear()
+        self._alarm_hits.append(channels > s.alarm_threshold)
+        self._warning_hits.append(channels > s.warning_threshold)
+        self._last = channels
         self._quiet = self._quiet + 1 if score <= s.warning_threshold else 0
         self._health = self._next_health()
+        if self._health == State.NORMAL:
+            self.driver = None
         return self._move(self._health, None)
 
     def _next_health(self) -> State:
-        k = self.settings.k
-        if sum(self._alarm_hits) >= k:
+        alarm = self._raising(self._alarm_hits)
+        if alarm is not None:
+            self.driver = alarm
             return State.ALARM
-        if sum(self._warning_hits) >= k and self._health != State.ALARM:
+        warning = self._raising(self._warning_hits)
+        if warning is not None and self._health != State.ALARM:
+            self.driver = warning
             return State.WARNING
         if self._health != State.NORMAL and self._quiet >= self.settings.clear_after:
             return State.NORMAL
         return self._health
+
+    def _raising(self, hits: deque[np.ndarray]) -> int | None:
+        """The channel with k or more of the last n over the threshold (the most hits, then the highest score)."""
+        counts = np.sum(hits, axis=0)
+        if counts.max() < self.settings.k:
+            return None
+        candidates = np.flatnonzero(counts == counts.max())
+        assert self._last is not None
+        return int(candidates[np.argmax(self._last[candidates])])
 
     def _move(self, state: State, reason: str | None) -> Transition | None:
         if state == self._state:

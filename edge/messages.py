@@ -36,6 +36,7 @@ class Reading:
     channel_errors: np.ndarray | None
     state: State
     reason: str | None
+    top_channel: int | None = None  # index of the channel that drove the state (edge.scoring); None: unknown
 
 
 # Alert ids are UUID5s of the transition in this namespace: the same transition (device, new and previous
@@ -55,9 +56,12 @@ def iso_time(capture_time_us: int) -> str:
 
 
 def top_channel(reading: Reading, channels: Sequence[str]) -> str | None:
-    """The channel that explains the state: the largest error, or the first channel a fault names."""
+    """The channel that explains the state: the first channel a fault names, else the channel that drove
+    the detector's decision, else the largest error."""
     if reading.reason and ":" in reading.reason:
         return reading.reason.split(":", 1)[1].split(",")[0]
+    if reading.top_channel is not None:
+        return channels[reading.top_channel]
     if reading.channel_errors is None:
         return None
     return channels[int(np.argmax(reading.channel_errors))]

@@ -36,6 +36,7 @@ def load_interpreter(model_path: str | Path, num_threads: int = 1) -> Any:
 class Score:
     score: float
     channel_errors: np.ndarray  # (channels,) mean absolute error per channel over the window
+    channel_scores: np.ndarray | None = None  # (channels,) on the thresholds' scale, when the card allows
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """`cm-train evaluate`: score every snapshot with the int8 model through the edge runtime, run the detector,
 and write report.json and score.png.
 
-Snapshots whose sensor check fails (raw counts for IMS directories, a feature far below the healthy range
-for tables) go to the detector as faults: neither an alarm nor a healthy reading. A window that contains a
-faulty snapshot is not scored.
+The rows go through edge.scoring in order, exactly as the agent's snapshots do: sensor checks (raw counts
+for IMS directories, a feature far below the healthy range for every input) are faults, neither an alarm
+nor a healthy reading, and a window that contains a faulty snapshot is not scored.
 """
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edge.bundle import Bundle, check_channels, load_bundle  # noqa: E402
-from edge.detector import Detector, State  # noqa: E402
-from edge.runtime import Scorer  # noqa: E402
-from edge.sensor import check_features  # noqa: E402
+from edge.detector import State  # noqa: E402
+from edge.scoring import StreamScorer, score_stream  # noqa: E402
 from trainer.dataset import Dataset, load_dataset, parse_time  # noqa: E402
 
 
@@ -32,40 +31,22 @@ class Trace:
     errors: np.ndarray
     faults: list[str | None]
     states: list[State]
-
-
-def sensor_faults(dataset: Dataset, bundle: Bundle) -> list[str | None]:
-    """Raw-count checks where the samples exist, then the feature dropout check against the card's healthy_min."""
-    raw = list(dataset.faults) if dataset.faults else [None] * len(dataset)
-    names = bundle.card.feature_spec.channels
-    return [fault or check_features(row, bundle.card.healthy_min, names) for fault, row in zip(raw, dataset.features)]
+    top_channels: list[int | None]  # the channel that explains each snapshot's state (edge.scoring)
 
 
 def run_detector(dataset: Dataset, bundle: Bundle) -> Trace:
-    scorer = Scorer(bundle)
-    window = scorer.window
-    count, channels = dataset.features.shape
+    """Every snapshot through edge.scoring, the agent's own streaming core, in order."""
+    count = len(dataset)
+    steps = score_stream(StreamScorer(bundle), dataset.features, dataset.faults or None)
+    channels = len(bundle.card.feature_spec.channels)
     scores = np.full(count, np.nan)
     errors = np.full((count, channels), np.nan)
-    window_scores, window_errors = scorer.score_series(dataset.features)
-    scores[window - 1 :] = window_scores
-    errors[window - 1 :] = window_errors
-    faults = sensor_faults(dataset, bundle)
-    faulty = np.array([f is not None for f in faults])
-    # A window holding a faulty snapshot says nothing about the bearing: not scored, as on the device.
-    tainted = np.convolve(faulty.astype(int), np.ones(window, dtype=int))[:count] > 0
-    unscored = tainted | (np.arange(count) < window - 1)
-    scores[unscored] = np.nan
-    errors[unscored] = np.nan
-    detector = Detector(bundle.card.detector)
-    states: list[State] = []
-    for row in range(count):
-        if faults[row] is not None:
-            detector.update(None, faults[row])
-        elif not unscored[row]:
-            detector.update(float(scores[row]))
-        states.append(detector.state)
-    return Trace(scores=scores, errors=errors, faults=faults, states=states)
+    for row, step in enumerate(steps):
+        if step.score is not None:
+            scores[row] = step.score.score
+            errors[row] = step.score.channel_errors if step.score.channel_scores is None else step.score.channel_scores
+    return Trace(scores=scores, errors=errors, faults=[step.fault for step in steps],
+                 states=[step.state for step in steps], top_channels=[step.top_channel for step in steps])
 
 
 def alarm_episodes(states: list[State]) -> list[tuple[int, int]]:
@@ -166,7 +147,7 @@ def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.
         "alarm_episodes": [{"start": _time(stamps, a), "end": _time(stamps, b)} for a, b in episodes],
         "false_alarm_episodes": len(episodes) - (1 if persistent else 0),
         "persistent_alarm_start": _time(stamps, persistent[0]) if persistent else None,
-        "top_channel_at_first_alarm": _top_channel(card.feature_spec.channels, trace.errors, first_alarm),
+        "top_channel_at_first_alarm": _top_channel(card.feature_spec.channels, trace, first_alarm),
         "sensor_fault_snapshots": sum(1 for f in trace.faults if f is not None),
         "sensor_faults": sorted({f for f in trace.faults if f is not None}),
         "final_state": str(trace.states[-1]),
@@ -196,10 +177,10 @@ def _hours(delta: np.timedelta64) -> float:
     return round(float(delta / np.timedelta64(1, "s")) / 3600.0, 3)
 
 
-def _top_channel(names: tuple[str, ...], errors: np.ndarray, row: int | None) -> str | None:
-    if row is None or not np.isfinite(errors[row]).all():
+def _top_channel(names: tuple[str, ...], trace: Trace, row: int | None) -> str | None:
+    if row is None or trace.top_channels[row] is None:
         return None
-    return names[int(np.argmax(errors[row]))]
+    return names[trace.top_channels[row]]
 
 
 def plot(dataset: Dataset, bundle: Bundle, trace: Trace, train_until: np.datetime64 | None, path: Path) -> None:

@@ -22,6 +22,7 @@ from edge.bundle import FLOAT_MODEL_FILE, INT8_MODEL_FILE, Bundle, FeatureSpec, 
 from edge.detector import DetectorSettings
 from edge.features import FEATURE_SET
 from edge.runtime import Scorer
+from edge.scoring import StreamScorer, score_stream, scores_of, unbroken_runs
 from trainer import calibrate, export
 from trainer.dataset import Dataset, DatasetError, load_dataset
 from trainer.model import build_autoencoder, windows
@@ -82,6 +83,22 @@ def split_holdout(rows: np.ndarray, window: int, holdout_fraction: float, source
     return rows[:-holdout], rows[-holdout:]
 
 
+def training_windows(dataset: Dataset, scaler: Scaler, rows: np.ndarray, window: int) -> np.ndarray:
+    """Every run of W consecutive healthy snapshots among `rows`, scaled: none spans an excluded snapshot."""
+    parts = [windows(scaler.transform(dataset.features[run]), window)
+             for run in unbroken_runs(rows) if run.size >= window]
+    if not parts:
+        return np.zeros((0, window, dataset.features.shape[1]), dtype=np.float32)
+    return np.concatenate(parts)
+
+
+def streamed_scores(bundle: Bundle, scorer: Scorer, dataset: Dataset, rows: np.ndarray) -> np.ndarray:
+    """Scores of `rows` as the agent would score them (edge.scoring), restarting the window at every gap."""
+    runs = [scores_of(score_stream(StreamScorer(bundle, scorer=scorer), dataset.features[run]))
+            for run in unbroken_runs(rows)]
+    return np.concatenate(runs) if runs else np.zeros(0)
+
+
 def train_autoencoder(fit_windows: np.ndarray, calibration_windows: np.ndarray, options: FitOptions) -> tuple[keras.Model, int]:
     keras.backend.clear_session()  # fresh layer names: the same seed gives the same model bytes in one process too
     keras.utils.set_random_seed(options.seed)
@@ -112,8 +129,8 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
     fit_rows, calibration_rows = split_holdout(rows, options.window, options.holdout_fraction, dataset.source)
 
     scaler = Scaler.fit(dataset.features[fit_rows])
-    fit_windows = windows(scaler.transform(dataset.features[fit_rows]), options.window)
-    calibration_windows = windows(scaler.transform(dataset.features[calibration_rows]), options.window)
+    fit_windows = training_windows(dataset, scaler, fit_rows, options.window)
+    calibration_windows = training_windows(dataset, scaler, calibration_rows, options.window)
     print(f"training on {fit_windows.shape[0]} windows of {options.window} x {len(dataset.channels)}, "
           f"{calibration_windows.shape[0]} held out for calibration", file=sys.stderr)
     model, epochs_run = train_autoencoder(fit_windows, calibration_windows, options)
@@ -126,12 +143,12 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
     card = _draft_card(dataset, scaler, rows, options)
     bundle = Bundle(path=out, card=card, model_path=out / INT8_MODEL_FILE)
     int8 = Scorer(bundle)
-    fit_scores, _ = int8.score_series(dataset.features[fit_rows])
-    calibration_scores, _ = int8.score_series(dataset.features[calibration_rows])
+    fit_scores = streamed_scores(bundle, int8, dataset, fit_rows)
+    calibration_scores = streamed_scores(bundle, int8, dataset, calibration_rows)
     limits = calibrate.thresholds(options.threshold_rule, fit_scores, calibration_scores)
 
     floats = Scorer(bundle, model_path=out / FLOAT_MODEL_FILE)
-    float_scores = np.concatenate([floats.score_series(dataset.features[r])[0] for r in (fit_rows, calibration_rows)])
+    float_scores = np.concatenate([streamed_scores(bundle, floats, dataset, r) for r in (fit_rows, calibration_rows)])
     check = export.compare(np.concatenate([fit_scores, calibration_scores]), float_scores, limits.warning, limits.alarm)
     export.require_agreement(check)
     saturation = _saturation_score(int8, scaler, options.window)

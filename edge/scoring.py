@@ -1,0 +1,95 @@
+"""The streaming-scoring core: a stream of snapshot features in, scores and detector states out.
+
+One home for the rules the agent, `cm-train evaluate` and training all apply, so they cannot drift apart:
+- sensor checks on the features (a dropout against the card's healthy minimum), after the caller's checks
+  on the raw counts where it has them;
+- the window of the last W feature vectors: only snapshots that passed the checks enter it, and a fault
+  or a missing snapshot empties it (a fault must never be scored as vibration);
+- the first W-1 snapshots after a reset are not scored: the window is not full yet;
+- the model (edge.runtime.Scorer) and the debounced detector (edge.detector.Detector).
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.bundle import Bundle
+from edge.detector import Detector, DetectorSettings, State, Transition
+from edge.runtime import Score, Scorer
+from edge.sensor import SensorLimits, check_features
+
+MISSING_DATA = "missing_data"
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the core concluded about one snapshot."""
+
+    score: Score | None  # None: a fault, or the window is still filling
+    fault: str | None  # the sensor check's reason, e.g. 'dropout:bearing3'
+    state: State
+    reason: str | None
+    transition: Transition | None
+    top_channel: int | None  # index of the channel that explains the state (see Detector.driver)
+
+
+class StreamScorer:
+    """Feed snapshots in order with `update()`; lost snapshots with `missing()`."""
+
+    def __init__(self, bundle: Bundle, settings: DetectorSettings | None = None, scorer: Scorer | None = None,
+                 limits: SensorLimits = SensorLimits()) -> None:
+        card = bundle.card
+        self.channels = card.feature_spec.channels
+        self.healthy_min = np.asarray(card.healthy_min, dtype=np.float64)
+        self.scorer = scorer or Scorer(bundle)
+        self.detector = Detector(settings or card.detector)
+        self.limits = limits
+        self._window: deque[np.ndarray] = deque(maxlen=self.scorer.window)
+
+    def update(self, features: np.ndarray, fault: str | None = None) -> Step:
+        """One snapshot's features, and the raw-count check's reason if it failed (None: passed)."""
+        fault = fault or check_features(features, self.healthy_min, self.channels, self.limits)
+        if fault is not None:
+            return self._fault(fault)
+        self._window.append(np.asarray(features, dtype=np.float64))
+        if len(self._window) < self._window.maxlen:  # type: ignore[operator]
+            return self._step(None, None, None)  # still filling the window: nothing to score yet
+        score = self.scorer.score(np.stack(self._window))
+        transition = self.detector.update(score.score, channel_scores=score.channel_scores)
+        return self._step(score, None, transition)
+
+    def missing(self) -> Step:
+        """A snapshot lost to a gap in the sample index: a sensor fault once it persists."""
+        return self._fault(MISSING_DATA)
+
+    def _fault(self, fault: str) -> Step:
+        self._window.clear()
+        return self._step(None, fault, self.detector.update(None, fault=fault))
+
+    def _step(self, score: Score | None, fault: str | None, transition: Transition | None) -> Step:
+        detector = self.detector
+        top = detector.driver if detector.health in (State.WARNING, State.ALARM) else None
+        if score is not None and (top is None or score.channel_scores is None):
+            top = int(np.argmax(score.channel_errors if score.channel_scores is None else score.channel_scores))
+        return Step(score=score, fault=fault, state=detector.state,
+                    reason=fault if fault is not None else detector.reason, transition=transition, top_channel=top)
+
+
+def score_stream(core: StreamScorer, features: np.ndarray, faults: Sequence[str | None] | None = None) -> list[Step]:
+    """Every row of (N, C*F) features through the core, in order (faults: the raw-count checks, if any)."""
+    reasons: Iterable[str | None] = faults if faults is not None else [None] * len(features)
+    return [core.update(row, fault) for row, fault in zip(features, reasons)]
+
+
+def scores_of(steps: Sequence[Step]) -> np.ndarray:
+    """The scores of the scored snapshots, in order."""
+    return np.array([step.score.score for step in steps if step.score is not None], dtype=np.float64)
+
+
+def unbroken_runs(rows: np.ndarray) -> list[np.ndarray]:
+    """Row indices split where a row is missing: a window never spans a fault or a gap (training's windows too)."""
+    rows = np.asarray(rows)
+    return [run for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if run.size]
