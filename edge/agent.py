@@ -27,6 +27,7 @@ from edge.outbox import Outbox, OutboxError
 from edge.pipeline import Pipeline
 from edge.publisher import Publisher, PublisherError
 from edge.recorder import Recorder
+from edge.runtime import check_model
 from edge.snapshot import SnapshotAssembler
 from firmware_bridge.frame import Frame, FrameType
 from firmware_bridge.link import SerialLink
@@ -260,6 +261,7 @@ def prepare(config_path: str) -> tuple[AgentConfig, Bundle]:
         detector_settings(config, bundle)
     except ValueError as error:  # an override that does not fit the card's other settings
         raise ConfigError(f"{config.path}: [detector] with the bundle's settings: {error}") from None
+    check_model(bundle)  # the model file itself, as the agent will load it
     return config, bundle
 
 

@@ -6,6 +6,7 @@ are errors with a suggestion, because a typo that silently falls back to a defau
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -78,11 +79,16 @@ class AgentConfig:
 def load_config(path: str | Path) -> AgentConfig:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the config file: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                          f"{error.start}): save the config as UTF-8") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     return _Reader(path, raw).agent()
 
 
@@ -125,6 +131,10 @@ class _Reader:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.fail(name, value, KIND_NAMES[kind])
+        if kind is float and not math.isfinite(value):  # inf thresholds would switch alarms off silently
+            raise self.fail(name, value, "a finite number")
+        if kind is str and not value.strip():
+            raise self.fail(name, value, "a non-empty string")
         return value
 
     def positive(self, table: dict[str, Any], key: str, kind: type, default: Any, *, name: str) -> Any:
@@ -152,13 +162,23 @@ class _Reader:
             serial=self.serial(),
             bundle=self.relative(self.get(model, "bundle", str, name="model.bundle", required=True)),
             mqtt=self.mqtt(device_id),
-            outbox_path=self.relative(self.get(outbox, "path", str, "/var/lib/cm-edge/outbox.sqlite", name="outbox.path")),
+            outbox_path=self.outbox_path(outbox),
             sensor=self.sensor(),
             detector=self.detector(),
             recorder=self.recorder(),
             counters_interval_s=self.positive(telemetry, "counters_interval_s", float, 60.0,
                                               name="telemetry.counters_interval_s"),
         )
+
+    def outbox_path(self, table: dict[str, Any]) -> Path:
+        path = self.relative(self.get(table, "path", str, "/var/lib/cm-edge/outbox.sqlite", name="outbox.path"))
+        assert path is not None
+        if path.is_dir():
+            raise self.fail("outbox.path", str(path), "a file path (the outbox is created there), not a directory")
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise self.fail("outbox.path", str(path), f"a path in a directory, but {parent} is a file")
+        return path
 
     def relative(self, value: str | None) -> Path | None:
         """Relative paths are relative to the config file, so a config and its bundle can travel together."""
@@ -205,10 +225,16 @@ class _Reader:
             client_id=self.get(table, "client_id", str, name="mqtt.client_id"),
             username=self.get(table, "username", str, name="mqtt.username"),
             tls_insecure=self.get(table, "tls_insecure", bool, False, name="mqtt.tls_insecure"),
-            keepalive=self.positive(table, "keepalive", int, 30, name="mqtt.keepalive"),
+            keepalive=self.keepalive(table),
             protocol=protocol,
             **files,
         )
+
+    def keepalive(self, table: dict[str, Any]) -> int:
+        value = self.get(table, "keepalive", int, 30, name="mqtt.keepalive")
+        if not 0 < value <= 65535:  # a two-byte field in the CONNECT packet
+            raise self.fail("mqtt.keepalive", value, "seconds from 1 to 65535")
+        return value
 
     def sensor(self) -> SensorConfig:
         table = self.section("sensor", {"channels", "sample_rate_hz", "snapshot_samples", "stale_after_s"})
@@ -233,10 +259,19 @@ class _Reader:
 
     def recorder(self) -> RecorderConfig:
         table = self.section("recorder", {"enabled", "directory", "quota_mb", "interval_s"})
+        enabled = self.get(table, "enabled", bool, False, name="recorder.enabled")
+        directory = self.relative(self.get(table, "directory", str, "/var/lib/cm-edge/recordings",
+                                           name="recorder.directory"))
+        assert directory is not None
+        existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
+        if enabled and existing is not None and not existing.is_dir():
+            raise self.fail("recorder.directory", str(directory), f"a directory, but {existing} is a file")
+        interval = self.get(table, "interval_s", float, 600.0, name="recorder.interval_s")
+        if interval < 0:
+            raise self.fail("recorder.interval_s", interval, "a number of seconds >= 0")
         return RecorderConfig(
-            enabled=self.get(table, "enabled", bool, False, name="recorder.enabled"),
-            directory=self.relative(self.get(table, "directory", str, "/var/lib/cm-edge/recordings",
-                                             name="recorder.directory")),
+            enabled=enabled,
+            directory=directory,
             quota_mb=self.positive(table, "quota_mb", float, 1024.0, name="recorder.quota_mb"),
-            interval_s=self.get(table, "interval_s", float, 600.0, name="recorder.interval_s"),
+            interval_s=interval,
         )
