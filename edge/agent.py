@@ -1,8 +1,10 @@
 """cm-edge: the agent that runs beside the machine.
 
-serial link → frames → snapshots → pipeline (sensor checks, features, model, detector) → MQTT, with every
-alert committed to the outbox before it is published. Start-up refuses a config, a bundle or a sensor
-stream that do not agree, and says which values differ.
+serial link → guard → clock → snapshots → cadence → pipeline (sensor checks, features, model, detector) →
+MQTT, with every alert committed to the outbox before it is published. Start-up refuses a config and a
+bundle that do not agree, and says which values differ. Nothing that arrives on the serial line stops the
+agent: frames that do not fit the model are counted and discarded, and lost data becomes `sensor_fault`
+when it persists.
 """
 from __future__ import annotations
 
@@ -17,18 +19,22 @@ from dataclasses import replace
 from typing import Protocol
 
 from edge.bundle import Bundle, BundleError, load_bundle
+from edge.cadence import Cadence
 from edge.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
+from edge.clock import StreamClock, TimeSource, plausible, unsynchronised
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.detector import DetectorSettings, State, Transition
 from edge.health import Health, Watch
 from edge import messages
+from edge.guard import FrameGuard, Throttle, escape
 from edge.messages import ModelRef, Reading
 from edge.outbox import Outbox, OutboxError
-from edge.pipeline import Pipeline
+from edge.pipeline import MISSING_DATA, Pipeline
 from edge.publisher import Publisher, PublisherError
 from edge.recorder import Recorder
 from edge.runtime import check_model
-from edge.snapshot import SnapshotAssembler
+from edge.sensor import SensorLimits
+from edge.snapshot import Snapshot, SnapshotAssembler
 from firmware_bridge.frame import Frame, FrameType
 from firmware_bridge.link import SerialLink
 
@@ -76,17 +82,6 @@ def check_bundle_against_config(config: AgentConfig, bundle: Bundle) -> None:
                                 f"{bundle.path} was trained for {_show(carded)}")
 
 
-def check_frame(frame: Frame, bundle: Bundle, port: str) -> None:
-    spec = bundle.card.feature_spec
-    header = frame.header
-    if header.channels != len(spec.channels):
-        raise MismatchError(f"frames from {port} carry {header.channels} channels but the bundle {bundle.path} "
-                            f"expects {len(spec.channels)} ({', '.join(spec.channels)})")
-    if header.sample_rate_hz != spec.sample_rate_hz:
-        raise MismatchError(f"frames from {port} are sampled at {header.sample_rate_hz} Hz but the bundle "
-                            f"{bundle.path} expects {spec.sample_rate_hz} Hz")
-
-
 def _show(value: object) -> str:
     return ", ".join(value) if isinstance(value, tuple) else str(value)
 
@@ -94,6 +89,19 @@ def _show(value: object) -> str:
 def detector_settings(config: AgentConfig, bundle: Bundle) -> DetectorSettings:
     """The model card's settings, with the config's overrides on top."""
     return replace(bundle.card.detector, **config.detector.given())
+
+
+def snapshot_interval_s(config: AgentConfig, bundle: Bundle) -> float:
+    """Seconds of stream time between scored snapshots: the config's, else the card's cadence, else every one."""
+    if config.sensor.snapshot_interval_s is not None:
+        return config.sensor.snapshot_interval_s
+    return bundle.card.feature_spec.snapshot_interval_s or 0.0
+
+
+def trained_scale(bundle: Bundle) -> float | None:
+    """g per count the bundle was trained with, when its card records it (None: the first stream's scale)."""
+    scale = getattr(bundle.card.feature_spec, "scale", None)
+    return float(scale) if scale else None
 
 
 class Agent:
@@ -105,8 +113,19 @@ class Agent:
         self.bundle = bundle
         settings = detector_settings(config, bundle)
         self.thresholds = (settings.warning_threshold, settings.alarm_threshold)
-        self.pipeline = Pipeline(bundle, settings)
-        self.assembler = SnapshotAssembler(bundle.card.feature_spec.snapshot_samples)
+        self.pipeline = Pipeline(bundle, settings, SensorLimits(full_scale_g=config.sensor.full_scale_g))
+        spec = bundle.card.feature_spec
+        self.assembler = SnapshotAssembler(spec.snapshot_samples)
+        self.guard = FrameGuard(len(spec.channels), spec.sample_rate_hz, trained_scale(bundle), config.serial.port)
+        self.stream_clock = StreamClock(config.serial.port, now=lambda: int(self.clock.time() * 1_000_000))
+        self.cadence = Cadence(snapshot_interval_s(config, bundle))
+        self.time_source: TimeSource | None = None
+        self.status_frames = 0
+        self._status_log = Throttle()
+        self._stream_us: int | None = None  # end of the last accepted frame, on the Unix clock
+        self._lost_samples = 0  # samples lost to rejected frames and line noise, not yet a whole snapshot
+        self._lost_us = 0  # stream time those losses stand for since the last accepted frame
+        self._bytes_dropped = 0
         self.model = ModelRef(bundle.card.id, bundle.card.model_sha256)
         self.health = Health(config.device_id)
         self.outbox = outbox or Outbox(config.outbox_path, health=self.health)
@@ -117,7 +136,6 @@ class Agent:
         self.link = link or SerialLink(config.serial.port, baudrate=config.serial.baudrate)
         self.checkpoint_path = checkpoint_path(config.outbox_path)
         self._since_us: int | None = None
-        self._state_announced = False
         self.resume()
         self._started = self.clock.monotonic()
         self._last_snapshot = self._started
@@ -137,6 +155,11 @@ class Agent:
         self.publisher.start()
         log.info("agent %s started: port %s, bundle %s (model %s), %d alert(s) pending in the outbox",
                  self.config.device_id, self.config.serial.port, self.bundle.path, self.model.id, self.publisher.pending())
+        interval = self.cadence.interval_us / 1e6
+        log.info("scoring %s", f"one snapshot per {interval:g} s of stream time" if interval else "every snapshot")
+        clock_problem = unsynchronised()
+        if clock_problem:
+            log.warning("%s; snapshots from a sensor without a wall clock will be misdated", clock_problem)
         frames: queue.Queue[Frame | None] = queue.Queue(maxsize=FRAME_QUEUE)
         reader = threading.Thread(target=self.read_link, args=(frames, stop), name="serial", daemon=True)
         reader.start()
@@ -152,14 +175,12 @@ class Agent:
                         log.error("the serial thread ended unexpectedly (its traceback is above)")
                         return 1  # not 2: systemd restarts the agent
                     self.on_frame(frame)
+                self.check_noise()
                 self.check_stale()
                 if self.clock.monotonic() >= next_counters:
                     log.info("counters: %s", " ".join(f"{k}={v}" for k, v in self.counters().items()))
                     self.watch.check(self.link.stats)
                     next_counters = self.clock.monotonic() + self.config.counters_interval_s
-        except MismatchError as error:
-            log.error("%s", error)
-            return 2
         finally:
             stop.set()
             self.link.close()
@@ -189,24 +210,76 @@ class Agent:
             self.on_missing(transition, int(self.clock.time() * 1_000_000))  # no frame to date it: the wall clock
 
     def on_frame(self, frame: Frame) -> None:
-        if frame.header.frame_type == FrameType.STATUS:
-            log.info("sensor status: %s", frame.message)
+        header = frame.header
+        if header.frame_type == FrameType.STATUS:
+            self.status_frames += 1
+            if self._status_log.allow("status"):
+                log.info("sensor status: %s%s", escape(frame.message), self._status_log.suppressed_note("status"))
             return
-        check_frame(frame, self.bundle, self.config.serial.port)
+        reason = self.guard.check(header)
+        if reason is not None:
+            claimed = header.capture_time_us if not header.boot_time and plausible(header.capture_time_us) else None
+            self.lose(header.sample_count, reason, claimed)
+            return
+        if self.guard.duplicate(header):
+            return
+        epoch_us, self.time_source = self.stream_clock.epoch_us(header)
+        frame = Frame(replace(header, capture_time_us=epoch_us), frame.samples, frame.message)
+        self._stream_us = epoch_us + header.sample_count * 1_000_000 // header.sample_rate_hz
+        self._lost_us = 0
         discarded = self.assembler.discarded
         snapshots = self.assembler.add(frame)
         for _ in range(self.assembler.discarded - discarded):
             log.warning("snapshot discarded: gap in the sample index at frame %d (sample %d)",
-                        frame.header.sequence, frame.header.first_sample)
-            transition = self.pipeline.missing()
-            if transition is not None:
-                self.on_missing(transition, frame.header.capture_time_us)
+                        header.sequence, header.first_sample)
+            self.on_lost(epoch_us, MISSING_DATA)
         for snapshot in snapshots:
-            self._last_snapshot = self.clock.monotonic()
-            reading, transition = self.pipeline.process(snapshot)
-            self.publish(reading, transition)
-            if self.recorder is not None:
-                self.recorder.save(snapshot)
+            self.on_snapshot(snapshot)
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        self._last_snapshot = self.clock.monotonic()
+        due, missed = self.cadence.snapshot(snapshot.capture_time_us)
+        if missed is not None:
+            self.report_lost(missed, snapshot.capture_time_us)
+        if not due:
+            return
+        reading, transition = self.pipeline.process(snapshot)
+        self.publish(reading, transition)
+        if self.recorder is not None:
+            self.recorder.save(snapshot)
+
+    def lose(self, samples: int, reason: str, claimed_us: int | None = None) -> None:
+        """Samples that arrived but cannot be used: each snapshot's worth is a lost snapshot.
+
+        The loss is dated from the last accepted frame plus the samples lost since, or by the frame's own
+        wall-clock time when that is plausible and later (a recording replayed with a wrong scale).
+        """
+        self._lost_samples += samples
+        self._lost_us += samples * 1_000_000 // self.bundle.card.feature_spec.sample_rate_hz
+        snapshot_samples = self.assembler.snapshot_samples
+        while self._lost_samples >= snapshot_samples:
+            self._lost_samples -= snapshot_samples
+            base = self._stream_us if self._stream_us is not None else int(self.clock.time() * 1_000_000)
+            self.on_lost(max(base + self._lost_us, claimed_us or 0), reason)
+
+    def check_noise(self) -> None:
+        """Bytes discarded by the decoder (line noise, cut frames) stand for the samples they would have carried."""
+        dropped = self.link.stats.bytes_dropped
+        if dropped > self._bytes_dropped:
+            channels = len(self.bundle.card.feature_spec.channels)
+            self.lose((dropped - self._bytes_dropped) // (2 * channels), MISSING_DATA)
+            self._bytes_dropped = dropped
+
+    def on_lost(self, time_us: int, reason: str) -> None:
+        missed = self.cadence.lost(time_us, reason)
+        if missed is not None:
+            self.report_lost(missed, time_us)
+
+    def report_lost(self, reason: str, time_us: int) -> None:
+        """A scoring slot passed without a usable snapshot: one step towards `sensor_fault`."""
+        transition = self.pipeline.missing(reason)
+        if transition is not None:
+            self.on_missing(transition, time_us)
 
     def on_missing(self, transition: Transition, capture_time_us: int) -> None:
         reading = Reading(capture_time_us=capture_time_us, snapshot=-1, features=None, score=None,
@@ -220,12 +293,13 @@ class Agent:
             log.info("first snapshot scored %.2f s after the agent was set up", self.clock.monotonic() - self._started)
         if transition is not None:
             self.publish_transition(reading, transition)
-        elif not self._state_announced:
+        else:
+            # The retained state carries the latest score at the telemetry cadence, not only transitions.
             if self._since_us is None:
                 self._since_us = reading.capture_time_us
             self.publisher.publish_state(messages.state(self.config.device_id, reading, self._since_us, channels, self.model))
-            self._state_announced = True
-        self.publisher.publish_telemetry(messages.telemetry(self.config.device_id, reading, channels, self.counters()))
+        self.publisher.publish_telemetry(messages.telemetry(self.config.device_id, reading, channels, self.counters(),
+                                                            time_source=self.time_source))
 
     def publish_transition(self, reading: Reading, transition: Transition) -> None:
         channels = self.pipeline.channels
@@ -233,7 +307,6 @@ class Agent:
         self.publisher.publish_alert(alert)
         self._since_us = reading.capture_time_us
         self.publisher.publish_state(messages.state(self.config.device_id, reading, self._since_us, channels, self.model))
-        self._state_announced = True
         # After the outbox commit: a crash in between costs at most a repeated alert, never a lost one.
         detector = self.pipeline.detector
         save_checkpoint(self.checkpoint_path, Checkpoint(self.model.id, detector.state, detector.health,
@@ -250,6 +323,8 @@ class Agent:
             "resyncs": stats.resyncs, "sequence_gaps": stats.sequence_gaps, "bytes_dropped": stats.bytes_dropped,
             "snapshots": self.assembler.completed, "snapshots_discarded": self.assembler.discarded,
             "alerts_pending": self.publisher.pending(), "telemetry_dropped": self.publisher.dropped_telemetry,
+            "frames_rejected": sum(self.guard.rejected.values()), "frames_duplicate": self.guard.duplicates,
+            "status_frames": self.status_frames, "snapshots_skipped": self.cadence.skipped,
         }
 
 

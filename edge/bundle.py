@@ -42,6 +42,7 @@ class FeatureSpec:
     sample_rate_hz: int
     snapshot_samples: int
     window: int
+    snapshot_interval_s: float | None = None  # the training cadence (median spacing); None: not recorded
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class ModelCard:
             snapshot_samples=card.integer(spec_data, "feature_spec.snapshot_samples", minimum=0,
                                           maximum=MAX_SNAPSHOT_SAMPLES),
             window=card.integer(spec_data, "feature_spec.window", minimum=1, maximum=MAX_WINDOW),
+            snapshot_interval_s=card.optional_interval(spec_data, "feature_spec.snapshot_interval_s"),
         )
         if len(channels) > MAX_CHANNELS:
             raise card.fail("feature_spec.channels", f"at most {MAX_CHANNELS} channels", f"{len(channels)} names")
@@ -282,6 +284,15 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise self.fail(key, "a finite number", value)
         return float(value)
+
+    def optional_interval(self, data: Mapping, key: str) -> float | None:
+        """Seconds >= 0, or None when the key is absent or null (cards written before it existed)."""
+        if data.get(key.rsplit(".", 1)[-1]) is None:
+            return None
+        value = self.number(data, key)
+        if value < 0:
+            raise self.fail(key, "a number of seconds >= 0", value)
+        return value
 
     def numbers(self, data: Mapping, key: str, count: int) -> tuple[float, ...]:
         value = self.get(data, key)

@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class SerialConfig:
     port: str
-    baudrate: int = 921600
+    baudrate: int = 2_000_000  # carries 4 channels at 20 kHz (PROTOCOL.md §6); USB CDC ignores it
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,14 @@ class SensorConfig:
     sample_rate_hz: int | None = None
     snapshot_samples: int | None = None
     stale_after_s: float | None = None  # no complete snapshot for this long: missing data (off when unset)
+    snapshot_interval_s: float | None = None  # score one snapshot per interval of stream time; None: the card's
+    full_scale_g: float | None = None  # the accelerometer's range; clipping is judged against it (None: int16)
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig:
+    enabled: bool = True
+    discovery_prefix: str = "homeassistant"
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class AgentConfig:
     detector: DetectorOverrides = field(default_factory=DetectorOverrides)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
     counters_interval_s: float = 60.0
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -144,7 +153,8 @@ class _Reader:
         return value
 
     def agent(self) -> AgentConfig:
-        sections = {"serial", "model", "mqtt", "outbox", "sensor", "detector", "recorder", "telemetry"}
+        sections = {"serial", "model", "mqtt", "outbox", "sensor", "detector", "recorder", "telemetry",
+                    "homeassistant"}
         self.reject_unknown(self.raw, sections | {"device_id", "log_level"})
         device_id = self.get(self.raw, "device_id", str, name="device_id", required=True)
         if not DEVICE_ID.match(device_id):
@@ -168,6 +178,7 @@ class _Reader:
             recorder=self.recorder(),
             counters_interval_s=self.positive(telemetry, "counters_interval_s", float, 60.0,
                                               name="telemetry.counters_interval_s"),
+            homeassistant=self.homeassistant(),
         )
 
     def outbox_path(self, table: dict[str, Any]) -> Path:
@@ -191,7 +202,7 @@ class _Reader:
         table = self.section("serial", {"port", "baudrate"}, required=True)
         return SerialConfig(
             port=self.get(table, "port", str, name="serial.port", required=True),
-            baudrate=self.positive(table, "baudrate", int, 921600, name="serial.baudrate"),
+            baudrate=self.positive(table, "baudrate", int, SerialConfig.baudrate, name="serial.baudrate"),
         )
 
     def mqtt(self, device_id: str) -> MqttConfig:
@@ -217,8 +228,11 @@ class _Reader:
             raise ConfigError(f"{self.path}: mqtt.tls_cert and mqtt.tls_key: expected both or neither")
         if files["password_file"] and "username" not in table:
             raise ConfigError(f"{self.path}: mqtt.username: required when mqtt.password_file is set")
+        host = self.get(table, "host", str, name="mqtt.host", required=True)
+        if not host.strip():
+            raise self.fail("mqtt.host", host, "the broker's host name or IP address")
         return MqttConfig(
-            host=self.get(table, "host", str, name="mqtt.host", required=True),
+            host=host,
             port=port,
             topic_prefix=prefix,
             device_id=device_id,
@@ -237,7 +251,8 @@ class _Reader:
         return value
 
     def sensor(self) -> SensorConfig:
-        table = self.section("sensor", {"channels", "sample_rate_hz", "snapshot_samples", "stale_after_s"})
+        table = self.section("sensor", {"channels", "sample_rate_hz", "snapshot_samples", "stale_after_s",
+                                        "snapshot_interval_s", "full_scale_g"})
         channels = table.get("channels")
         if channels is not None and (not isinstance(channels, list) or not all(isinstance(c, str) for c in channels)
                                      or not channels):
@@ -247,6 +262,26 @@ class _Reader:
             sample_rate_hz=self.positive(table, "sample_rate_hz", int, None, name="sensor.sample_rate_hz"),
             snapshot_samples=self.positive(table, "snapshot_samples", int, None, name="sensor.snapshot_samples"),
             stale_after_s=self.positive(table, "stale_after_s", float, None, name="sensor.stale_after_s"),
+            snapshot_interval_s=self.non_negative(table, "snapshot_interval_s", name="sensor.snapshot_interval_s"),
+            full_scale_g=self.positive(table, "full_scale_g", float, None, name="sensor.full_scale_g"),
+        )
+
+    def non_negative(self, table: dict[str, Any], key: str, *, name: str) -> float | None:
+        value = self.get(table, key, float, None, name=name)
+        if value is not None and not 0 <= value < float("inf"):
+            raise self.fail(name, value, "a number of seconds >= 0 (0: score every snapshot)")
+        return value
+
+    def homeassistant(self) -> HomeAssistantConfig:
+        table = self.section("homeassistant", {"enabled", "discovery_prefix"})
+        defaults = HomeAssistantConfig()
+        prefix = self.get(table, "discovery_prefix", str, defaults.discovery_prefix,
+                          name="homeassistant.discovery_prefix")
+        if not prefix or any(c in prefix for c in "+#") or prefix.startswith("/") or prefix.endswith("/"):
+            raise self.fail("homeassistant.discovery_prefix", prefix, "a topic without wildcards or leading/trailing '/'")
+        return HomeAssistantConfig(
+            enabled=self.get(table, "enabled", bool, defaults.enabled, name="homeassistant.enabled"),
+            discovery_prefix=prefix,
         )
 
     def detector(self) -> DetectorOverrides:

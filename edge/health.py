@@ -16,18 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from edge.clock import unsynchronised
+
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("storage", "broker", "clock", "link")
-# No real clock reads earlier than the year this code was written: before it, NTP has not synced yet
-# (a Raspberry Pi has no RTC and boots at its last shutdown time, or at 1970).
-BUILD_YEAR = 2026
-_CLOCK_FLOOR_S = datetime(BUILD_YEAR, 1, 1, tzinfo=UTC).timestamp()
-
-
-def clock_unsynchronised(now_s: float | None = None) -> bool:
-    """True when the wall clock (seconds since the epoch) is clearly wrong: before the build year."""
-    return (time.time() if now_s is None else now_s) < _CLOCK_FLOOR_S
 
 
 def _iso(seconds: float) -> str:
@@ -131,9 +124,9 @@ class Watch:
 
     def check(self, stats: Any) -> None:
         """`stats`: the serial decoder's counters (frames, crc_errors, resyncs)."""
-        if clock_unsynchronised():
-            self.health.fault("clock", f"the wall clock reads {_iso(time.time())}, before {BUILD_YEAR}: not "
-                                       f"synchronised (NTP?); frames without their own time are dated by it")
+        problem = unsynchronised()  # edge.clock: the one home of that rule
+        if problem:
+            self.health.fault("clock", f"{problem}; frames without their own wall-clock time are dated by it")
         else:
             self.health.clear("clock")
         now = LinkCounters(stats.frames, stats.crc_errors, stats.resyncs)

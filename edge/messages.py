@@ -106,7 +106,9 @@ def state(device_id: str, reading: Reading, since_us: int, channels: Sequence[st
     }
 
 
-def telemetry(device_id: str, reading: Reading, channels: Sequence[str], counters: Mapping[str, int]) -> dict[str, Any]:
+def telemetry(device_id: str, reading: Reading, channels: Sequence[str], counters: Mapping[str, int],
+              time_source: str | None = None) -> dict[str, Any]:
+    extra = {} if time_source is None else {"time_source": str(time_source)}
     return {
         "device_id": device_id,
         "timestamp": iso_time(reading.capture_time_us),
@@ -117,4 +119,5 @@ def telemetry(device_id: str, reading: Reading, channels: Sequence[str], counter
         "state": str(reading.state),
         "reason": reading.reason,
         "counters": dict(counters),
+        **extra,
     }

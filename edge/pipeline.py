@@ -33,12 +33,12 @@ class Pipeline:
 
     def process(self, snapshot: Snapshot) -> tuple[Reading, Transition | None]:
         features = snapshot_features(snapshot.counts, snapshot.scale, self.feature_set)
-        step = self.core.update(features, check_counts(snapshot.counts, self.channels, self.limits))
+        step = self.core.update(features, check_counts(snapshot.counts, self.channels, self.limits, snapshot.scale))
         return reading(step, snapshot.capture_time_us, snapshot.index, features), step.transition
 
-    def missing(self) -> Transition | None:
-        """A snapshot lost to a gap in the sample index: a sensor fault once it persists."""
-        return self.core.missing().transition
+    def missing(self, reason: str = MISSING_DATA) -> Transition | None:
+        """A snapshot lost (a gap in the sample index, unusable frames): a sensor fault once it persists."""
+        return self.core.missing(reason).transition
 
 
 def reading(step: Step, capture_time_us: int, index: int, features: np.ndarray) -> Reading:

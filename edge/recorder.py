@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from edge.config import RecorderConfig
 from edge.health import Health
 from edge.snapshot import Snapshot
-from firmware_bridge.ims import IMS_SCALE, list_ims_files, write_ims_file
+from firmware_bridge.ims import IMS_SCALE, format_timestamp, list_ims_files, write_ims_file
 
 log = logging.getLogger(__name__)
 RECORDING_MODE = 0o640
@@ -36,9 +36,8 @@ class Recorder:
         if not np.isclose(snapshot.scale, IMS_SCALE):
             # IMS files hold thousandths of a g: rescale other sensors' counts to that unit.
             counts = np.clip(np.rint(counts * (snapshot.scale / IMS_SCALE)), -32768, 32767).astype(np.int16)
-        moment = datetime.fromtimestamp(snapshot.capture_time_us / 1e6, UTC)
         try:
-            path = write_ims_file(self.config.directory, moment, counts)
+            path = write_ims_file(self.config.directory, self._free_name(snapshot.capture_time_us), counts)
             # Readable by the agent's group (a training user copying them), by nobody else.
             os.chmod(path, RECORDING_MODE)
         except OSError as error:  # a full or read-only disk costs recordings, never the agent
@@ -54,6 +53,14 @@ class Recorder:
         self._files.append(path)
         self._bytes += path.stat().st_size
         self._enforce_quota()
+
+    def _free_name(self, capture_time_us: int) -> datetime:
+        """The capture time, moved on by whole seconds while a file of that name exists (IMS names have
+        one-second resolution, and a sensor that restarted may repeat times): a file is never overwritten."""
+        moment = datetime.fromtimestamp(capture_time_us / 1e6, UTC)
+        while (self.config.directory / format_timestamp(moment)).exists():
+            moment += timedelta(seconds=1)
+        return moment
 
     def _enforce_quota(self) -> None:
         while self._bytes > self.quota_bytes and len(self._files) > 1:

@@ -61,9 +61,10 @@ class StreamScorer:
         transition = self.detector.update(score.score, channel_scores=score.channel_scores)
         return self._step(score, None, transition)
 
-    def missing(self) -> Step:
-        """A snapshot lost to a gap in the sample index: a sensor fault once it persists."""
-        return self._fault(MISSING_DATA)
+    def missing(self, reason: str = MISSING_DATA) -> Step:
+        """A snapshot lost (a gap in the sample index, frames the agent had to discard): a sensor fault once
+        it persists. `reason` says why, e.g. "scale_mismatch"."""
+        return self._fault(reason)
 
     def _fault(self, fault: str) -> Step:
         self._window.clear()

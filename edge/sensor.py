@@ -17,10 +17,23 @@ class SensorLimits:
     full_scale_counts: int = 32767  # |count| at or beyond which a sample is clipped
     clip_fraction: float = 0.001  # share of clipped samples that makes a channel clipped
     dropout_ratio: float = 0.2  # feature below this share of the healthy minimum: a dropout
+    full_scale_g: float | None = None  # the accelerometer's range ([sensor] full_scale_g); None: the int16 limit
+
+    def clip_counts(self, scale: float | None) -> int:
+        """|count| at or beyond which a sample is clipped: the sensor's range in counts, at most the int16 limit."""
+        if self.full_scale_g is None or not scale or scale <= 0:
+            return self.full_scale_counts
+        # A hair below the range: a saturated sensor reads its last count, which may round just under it.
+        return max(1, min(self.full_scale_counts, int(self.full_scale_g / scale * 0.999)))
 
 
-def check_counts(counts: np.ndarray, channel_names: Sequence[str], limits: SensorLimits = SensorLimits()) -> str | None:
-    """Checks on the raw (samples, channels) int16 snapshot; returns e.g. 'flatline:bearing3' or None."""
+def check_counts(counts: np.ndarray, channel_names: Sequence[str], limits: SensorLimits = SensorLimits(),
+                 scale: float | None = None) -> str | None:
+    """Checks on the raw (samples, channels) int16 snapshot; returns e.g. 'flatline:bearing3' or None.
+
+    `scale` (g per count) turns `limits.full_scale_g` into counts; without it clipping means the int16 limit.
+    """
+    full_scale = limits.clip_counts(scale)
     # One row per channel: numpy reduces contiguous rows far faster than the columns of an (n, 4) array.
     rows = np.ascontiguousarray(counts.T)
     high = rows.max(axis=1).astype(np.int32)
@@ -28,9 +41,9 @@ def check_counts(counts: np.ndarray, channel_names: Sequence[str], limits: Senso
     flat = high - low <= limits.flatline_counts
     if flat.any():
         return _reason("flatline", flat, channel_names)
-    if max(high.max(), -low.min()) < limits.full_scale_counts:
+    if max(high.max(), -low.min()) < full_scale:
         return None  # the clipped share is only counted when a sample reaches full scale
-    clipped = (np.abs(rows.astype(np.int32)) >= limits.full_scale_counts).mean(axis=1) >= limits.clip_fraction
+    clipped = (np.abs(rows.astype(np.int32)) >= full_scale).mean(axis=1) >= limits.clip_fraction
     return _reason("clipping", clipped, channel_names) if clipped.any() else None
 
 

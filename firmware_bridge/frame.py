@@ -17,6 +17,7 @@ MAX_CHANNELS = 32
 DELIMITER = b"\x00"
 SAMPLE_DTYPE = np.dtype("<i2")
 _U32 = 2**32
+FLAG_BOOT_TIME = 0x01  # capture_time_us counts from the sender's boot, not from the Unix epoch
 
 
 class FrameType(IntEnum):
@@ -35,6 +36,12 @@ class FrameHeader:
     sample_rate_hz: int
     scale: float
     sample_count: int
+    flags: int = 0  # FLAG_BOOT_TIME; undefined bits are kept as sent (receivers ignore them)
+
+    @property
+    def boot_time(self) -> bool:
+        """The sender has no wall clock: capture_time_us is relative to its boot."""
+        return bool(self.flags & FLAG_BOOT_TIME)
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,9 @@ def encode(
     capture_time_us: int,
     sample_rate_hz: int,
     scale: float,
+    flags: int = 0,
 ) -> bytes:
-    """Wire bytes (COBS-encoded, trailing 0x00) of one samples frame."""
+    """Wire bytes (COBS-encoded, trailing 0x00) of one samples frame; `flags=FLAG_BOOT_TIME` for boot-relative time."""
     counts = _as_int16(samples)
     sample_count, channels = counts.shape
     _check_range("channels", channels, 1, MAX_CHANNELS)
@@ -89,21 +97,23 @@ def encode(
     _check_range("first_sample", first_sample, 0, 2**64 - 1)
     _check_range("capture_time_us", capture_time_us, -(2**63), 2**63 - 1)
     _check_range("sample_rate_hz", sample_rate_hz, 0, _U32 - 1)
+    _check_range("flags", flags, 0, 255)
     header = HEADER.pack(
-        PROTOCOL_VERSION, FrameType.SAMPLES, channels, 0, sequence, first_sample,
+        PROTOCOL_VERSION, FrameType.SAMPLES, channels, flags, sequence, first_sample,
         capture_time_us, sample_rate_hz, scale, sample_count, 0,
     )
     # C order of an (n, ch) array is exactly the interleaved wire order s0c0 s0c1 ... s1c0.
     return _wire(header, np.ascontiguousarray(counts).tobytes())
 
 
-def encode_status(message: str, *, sequence: int, capture_time_us: int) -> bytes:
+def encode_status(message: str, *, sequence: int, capture_time_us: int, flags: int = 0) -> bytes:
     """Wire bytes of a status frame carrying a UTF-8 text message."""
     payload = message.encode("utf-8")
     _check_range("status message bytes", len(payload), 0, MAX_PAYLOAD)
     _check_range("sequence", sequence, 0, _U32 - 1)
+    _check_range("flags", flags, 0, 255)
     header = HEADER.pack(
-        PROTOCOL_VERSION, FrameType.STATUS, 0, 0, sequence, 0, capture_time_us, 0, 0.0, len(payload), 0,
+        PROTOCOL_VERSION, FrameType.STATUS, 0, flags, sequence, 0, capture_time_us, 0, 0.0, len(payload), 0,
     )
     return _wire(header, payload)
 
@@ -227,7 +237,7 @@ class FrameDecoder:
 
     def _header(self, raw: bytes, payload_bytes: int) -> FrameHeader | None:
         """The header when version, type and lengths agree with the payload; None otherwise."""
-        (version, frame_type, channels, _flags, sequence, first_sample, capture_time_us,
+        (version, frame_type, channels, flags, sequence, first_sample, capture_time_us,
          sample_rate_hz, scale, sample_count, _reserved) = HEADER.unpack_from(raw)
         if version != PROTOCOL_VERSION or payload_bytes > self.max_payload:
             return None
@@ -240,4 +250,4 @@ class FrameDecoder:
         else:
             return None
         return FrameHeader(version, FrameType(frame_type), channels, sequence, first_sample,
-                           capture_time_us, sample_rate_hz, scale, sample_count)
+                           capture_time_us, sample_rate_hz, scale, sample_count, flags)

@@ -35,7 +35,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_good_config_loads_with_defaults_and_relative_paths(tmp_path):
     config = load_config(write(tmp_path, GOOD))
     assert config.device_id == "pump-7"
-    assert config.serial.baudrate == 921600
+    assert config.serial.baudrate == 2_000_000  # carries 4 channels at 20 kHz (PROTOCOL.md §6)
     assert config.bundle == tmp_path / "bundle"  # relative to the config file
     assert config.mqtt.topic_prefix == "cm" and config.mqtt.device_id == "pump-7"
     assert config.detector.given() == {"k": 2}
@@ -51,6 +51,11 @@ def test_good_config_loads_with_defaults_and_relative_paths(tmp_path):
         (("host = \"localhost\"", "hots = \"localhost\""), "mqtt.hots: unknown key (did you mean mqtt.host?)"),
         (("[serial]\nport = \"/dev/cm-sensor\"", ""), "[serial]: required section is missing"),
         (("[mqtt]", "[mqtt]\npassword_file = \"missing.txt\""), "mqtt.password_file: expected an existing readable file"),
+        (("host = \"localhost\"", "host = \"\""), "mqtt.host: expected the broker's host name or IP address, got ''"),
+        (("[detector]", "[sensor]\nsnapshot_interval_s = -1\n[detector]"), "sensor.snapshot_interval_s: expected a number"),
+        (("[detector]", "[sensor]\nfull_scale_g = 0\n[detector]"), "sensor.full_scale_g: expected a positive number"),
+        (("[detector]", "[homeassistant]\ndiscovery_prefix = \"ha/#\"\n[detector]"), "homeassistant.discovery_prefix"),
+        (("[detector]", "[homeassistant]\nenable = true\n[detector]"), "did you mean homeassistant.enabled?"),
     ],
 )
 def test_bad_config_names_key_value_and_expectation(tmp_path, change, message):

@@ -23,7 +23,8 @@ from trained import make_synthetic_run, shared_bundle
 
 from edge.payloads import validate
 from firmware_bridge.ims import list_ims_files, read_counts
-from firmware_bridge.replay import PtyPort, replay
+from firmware_bridge.frame import encode_status
+from firmware_bridge.replay import PtyPort, frames_for_file, replay
 
 BIN = Path(sys.executable).parent
 DEVICE = "pump-7"
@@ -336,8 +337,12 @@ def test_garbage_on_the_serial_line_is_counted_and_later_snapshots_are_scored(ch
 def test_a_silent_sensor_becomes_a_sensor_fault_and_recovers(chain, broker, run_dir, tmp_path):
     healthy = tmp_path / "healthy"
     healthy.mkdir()
+    later = tmp_path / "later"
+    later.mkdir()
     for ims in list_ims_files(run_dir)[:4]:
         os.symlink(ims.path, healthy / ims.path.name)
+    for ims in list_ims_files(run_dir)[4:8]:
+        os.symlink(ims.path, later / ims.path.name)
     with chain.config.open("a") as config:
         config.write("[sensor]\nstale_after_s = 1\n")
     with Subscriber(broker.port, f"{TOPIC}/#") as subscriber:
@@ -347,24 +352,92 @@ def test_a_silent_sensor_becomes_a_sensor_fault_and_recovers(chain, broker, run_
         assert subscriber.wait_for(lambda s: len(s.on(f"{TOPIC}/alert")) == 1, 30), chain.agent_log()
         (alert,) = payloads(subscriber, "alert")
         assert (alert["previous_state"], alert["state"], alert["reason"]) == ("normal", "sensor_fault", "missing_data")
-        # The sensor comes back: the next scored snapshot ends the fault.
-        assert chain.replay(healthy).returncode == 0
+        # The sensor comes back (new snapshots: a resend of the old ones would be dropped as duplicates).
+        assert chain.replay(later).returncode == 0
         assert subscriber.wait_for(lambda s: len(s.on(f"{TOPIC}/alert")) == 2, 30), chain.agent_log()
         assert payloads(subscriber, "alert")[1]["state"] == "normal"
     assert chain.stop_agent() == 0
 
 
-def test_frames_with_another_channel_count_stop_the_agent_with_both_values(chain, run_dir):
-    chain.start_agent()
-    replayer = subprocess.Popen([BIN / "cm-replay", run_dir, "--port", f"pty:{chain.tty}", "--channels", "1,2,3",
-                                 "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert chain.agent.wait(30) == 2
-    finally:
-        replayer.kill()  # nobody reads the port any more: the sender would wait forever, as a UART never would
-        replayer.wait()
+class Sender:
+    """Writes frames into the pty as a (misbehaving) sensor would: sample index and sequence run on."""
+
+    def __init__(self, port: PtyPort) -> None:
+        self.port, self.sample, self.sequence = port, 0, 0
+
+    def snapshot(self, counts: np.ndarray, capture_time_us: int, *, rate: int = 20_000, scale: float = 0.001,
+                 advance: bool = True) -> None:
+        wire = list(frames_for_file(counts, first_sample=self.sample, sequence=self.sequence,
+                                    capture_time_us=capture_time_us, sample_rate_hz=rate, scale=scale,
+                                    frame_samples=256))
+        self.port.write(b"".join(wire))
+        self.sequence += len(wire)
+        self.sample += len(counts) if advance else 0
+
+    def status(self, text: str) -> None:
+        self.port.write(encode_status(text, sequence=self.sequence, capture_time_us=0))
+        self.sequence += 1
+
+
+def epoch_us(ims) -> int:
+    return int(ims.timestamp.timestamp() * 1_000_000)
+
+
+def test_hostile_frames_are_counted_and_discarded_and_never_stop_the_agent_or_raise_an_alarm(chain, broker, run_dir):
+    files = list_ims_files(run_dir)[:16]
+    counts = [read_counts(f.path) for f in files]
+    with Subscriber(broker.port, f"{TOPIC}/#") as subscriber:
+        port = PtyPort(chain.tty)
+        try:
+            chain.start_online(subscriber)
+            assert port.wait_for_reader()
+            sensor = Sender(port)
+            for i in range(6):
+                sensor.snapshot(counts[i], epoch_us(files[i]))
+            after = epoch_us(files[5]) + 2_000_000
+            sensor.snapshot(counts[6][:, :3], after)  # CRC-valid, another channel count
+            sensor.snapshot(counts[6], after, rate=25_600)  # another sample rate
+            sensor.snapshot(counts[6], after, scale=float("inf"))
+            # A wall-clock time near 2^63 (int64 limit): dated by the agent's clock instead.
+            sensor.snapshot(counts[6], 2**63 - 1 - 10**7)
+            sensor.status("boot ok\nERROR cm-edge: alarm -> normal (forged)")
+            for n in range(3000):
+                sensor.status(f"chatty status {n}")
+            for _ in range(3):  # the same snapshot sent three times
+                sensor.snapshot(counts[6], epoch_us(files[6]), advance=False)
+            sensor.sample += len(counts[6])
+            for i in range(7, 11):  # a sensor configured for 1 g per count instead of 0.001
+                sensor.snapshot(counts[i], epoch_us(files[i]), scale=1.0)
+            for i in range(11, 16):
+                sensor.snapshot(counts[i], epoch_us(files[i]))
+            port.drain()
+        finally:
+            port.close()
+        assert subscriber.wait_for(
+            lambda s: any(json.loads(t)["timestamp"] == iso(files[15].timestamp) for t in s.on(f"{TOPIC}/telemetry")),
+            60), chain.agent_log()
+        assert subscriber.publish_acked(f"{TOPIC}/probe", b"")
+    assert chain.agent.poll() is None, chain.agent_log()  # still running
+    telemetry = payloads(subscriber, "telemetry")
+    stamps = [t["timestamp"] for t in telemetry]
+    for i in (*range(7), *range(11, 16)):  # every good snapshot scored, the resent one once
+        assert stamps.count(iso(files[i].timestamp)) == 1, stamps
+    glitch = [t for t in telemetry if t["timestamp"] > "2020"]
+    assert len(glitch) == 1 and glitch[0]["time_source"] == "agent"
+    counters = telemetry[-1]["counters"]
+    frames = 20480 // 256
+    assert counters["frames_rejected"] == 3 * frames + 4 * frames
+    assert counters["frames_duplicate"] == 2 * frames
+    assert counters["status_frames"] == 3001
+    # The wrong scale persisted over two scoring intervals: a sensor fault, then back to normal. No alarm.
+    alerts = [(a["previous_state"], a["state"], a["reason"]) for a in unique_alerts(subscriber)]
+    assert alerts == [("normal", "sensor_fault", "scale_mismatch"), ("sensor_fault", "normal", None)]
+    assert all(t["state"] in ("normal", "sensor_fault") for t in telemetry)
     log = chain.agent_log()
-    assert "carry 3 channels but the bundle" in log and "expects 4 (bearing1, bearing2, bearing3, bearing4)" in log
+    assert "forged" in log and not re.search(r"^ERROR cm-edge: alarm", log, re.MULTILINE)
+    assert "boot ok\\nERROR cm-edge" in log  # escaped, on the status line itself
+    assert log.count("sensor status:") <= 5  # 3,001 status frames, a handful of lines
+    assert chain.stop_agent() == 0
 
 
 def test_config_check_refuses_a_bundle_that_does_not_match_the_sensor(chain):

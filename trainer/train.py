@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from edge.bundle import FLOAT_MODEL_FILE, INT8_MODEL_FILE, Bundle, FeatureSpec, ModelCard, Scaler, file_sha256, write_card
+from edge.cadence import training_interval_s
 from edge.detector import DetectorSettings
 from edge.features import FEATURE_SET
 from edge.runtime import Scorer
@@ -200,6 +201,7 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
             sample_rate_hz=dataset.sample_rate_hz,
             snapshot_samples=dataset.snapshot_samples,
             window=options.window,
+            snapshot_interval_s=training_interval_s(dataset.timestamps[rows].astype("datetime64[us]").astype(np.int64)),
         ),
         scaler=scaler,
         warning_threshold=1.0,
