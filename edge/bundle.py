@@ -268,7 +268,7 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
                 maximum is not None and value > maximum):
             expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            if maximum is not None:
+            if maximum is not None and isinstance(value, (int, float)) and value > maximum:
                 expected = f"an integer from {minimum} to {maximum}"
             raise self.fail(key, expected, value)
         return value

@@ -142,7 +142,13 @@ class _Reader:
             raise self.fail(name, value, KIND_NAMES[kind])
         if kind is float and not math.isfinite(value):  # inf thresholds would switch alarms off silently
             raise self.fail(name, value, "a finite number")
-        if kind is str and not value.strip():
+        return value
+
+    def text(self, table: dict[str, Any], key: str, default: str | None = None, *, name: str,
+             required: bool = False) -> str | None:
+        """A string that must say something: an empty path, port or id is never what was meant."""
+        value = self.get(table, key, str, default, name=name, required=required)
+        if value is not None and not value.strip():
             raise self.fail(name, value, "a non-empty string")
         return value
 
@@ -170,7 +176,7 @@ class _Reader:
             device_id=device_id,
             log_level=log_level,
             serial=self.serial(),
-            bundle=self.relative(self.get(model, "bundle", str, name="model.bundle", required=True)),
+            bundle=self.relative(self.text(model, "bundle", name="model.bundle", required=True)),
             mqtt=self.mqtt(device_id),
             outbox_path=self.outbox_path(outbox),
             sensor=self.sensor(),
@@ -182,7 +188,7 @@ class _Reader:
         )
 
     def outbox_path(self, table: dict[str, Any]) -> Path:
-        path = self.relative(self.get(table, "path", str, "/var/lib/cm-edge/outbox.sqlite", name="outbox.path"))
+        path = self.relative(self.text(table, "path", "/var/lib/cm-edge/outbox.sqlite", name="outbox.path"))
         assert path is not None
         if path.is_dir():
             raise self.fail("outbox.path", str(path), "a file path (the outbox is created there), not a directory")
@@ -201,7 +207,7 @@ class _Reader:
     def serial(self) -> SerialConfig:
         table = self.section("serial", {"port", "baudrate"}, required=True)
         return SerialConfig(
-            port=self.get(table, "port", str, name="serial.port", required=True),
+            port=self.text(table, "port", name="serial.port", required=True),
             baudrate=self.positive(table, "baudrate", int, SerialConfig.baudrate, name="serial.baudrate"),
         )
 
@@ -236,8 +242,8 @@ class _Reader:
             port=port,
             topic_prefix=prefix,
             device_id=device_id,
-            client_id=self.get(table, "client_id", str, name="mqtt.client_id"),
-            username=self.get(table, "username", str, name="mqtt.username"),
+            client_id=self.text(table, "client_id", name="mqtt.client_id"),
+            username=self.text(table, "username", name="mqtt.username"),
             tls_insecure=self.get(table, "tls_insecure", bool, False, name="mqtt.tls_insecure"),
             keepalive=self.keepalive(table),
             protocol=protocol,
@@ -295,8 +301,8 @@ class _Reader:
     def recorder(self) -> RecorderConfig:
         table = self.section("recorder", {"enabled", "directory", "quota_mb", "interval_s"})
         enabled = self.get(table, "enabled", bool, False, name="recorder.enabled")
-        directory = self.relative(self.get(table, "directory", str, "/var/lib/cm-edge/recordings",
-                                           name="recorder.directory"))
+        directory = self.relative(self.text(table, "directory", "/var/lib/cm-edge/recordings",
+                                            name="recorder.directory"))
         assert directory is not None
         existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
         if enabled and existing is not None and not existing.is_dir():
