@@ -17,6 +17,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_agent  # noqa: E402
 import bench_bridge  # noqa: E402
+import bench_features  # noqa: E402
 import bench_ims  # noqa: E402
 import bench_runtime  # noqa: E402
 import bench_seed  # noqa: E402
@@ -50,7 +51,7 @@ def main() -> int:
     results = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
                "python": platform.python_version()}
     _, bundle = bench_agent.prepare()  # one synthetic run and bundle serve every suite that scores
-    suites = {"bridge": bench_bridge.run, "ims": bench_ims.run, "runtime": lambda: bench_runtime.run(bundle=bundle),
+    suites = {"bridge": bench_bridge.run, "ims": bench_ims.run, "features": bench_features.run, "runtime": lambda: bench_runtime.run(bundle=bundle),
               "agent": bench_agent.run, "seed": bench_seed.run}
     for name, suite in suites.items():
         print(f"running {name} ...", file=sys.stderr, flush=True)

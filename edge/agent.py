@@ -113,7 +113,9 @@ class Agent:
         self.bundle = bundle
         settings = detector_settings(config, bundle)
         self.thresholds = (settings.warning_threshold, settings.alarm_threshold)
-        self.pipeline = Pipeline(bundle, settings, SensorLimits(full_scale_g=config.sensor.full_scale_g))
+        machine = config.machine
+        self.pipeline = Pipeline(bundle, settings, SensorLimits(full_scale_g=config.sensor.full_scale_g),
+                                 shaft_rpm=machine.shaft_rpm, iso_group=machine.iso_group, zone_alarm=machine.zone_alarm)
         spec = bundle.card.feature_spec
         self.assembler = SnapshotAssembler(spec.snapshot_samples)
         self.guard = FrameGuard(len(spec.channels), spec.sample_rate_hz, trained_scale(bundle), config.serial.port)

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from edge.bearing import BearingGeometry
 from edge.detector import DetectorSettings
+from edge.features import FEATURE_SETS, FeatureConfig
 
 SCHEMA_VERSION = 1
 # Upper bounds that no real sensor reaches: beyond them a card is corrupt, and believing it would make
@@ -35,6 +37,9 @@ class BundleError(ValueError):
     """A bundle that cannot be used; the message names the file and key and what was expected."""
 
 
+DEFAULT_FEATURES = ("mean_abs",)  # a card without feature_spec.features predates feature sets
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     feature_set: str
@@ -43,6 +48,38 @@ class FeatureSpec:
     snapshot_samples: int
     window: int
     snapshot_interval_s: float | None = None  # the training cadence (median spacing); None: not recorded
+    features: tuple[str, ...] = DEFAULT_FEATURES  # the F names per channel; columns are channel-major (C x F)
+    bearing: BearingGeometry | None = None  # vibration set: the geometry its envelope lines come from
+    shaft_rpm: float | None = None  # vibration set: the shaft speed the lines are computed at
+    scale: float | None = None  # g per count of the training recording (the scale rule); frames must carry it
+
+    @property
+    def columns(self) -> int:
+        """Feature columns of the model input: channels x features per channel."""
+        return len(self.channels) * len(self.features)
+
+    def feature_config(self, shaft_rpm: float | None = None) -> FeatureConfig:
+        """How the agent computes this bundle's features; `shaft_rpm` overrides the card's ([machine])."""
+        return FeatureConfig(self.feature_set, self.sample_rate_hz, self.bearing,
+                             shaft_rpm if shaft_rpm is not None else self.shaft_rpm)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "feature_set": self.feature_set,
+            "channels": list(self.channels),
+            "sample_rate_hz": self.sample_rate_hz,
+            "snapshot_samples": self.snapshot_samples,
+            "window": self.window,
+            "snapshot_interval_s": self.snapshot_interval_s,
+            "features": list(self.features),
+        }
+        if self.bearing is not None:
+            data["bearing"] = self.bearing.to_dict()
+        if self.shaft_rpm is not None:
+            data["shaft_rpm"] = self.shaft_rpm
+        if self.scale is not None:
+            data["scale"] = self.scale
+        return data
 
 
 @dataclass(frozen=True)
@@ -91,7 +128,7 @@ class ModelCard:
             "schema_version": self.schema_version,
             "id": self.id,
             "created": self.created,
-            "feature_spec": {**asdict(self.feature_spec), "channels": list(self.feature_spec.channels)},
+            "feature_spec": self.feature_spec.to_dict(),
             "scaler": {"minimum": list(self.scaler.minimum), "maximum": list(self.scaler.maximum)},
             "warning_threshold": self.warning_threshold,
             "alarm_threshold": self.alarm_threshold,
@@ -114,22 +151,12 @@ class ModelCard:
             raise BundleError(f"{source}: schema_version: expected {SCHEMA_VERSION}, got {version}")
         spec_data = card.mapping(card.get(root, "feature_spec"), "feature_spec")
         channels = card.strings(spec_data, "feature_spec.channels")
-        spec = FeatureSpec(
-            feature_set=card.choice(spec_data, "feature_spec.feature_set", _known_feature_sets()),
-            channels=channels,
-            # 0: trained from a features table, which records no raw sampling.
-            sample_rate_hz=card.integer(spec_data, "feature_spec.sample_rate_hz", minimum=0, maximum=MAX_SAMPLE_RATE_HZ),
-            snapshot_samples=card.integer(spec_data, "feature_spec.snapshot_samples", minimum=0,
-                                          maximum=MAX_SNAPSHOT_SAMPLES),
-            window=card.integer(spec_data, "feature_spec.window", minimum=1, maximum=MAX_WINDOW),
-            snapshot_interval_s=card.optional_interval(spec_data, "feature_spec.snapshot_interval_s"),
-        )
-        if len(channels) > MAX_CHANNELS:
-            raise card.fail("feature_spec.channels", f"at most {MAX_CHANNELS} channels", f"{len(channels)} names")
+        spec = card.feature_spec(spec_data, channels)
+        columns = card.columns(spec)
         scaler_data = card.mapping(card.get(root, "scaler"), "scaler")
         scaler = Scaler(
-            minimum=card.numbers(scaler_data, "scaler.minimum", len(channels)),
-            maximum=card.numbers(scaler_data, "scaler.maximum", len(channels)),
+            minimum=card.numbers(scaler_data, "scaler.minimum", columns),
+            maximum=card.numbers(scaler_data, "scaler.maximum", columns),
         )
         for column, (low, high) in enumerate(zip(scaler.minimum, scaler.maximum)):
             if high < low:  # an inverted span flips every score: anomalies would look healthier than health
@@ -147,7 +174,7 @@ class ModelCard:
             alarm_threshold=alarm,
             threshold_rule=card.string(root, "threshold_rule"),
             detector=detector,
-            healthy_min=card.numbers(root, "healthy_min", len(channels)),
+            healthy_min=card.numbers(root, "healthy_min", columns),
             quantization=card.mapping(card.get(root, "quantization"), "quantization"),
             provenance=card.mapping(card.get(root, "provenance"), "provenance"),
             model_file=card.string(root, "model_file"),
@@ -175,12 +202,6 @@ def write_card(card: ModelCard, directory: Path) -> Path:
     path = Path(directory) / CARD_FILE
     path.write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
     return path
-
-
-def _known_feature_sets() -> tuple[str, ...]:
-    from edge import features
-
-    return tuple(getattr(features, "FEATURE_SETS", (features.FEATURE_SET,)))
 
 
 def read_card_json(card_path: Path) -> Any:
@@ -236,6 +257,12 @@ class _Reader:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.per_column = "one per channel"
+
+    def columns(self, spec: FeatureSpec) -> int:
+        if len(spec.features) > 1:
+            self.per_column = f"one per column: {len(spec.channels)} channels x {len(spec.features)} features"
+        return spec.columns
 
     def fail(self, key: str, expected: str, value: Any) -> BundleError:
         return BundleError(f"{self.source}: {key}: expected {expected}, got {value!r}")
@@ -273,12 +300,6 @@ class _Reader:
             raise self.fail(key, expected, value)
         return value
 
-    def choice(self, data: Mapping, key: str, known: Sequence[str]) -> str:
-        value = self.string(data, key)
-        if value not in known:
-            raise self.fail(key, "one of " + ", ".join(repr(k) for k in known), value)
-        return value
-
     def number(self, data: Mapping, key: str) -> float:
         value = self.get(data, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -299,7 +320,50 @@ class _Reader:
         ok = isinstance(value, list) and len(value) == count
         if ok and all(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value):
             return tuple(float(v) for v in value)
-        raise self.fail(key, f"a list of {count} finite numbers (one per channel)", value)
+        raise self.fail(key, f"a list of {count} finite numbers ({self.per_column})", value)
+
+    def feature_spec(self, data: Mapping, channels: tuple[str, ...]) -> FeatureSpec:
+        if len(channels) > MAX_CHANNELS:
+            raise self.fail("feature_spec.channels", f"at most {MAX_CHANNELS} channels", f"{len(channels)} names")
+        feature_set = self.string(data, "feature_spec.feature_set")
+        if feature_set not in FEATURE_SETS:
+            raise self.fail("feature_spec.feature_set", f"one of {', '.join(FEATURE_SETS)}", feature_set)
+        # Optional keys (added with feature sets): an older card has mean_abs and no machine data.
+        features = self.strings(data, "feature_spec.features") if "features" in data else DEFAULT_FEATURES
+        if features != FEATURE_SETS[feature_set]:
+            raise self.fail("feature_spec.features", f"the {feature_set} set's {list(FEATURE_SETS[feature_set])}",
+                            list(features))
+        bearing = None
+        if data.get("bearing") is not None:
+            bearing_data = self.mapping(data["bearing"], "feature_spec.bearing")
+            try:
+                bearing = BearingGeometry.from_dict(bearing_data)
+            except (KeyError, TypeError, ValueError) as error:
+                raise self.fail("feature_spec.bearing", "balls, ball_mm, pitch_mm and contact_deg", bearing_data) from error
+        shaft_rpm = self.number(data, "feature_spec.shaft_rpm") if data.get("shaft_rpm") is not None else None
+        scale = self.number(data, "feature_spec.scale") if data.get("scale") is not None else None
+        if scale is not None and not scale > 0:
+            raise self.fail("feature_spec.scale", "a positive number of g per count", scale)
+        spec = FeatureSpec(
+            feature_set=feature_set,
+            channels=channels,
+            # 0: trained from a features table, which records no raw sampling.
+            sample_rate_hz=self.integer(data, "feature_spec.sample_rate_hz", minimum=0, maximum=MAX_SAMPLE_RATE_HZ),
+            snapshot_samples=self.integer(data, "feature_spec.snapshot_samples", minimum=0,
+                                          maximum=MAX_SNAPSHOT_SAMPLES),
+            window=self.integer(data, "feature_spec.window", minimum=1, maximum=MAX_WINDOW),
+            snapshot_interval_s=self.optional_interval(data, "feature_spec.snapshot_interval_s"),
+            features=features,
+            bearing=bearing,
+            shaft_rpm=shaft_rpm,
+            scale=scale,
+        )
+        if feature_set != DEFAULT_FEATURES[0]:
+            try:
+                spec.feature_config()
+            except ValueError as error:
+                raise BundleError(f"{self.source}: feature_spec: {error}") from None
+        return spec
 
     def detector(self, data: Mapping, warning: float, alarm: float) -> DetectorSettings:
         for key, top in (("warning_threshold", warning), ("alarm_threshold", alarm)):

@@ -70,6 +70,15 @@ class RecorderConfig:
 
 
 @dataclass(frozen=True)
+class MachineConfig:
+    """The machine the sensor is on (vibration feature set): speed, ISO 20816 group, optional zone alarm."""
+
+    shaft_rpm: float | None = None  # overrides the card's shaft speed: the envelope lines move with it
+    iso_group: str = "2-rigid"  # edge.diagnosis.ISO_GROUPS: zone boundaries of the velocity RMS
+    zone_alarm: bool = False  # an alarm from the ISO zone (D) beside the learned score
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: Path
     device_id: str
@@ -82,6 +91,7 @@ class AgentConfig:
     detector: DetectorOverrides = field(default_factory=DetectorOverrides)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
     counters_interval_s: float = 60.0
+    machine: MachineConfig = field(default_factory=MachineConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
 
 
@@ -160,7 +170,7 @@ class _Reader:
 
     def agent(self) -> AgentConfig:
         sections = {"serial", "model", "mqtt", "outbox", "sensor", "detector", "recorder", "telemetry",
-                    "homeassistant"}
+                    "homeassistant", "machine"}
         self.reject_unknown(self.raw, sections | {"device_id", "log_level"})
         device_id = self.get(self.raw, "device_id", str, name="device_id", required=True)
         if not DEVICE_ID.match(device_id):
@@ -182,6 +192,7 @@ class _Reader:
             sensor=self.sensor(),
             detector=self.detector(),
             recorder=self.recorder(),
+            machine=self.machine(),
             counters_interval_s=self.positive(telemetry, "counters_interval_s", float, 60.0,
                                               name="telemetry.counters_interval_s"),
             homeassistant=self.homeassistant(),
@@ -297,6 +308,19 @@ class _Reader:
         values |= {key: self.positive(table, key, int, None, name=f"detector.{key}")
                    for key in ("k", "n", "clear_after", "fault_after")}
         return DetectorOverrides(**values)
+
+    def machine(self) -> MachineConfig:
+        from edge.diagnosis import ISO_GROUPS  # the zone boundaries live with the diagnosis
+
+        table = self.section("machine", {"shaft_rpm", "iso_group", "zone_alarm"})
+        group = self.get(table, "iso_group", str, MachineConfig.iso_group, name="machine.iso_group")
+        if group not in ISO_GROUPS:
+            raise self.fail("machine.iso_group", group, "one of " + ", ".join(ISO_GROUPS))
+        return MachineConfig(
+            shaft_rpm=self.positive(table, "shaft_rpm", float, None, name="machine.shaft_rpm"),
+            iso_group=group,
+            zone_alarm=self.get(table, "zone_alarm", bool, False, name="machine.zone_alarm"),
+        )
 
     def recorder(self) -> RecorderConfig:
         table = self.section("recorder", {"enabled", "directory", "quota_mb", "interval_s"})

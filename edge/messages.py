@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge.detector import State, Transition
+from edge.diagnosis import Defect
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Reading:
     state: State
     reason: str | None
     top_channel: int | None = None  # index of the channel that drove the state (edge.scoring); None: unknown
+    feature_names: tuple[str, ...] = ("mean_abs",)  # F per channel; features are channel-major (C x F)
+    defect: Defect | None = None  # vibration set, in warning or alarm: what the envelope lines point to
+    iso_zones: dict[str, str] | None = None  # vibration set: ISO 20816 zone of each channel's velocity RMS
 
 
 # Alert ids are UUID5s of the transition in this namespace: the same transition (device, new and previous
@@ -71,6 +75,24 @@ def _by_channel(values: np.ndarray | None, channels: Sequence[str]) -> dict[str,
     return {} if values is None else {name: round(float(v), 6) for name, v in zip(channels, values)}
 
 
+def _channel_features(reading: Reading, channels: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Every feature of every channel: {channel: {feature: value}} from the channel-major row."""
+    assert reading.features is not None
+    per_channel = len(reading.feature_names)
+    return {name: {feature: round(float(reading.features[c * per_channel + f]), 6)
+                   for f, feature in enumerate(reading.feature_names)} for c, name in enumerate(channels)}
+
+
+def _diagnosis(reading: Reading) -> dict[str, Any]:
+    """The optional diagnosis fields: present only when the feature set provides them."""
+    extra: dict[str, Any] = {}
+    if reading.defect is not None:
+        extra["defect"] = reading.defect.payload()
+    if reading.iso_zones is not None:
+        extra["iso_zones"] = dict(reading.iso_zones)
+    return extra
+
+
 def _score(reading: Reading) -> float | None:
     return None if reading.score is None else round(float(reading.score), 6)
 
@@ -90,6 +112,7 @@ def alert(device_id: str, transition: Transition, reading: Reading, channels: Se
         "top_channel": top_channel(reading, channels),
         "reason": transition.reason,
         "model": model.payload(),
+        **_diagnosis(reading),
     }
 
 
@@ -108,12 +131,19 @@ def state(device_id: str, reading: Reading, since_us: int, channels: Sequence[st
 
 def telemetry(device_id: str, reading: Reading, channels: Sequence[str], counters: Mapping[str, int],
               time_source: str | None = None) -> dict[str, Any]:
-    extra = {} if time_source is None else {"time_source": str(time_source)}
+    extra: dict[str, Any] = {} if time_source is None else {"time_source": str(time_source)}
+    per_channel = len(reading.feature_names)
+    # "features" keeps its meaning (one number per channel: the first feature, mean_abs in every set);
+    # a set with more features per channel adds them all under "channel_features".
+    first = None if reading.features is None else reading.features[::per_channel]
+    if per_channel > 1 and reading.features is not None:
+        extra["channel_features"] = _channel_features(reading, channels)
     return {
+        **_diagnosis(reading),
         "device_id": device_id,
         "timestamp": iso_time(reading.capture_time_us),
         "snapshot": reading.snapshot,
-        "features": _by_channel(reading.features, channels),
+        "features": _by_channel(first, channels),
         "score": _score(reading),
         "channel_errors": _by_channel(reading.channel_errors, channels),
         "state": str(reading.state),

@@ -6,11 +6,14 @@ model, detector) live in edge.scoring, which `cm-train evaluate` and training ca
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from edge.bundle import Bundle
-from edge.detector import Detector, DetectorSettings, Transition
-from edge.features import snapshot_features
+from edge.detector import Detector, DetectorSettings, State, Transition
+from edge.diagnosis import ZONES, Defect, diagnose, zones
+from edge.features import Analysis, FeatureExtractor
 from edge.messages import Reading
 from edge.scoring import MISSING_DATA, Step, StreamScorer
 from edge.sensor import SensorLimits, check_counts
@@ -18,23 +21,67 @@ from edge.snapshot import Snapshot
 
 __all__ = ["MISSING_DATA", "Pipeline"]
 
+_RANK = {State.NORMAL: 0, State.WARNING: 1, State.ALARM: 2}
+
 
 class Pipeline:
-    def __init__(self, bundle: Bundle, settings: DetectorSettings, limits: SensorLimits = SensorLimits()) -> None:
+    def __init__(self, bundle: Bundle, settings: DetectorSettings, limits: SensorLimits = SensorLimits(),
+                 shaft_rpm: float | None = None, iso_group: str = "2-rigid", zone_alarm: bool = False) -> None:
         card = bundle.card
         self.channels = card.feature_spec.channels
         self.feature_set = card.feature_spec.feature_set
+        self.feature_names = card.feature_spec.features
+        # [machine] shaft_rpm moves the bearing's envelope lines to the speed the machine runs at.
+        self.extractor = FeatureExtractor(card.feature_spec.feature_config(shaft_rpm))
         self.limits = limits
+        self.iso_group = iso_group
         self.core = StreamScorer(bundle, settings, limits=limits)
+        # [machine] zone_alarm: the ISO zone, debounced like the score (k of n), beside the learned detector.
+        self.zone: Detector | None = None
+        if zone_alarm and "velocity_rms" in self.feature_names:
+            self.zone = Detector(DetectorSettings(warning_threshold=2.5, alarm_threshold=3.5, k=settings.k,
+                                                  n=settings.n, clear_after=settings.clear_after))
+        self._published = State.NORMAL
 
     @property
     def detector(self) -> Detector:
         return self.core.detector
 
     def process(self, snapshot: Snapshot) -> tuple[Reading, Transition | None]:
-        features = snapshot_features(snapshot.counts, snapshot.scale, self.feature_set)
+        analysis = self.extractor.analyse(snapshot.counts, snapshot.scale)
+        features = analysis.features
         step = self.core.update(features, check_counts(snapshot.counts, self.channels, self.limits, snapshot.scale))
-        return reading(step, snapshot.capture_time_us, snapshot.index, features), step.transition
+        iso = zones(features, self.feature_names, self.channels, self.iso_group)
+        state, reason, transition = step.state, step.reason, step.transition
+        if self.zone is not None:
+            state, reason, transition = self._beside_zone(step, iso)
+        defect = self._defect(analysis) if state in (State.WARNING, State.ALARM) else None
+        result = reading(step, snapshot.capture_time_us, snapshot.index, features)
+        result = replace(result, state=state, reason=reason, feature_names=self.feature_names, defect=defect,
+                         iso_zones=iso)
+        return result, transition
+
+    def _defect(self, analysis: Analysis) -> Defect | None:
+        if analysis.line_hz is None or analysis.prominence is None:
+            return None
+        return diagnose(analysis.line_hz, analysis.prominence, self.channels)
+
+    def _beside_zone(self, step: Step, iso: dict[str, str] | None) -> tuple[State, str | None, Transition | None]:
+        """The worse of the learned state and the zone state; a sensor fault stays a sensor fault."""
+        assert self.zone is not None
+        worst = None
+        if step.fault is None and iso:
+            worst = max(iso, key=lambda name: ZONES.index(iso[name]))
+            self.zone.update(float(ZONES.index(iso[worst]) + 1))
+        state, reason = step.state, step.reason
+        if state != State.SENSOR_FAULT and _RANK[self.zone.health] > _RANK[state]:
+            letter = iso[worst] if iso and worst else "D"
+            state, reason = self.zone.health, f"iso_zone_{letter.lower()}:{worst}"
+        transition = None
+        if state != self._published:
+            transition = Transition(state=state, previous_state=self._published, reason=reason)
+        self._published = state
+        return state, reason, transition
 
     def missing(self, reason: str = MISSING_DATA) -> Transition | None:
         """A snapshot lost (a gap in the sample index, unusable frames): a sensor fault once it persists."""

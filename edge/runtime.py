@@ -78,7 +78,9 @@ class Scorer:
     def __init__(self, bundle: Bundle, model_path: Path | None = None, num_threads: int = 1) -> None:
         card = bundle.card
         self.window = card.feature_spec.window
-        self.channels = len(card.feature_spec.channels)
+        # Model columns are channel-major: C channels x F features per channel.
+        self.channels = card.feature_spec.columns
+        self.per_channel = len(card.feature_spec.features)
         self._scaler = card.scaler
         self._interpreter = load_interpreter(model_path or bundle.model_path, num_threads=num_threads)
         (input_detail,) = self._interpreter.get_input_details()
@@ -111,17 +113,18 @@ class Scorer:
         self._input_q.quantize(self._scratch, self._input[0])
         reconstruction = self._output_q.dequantize(self._invoke()[0])
         errors = np.abs(reconstruction - scaled)
-        channel_errors = errors.mean(axis=0)
-        return Score(score=float(channel_errors.mean()), channel_errors=channel_errors)
+        column_errors = errors.mean(axis=0)
+        channel_errors = column_errors.reshape(-1, self.per_channel).mean(axis=1)  # C entries whatever F is
+        return Score(score=float(column_errors.mean()), channel_errors=channel_errors)
 
     def score_series(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, channels) raw features -> scores (N-W+1,) and per-channel errors (N-W+1, channels)."""
+        """(N, columns) raw features -> scores (N-W+1,) and per-channel errors (N-W+1, C channels)."""
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or features.shape[1] != self.channels:
             raise ValueError(f"expected features of shape (N, {self.channels}), got {features.shape}")
         count = features.shape[0] - self.window + 1
         if count < 1:
-            return np.zeros(0), np.zeros((0, self.channels))
+            return np.zeros(0), np.zeros((0, self.channels // self.per_channel))
         scaled = self._scaler.transform(features)
         windows = np.lib.stride_tricks.sliding_window_view(scaled, self.window, axis=0).transpose(0, 2, 1)
         quantized = np.empty(windows.shape, dtype=self._input_q.dtype)
@@ -131,7 +134,8 @@ class Scorer:
             self._input[0] = quantized[i]
             reconstructions[i] = self._invoke()[0]
         errors = np.abs(self._output_q.dequantize(reconstructions) - windows).mean(axis=1)
-        return errors.mean(axis=1), errors
+        channel_errors = errors.reshape(count, -1, self.per_channel).mean(axis=2)
+        return errors.mean(axis=1), channel_errors
 
     def _invoke(self) -> np.ndarray:
         self._interpreter.set_tensor(self._input_index, self._input)

@@ -56,9 +56,13 @@ def check_features(
     """A feature far below the healthy range (a dead sensor reads near zero) is a dropout.
 
     Only magnitude channels (healthy minimum above zero) can drop out: a signed feature near zero is normal.
+    Columns are channel-major (C channels x F features): a channel drops out when its first feature
+    (the mean absolute value in both feature sets) does; ratios such as kurtosis say nothing about level.
     """
-    floor = np.asarray(healthy_min, dtype=np.float64)
-    low = (floor > 0) & (np.asarray(features) < limits.dropout_ratio * floor)
+    per_channel = len(features) // max(1, len(channel_names))
+    floor = np.asarray(healthy_min, dtype=np.float64)[::per_channel]
+    level = np.asarray(features)[::per_channel]
+    low = (floor > 0) & (level < limits.dropout_ratio * floor)
     return _reason("dropout", low, channel_names) if low.any() else None
 
 

@@ -1,7 +1,12 @@
-"""Replay harness: recorded IMS snapshots sent as wire frames over any serial link, as an MCU would send them.
+"""Replay harness: recorded snapshots sent as wire frames over any serial link, as an MCU would send them.
 
-    cm-replay IMS_DIR --port URL [--speed realtime|max|FACTOR] [--loop] [--channels 1,3,5,7]
+    cm-replay PATH --port URL [--format ims|femto|mat|csv] [--sample-rate HZ] [--snapshot-samples N]
+              [--channels 1,3,5,7|DE,FE] [--speed realtime|max|FACTOR] [--loop]
               [--frame-samples 256] [--baudrate N] [--no-progress] [--no-wait]
+
+PATH is a recording in any format firmware_bridge.recording reads (an IMS folder, a FEMTO run folder, a
+.mat file, a folder of CSV/TSV/NPY snapshots); each is streamed at its own sample rate, channel count and
+scale (the scale rule of firmware_bridge.recording).
 
 URL is any pyserial URL (/dev/ttyUSB0, socket://host:port, loop://) or pty:PATH, which creates a
 pseudo-terminal and symlinks PATH to its slave side: the agent then opens PATH like a real device.
@@ -30,7 +35,7 @@ import numpy as np
 import serial
 
 from firmware_bridge.frame import MAX_PAYLOAD, encode
-from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, ImsFile, list_ims_files, parse_channels, read_counts
+from firmware_bridge.recording import FORMATS, Recording, RecordingError, open_recording, parse_channel_list
 
 _U32 = 2**32
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -106,16 +111,16 @@ def _epoch_us(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
-def _schedule(files: list[ImsFile], loop: bool) -> Iterator[tuple[ImsFile, int]]:
-    """Files with their time offset (µs) from the first file; each --loop pass continues the clock."""
-    times = [_epoch_us(f.timestamp) for f in files]
+def _schedule(recording: Recording, loop: bool) -> Iterator[tuple[int, int]]:
+    """Snapshot indices with their time offset (µs) from the first; each --loop pass continues the clock."""
+    times = [_epoch_us(t) for t in recording.times]
     gaps = np.diff(times)
     # One pass lasts its span plus a typical gap, so replayed time never runs backwards across passes.
     pass_us = times[-1] - times[0] + (int(np.median(gaps)) if len(gaps) else 1_000_000)
     shift = 0
     while True:
-        for ims, at in zip(files, times):
-            yield ims, at - times[0] + shift
+        for index, at in enumerate(times):
+            yield index, at - times[0] + shift
         if not loop:
             return
         shift += pass_us
@@ -255,12 +260,16 @@ class Progress:
 
 
 def replay(
-    ims_dir: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Recording,
     port: str | Writer,
     *,
     speed: str | float = "max",
     loop: bool = False,
     columns: Sequence[int] | None = None,
+    channels: Sequence[str | int] | None = None,
+    format: str | None = None,
+    sample_rate_hz: int | None = None,
+    snapshot_samples: int | None = None,
     frame_samples: int = 256,
     baudrate: int = 921600,
     progress: bool = False,
@@ -268,44 +277,48 @@ def replay(
     wait_reader: bool = True,
     announce: TextIO | None = sys.stderr,
 ) -> ReplaySummary:
-    """Send every IMS file of `ims_dir` as frames; `columns` are 0-based. Returns what was sent."""
-    files = list_ims_files(ims_dir)
-    if not files:
-        raise ValueError(f"{ims_dir}: no IMS files to replay")
+    """Send every snapshot of a recording as frames. `channels` are names or 1-based numbers; `columns`
+    (0-based) is the older spelling of the same selection. Returns what was sent."""
+    if columns is not None:
+        channels = [c + 1 for c in columns]
+    recording = source if isinstance(source, Recording) else open_recording(
+        source, format=format, channels=channels, sample_rate_hz=sample_rate_hz, snapshot_samples=snapshot_samples)
+    if not len(recording):
+        raise ValueError(f"{recording.source}: no snapshots to replay")
     factor = parse_speed(speed)
     stop = stop or threading.Event()
-    # Read the first file before opening the port: a bad file, column or frame size fails before anyone waits.
-    preloaded = {files[0].path: read_counts(files[0].path, columns)}
-    check_frame_size(frame_samples, preloaded[files[0].path].shape[1])
-    bar = Progress(None if loop else len(files), sys.stderr, progress)
+    # Read the first snapshot before opening the port: a bad file, column or frame size fails before anyone waits.
+    preloaded = {0: recording.snapshot(0)}
+    check_frame_size(frame_samples, len(recording.channels))
+    bar = Progress(None if loop else len(recording), sys.stderr, progress)
     sent_files = sent_frames = sent_bytes = sample = sequence = 0
+    start_us = _epoch_us(recording.times[0])
     with open_port(port, baudrate=baudrate, stop=stop, wait_reader=wait_reader, announce=announce) as out:
         started = time.monotonic()
-        for ims, offset_us in _schedule(files, loop):
+        for index, offset_us in _schedule(recording, loop):
             if stop.is_set():
                 break
-            counts = preloaded.pop(ims.path, None)
-            counts = read_counts(ims.path, columns) if counts is None else counts
+            snapshot = preloaded.pop(index, None) or recording.snapshot(index)
             frames = list(frames_for_file(
-                counts, first_sample=sample, sequence=sequence,
-                capture_time_us=_epoch_us(files[0].timestamp) + offset_us,
-                sample_rate_hz=IMS_SAMPLE_RATE, scale=IMS_SCALE, frame_samples=frame_samples))
+                snapshot.counts, first_sample=sample, sequence=sequence,
+                capture_time_us=start_us + offset_us,
+                sample_rate_hz=snapshot.sample_rate_hz, scale=snapshot.scale, frame_samples=frame_samples))
             if factor is not None and stop.wait(max(0.0, started + offset_us / 1e6 / factor - time.monotonic())):
                 break
             wire = b"".join(frames)
             out.write(wire)
             sent_files, sent_frames, sent_bytes = sent_files + 1, sent_frames + len(frames), sent_bytes + len(wire)
-            sample, sequence = sample + len(counts), (sequence + len(frames)) % _U32
+            sample, sequence = sample + len(snapshot.counts), (sequence + len(frames)) % _U32
             bar.update(sent_files, sent_frames, sent_bytes)
         finished = time.monotonic()  # before a pty's drain: the last few KB in the tty buffer are not our time
     bar.finish()
     return ReplaySummary(sent_files, sent_frames, sent_bytes, finished - started)
 
 
-def _columns(text: str) -> list[int]:
-    """`--channels 1,3,5,7` → 0-based column indices."""
+def _channels(text: str) -> tuple[str, ...]:
+    """`--channels 1,3,5,7` (1-based) or `--channels DE,FE` (names)."""
     try:
-        return [n - 1 for n in parse_channels(text)]
+        return parse_channel_list(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -320,14 +333,19 @@ def _speed(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cm-replay", description=__doc__.split("\n\n")[0])
-    parser.add_argument("ims_dir", metavar="IMS_DIR", help="directory of IMS snapshot files")
+    parser.add_argument("source", metavar="PATH", help="recording: IMS or FEMTO folder, .mat file, CSV/TSV/NPY folder")
     parser.add_argument("--port", required=True, metavar="URL",
                         help="pyserial URL (/dev/ttyACM0, socket://host:port, loop://) or pty:PATH")
+    parser.add_argument("--format", choices=FORMATS, help="recording format (default: detected from the names)")
+    parser.add_argument("--sample-rate", type=int, metavar="HZ",
+                        help="sample rate of the recording (required for mat and csv; ims 20000, femto 25600)")
+    parser.add_argument("--snapshot-samples", type=int, metavar="N",
+                        help="cut records into snapshots of N samples (default: one file, one snapshot)")
     parser.add_argument("--speed", default="max", type=_speed,
-                        help="realtime (original spacing of the files), max, or a factor like 60 (default: max)")
-    parser.add_argument("--loop", action="store_true", help="start again after the last file, forever")
-    parser.add_argument("--channels", type=_columns, metavar="1,3,5,7",
-                        help="1-based columns to send (default: all)")
+                        help="realtime (original spacing of the snapshots), max, or a factor like 60 (default: max)")
+    parser.add_argument("--loop", action="store_true", help="start again after the last snapshot, forever")
+    parser.add_argument("--channels", type=_channels, metavar="1,3,5,7|DE,FE",
+                        help="channels to send, by 1-based number or name (default: all)")
     parser.add_argument("--frame-samples", type=int, default=256, help="samples per frame (default: 256)")
     parser.add_argument("--baudrate", type=int, default=921600, help="for real serial ports (default: 921600)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -342,8 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # finish the current write and remove the pty link
         signal.signal(signum, lambda *_: stop.set())
     try:
-        summary = replay(args.ims_dir, args.port, speed=args.speed, loop=args.loop, columns=args.channels,
-                         frame_samples=args.frame_samples, baudrate=args.baudrate,
+        summary = replay(args.source, args.port, speed=args.speed, loop=args.loop, channels=args.channels,
+                         format=args.format, sample_rate_hz=args.sample_rate,
+                         snapshot_samples=args.snapshot_samples, frame_samples=args.frame_samples, baudrate=args.baudrate,
                          progress=not args.no_progress, stop=stop, wait_reader=not args.no_wait)
     except (ValueError, OSError, serial.SerialException) as error:
         print(f"cm-replay: error: {error}", file=sys.stderr)

@@ -139,8 +139,11 @@ def test_cm_replay_cli_through_a_pty(few_files: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args,message", [
     (["--speed", "fast"], "expected realtime, max or a positive factor"),
-    (["--channels", "0,1"], "1-based column numbers"),
-    (["--channels", "9"], "do not select from the file's 8 columns"),
+    (["--channels", "0,1"], "column 0 does not exist: expected 1-based numbers 1..8"),
+    (["--channels", "9"], "column 9 does not exist: expected 1-based numbers 1..8"),
+    (["--channels", "1,1"], "expected distinct channel names or 1-based numbers"),
+    (["--channels", "bearing9"], "no channel named 'bearing9'"),
+    (["--format", "mat"], "--sample-rate is required for .mat recordings"),
     (["--frame-samples", "2048"], "expected 1..1024 samples per frame"),
 ])
 def test_cm_replay_rejects_bad_arguments(few_files: Path, tmp_path: Path, args: list[str], message: str) -> None:

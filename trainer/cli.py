@@ -1,4 +1,5 @@
-"""`cm-train`: fit a bundle from IMS files or a features table, evaluate a bundle on a run."""
+"""`cm-train`: fit a bundle from a recording (IMS, FEMTO, MATLAB, CSV snapshots) or a features table,
+evaluate a bundle on a run."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edge.bundle import BundleError
+from edge.diagnosis import ISO_GROUPS
 from trainer.calibrate import RULES
 
 
@@ -15,9 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     fit = commands.add_parser("fit", help="train an int8 TFLite bundle")
-    fit.add_argument("input", type=Path, help="IMS directory or features table CSV")
+    fit.add_argument("input", type=Path, help="recording (IMS/FEMTO folder, .mat file, CSV/TSV/NPY folder) or features table CSV")
     fit.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    fit.add_argument("--channels", help="IMS columns to use, 1-based, e.g. 1,3,5,7")
+    add_recording_arguments(fit)
+    fit.add_argument("--feature-set", choices=("mean_abs", "vibration"), default="mean_abs",
+                     help="features per channel (default mean_abs; vibration needs --bearing and --shaft-rpm)")
+    fit.add_argument("--bearing", type=_bearing, metavar="PRESET|GEOMETRY",
+                     help="za-2115, 6205-2rs, 6203-2rs, pronostia or balls=N,ball_mm=X,pitch_mm=Y,contact_deg=Z")
+    fit.add_argument("--shaft-rpm", type=float, metavar="RPM", help="shaft speed for the bearing's defect lines")
     fit.add_argument("--label-column", help="table column marking anomalies (1 = anomaly); only normal rows are fitted")
     span = fit.add_mutually_exclusive_group()
     span.add_argument("--train-until", help="last timestamp of the healthy training span (inclusive)")
@@ -30,12 +37,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score a run with a bundle: report.json and score.png")
     evaluate.add_argument("bundle", type=Path)
-    evaluate.add_argument("input", type=Path, help="IMS directory or features table CSV")
+    evaluate.add_argument("input", type=Path, help="recording or features table CSV, as for fit")
     evaluate.add_argument("--out", type=Path, required=True, help="report directory")
     evaluate.add_argument("--failure-at", help="time of failure for the lead time (default: the last snapshot)")
     evaluate.add_argument("--train-until", help="end of the training span (default: the card's)")
-    evaluate.add_argument("--channels", help="IMS columns, 1-based (default: the card's)")
+    add_recording_arguments(evaluate, defaults="the card's")
+    evaluate.add_argument("--iso-group", default="2-rigid", choices=ISO_GROUPS,
+                          help="ISO 20816 machine group for the velocity zones of the vibration set: "
+                               "1-rigid, 1-flexible, 2-rigid (default), 2-flexible, small")
     return parser
+
+
+def _bearing(text: str) -> object:
+    from edge.bearing import parse_bearing
+
+    try:
+        return parse_bearing(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_recording_arguments(parser: argparse.ArgumentParser, defaults: str | None = None) -> None:
+    """--format, --sample-rate, --snapshot-samples, --channels: how a recording is read (firmware_bridge.recording)."""
+    from firmware_bridge.recording import FORMATS
+
+    default = f" (default: {defaults})" if defaults else ""
+    parser.add_argument("--format", choices=FORMATS,
+                        help=f"recording format{default or ' (default: detected from the names)'}")
+    parser.add_argument("--sample-rate", type=int, metavar="HZ",
+                        help=f"sample rate; required for mat and csv{default}")
+    parser.add_argument("--snapshot-samples", type=int, metavar="N",
+                        help=f"cut long records into snapshots of N samples{default or ' (default: one file, one snapshot)'}")
+    parser.add_argument("--channels", metavar="1,3,5,7|DE,FE",
+                        help=f"channels by 1-based number or name{default or ' (default: all)'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             options = FitOptions(
                 out=args.out,
                 channels=parse_channels(args.channels),
+                format=args.format,
+                sample_rate_hz=args.sample_rate,
+                snapshot_samples=args.snapshot_samples,
+                feature_set=args.feature_set,
+                bearing=args.bearing,
+                shaft_rpm=args.shaft_rpm,
                 label_column=args.label_column,
                 train_until=parse_time(args.train_until) if args.train_until else None,
                 train_fraction=args.train_fraction,
@@ -75,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                 failure_at=parse_time(args.failure_at) if args.failure_at else None,
                 train_until=parse_time(args.train_until) if args.train_until else None,
                 channels=parse_channels(args.channels),
+                format=args.format,
+                sample_rate_hz=args.sample_rate,
+                snapshot_samples=args.snapshot_samples,
+                iso_group=args.iso_group,
             )
             print(json.dumps(report, indent=2))
     except (DatasetError, BundleError, ValueError) as error:

@@ -1,7 +1,9 @@
-"""Datasets: an IMS directory or a features table becomes timestamps, a feature matrix and channel names.
+"""Datasets: a recording (IMS, FEMTO, MATLAB, CSV snapshots) or a features table becomes timestamps, a feature
+matrix and channel names.
 
-IMS files are quantized to the same int16 counts the replay harness sends and passed through
-edge.features.snapshot_features, so features from files equal features from a replayed stream bit for bit.
+Recordings are read by firmware_bridge.recording as the same int16 counts and scale the replay harness sends
+and passed through edge.features.snapshot_features, so features from files equal features from a replayed
+stream bit for bit.
 Tables (the seeds' merged table, labelled fraud tables) are read with pandas; bad cells are errors naming
 file, line and column, and rows with NaN or inf are excluded and reported, never dropped silently.
 """
@@ -16,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from edge.features import snapshot_features
+from edge.bearing import BearingGeometry
+from edge.features import FEATURE_SET, FeatureConfig, FeatureExtractor
 from edge.sensor import check_counts
 from firmware_bridge import ims
-from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, IMS_SNAPSHOT_SAMPLES, channel_names, list_ims_files, read_counts
+from firmware_bridge.recording import RecordingError, open_recording, parse_channel_list
 
 
 class DatasetError(ValueError):
@@ -29,16 +32,20 @@ class DatasetError(ValueError):
 @dataclass(frozen=True)
 class Dataset:
     source: str
-    kind: str  # "ims" or "table"
+    kind: str  # the recording format (ims, femto, mat, csv) or "table"
     timestamps: np.ndarray  # datetime64[ms], UTC, non-decreasing
     features: np.ndarray  # (snapshots, channels) float64, finite
     channels: tuple[str, ...]
     labels: np.ndarray | None = None  # (snapshots,) bool, True = anomaly; tables with --label-column only
     faults: tuple[str | None, ...] = ()  # raw-sample sensor check per snapshot (IMS only)
     excluded: tuple[str, ...] = ()  # one message per excluded row
-    columns: tuple[int, ...] | None = None  # IMS column selection, 1-based
+    columns: tuple[int, ...] | None = None  # recordings: the selected channels' 1-based positions
     sample_rate_hz: int = 0
     snapshot_samples: int = 0
+    scales: tuple[float, ...] = ()  # recordings: the scale (g per count) the scale rule chose, one per recording
+    feature_config: FeatureConfig = FeatureConfig()  # how the features were computed (the card records it)
+    line_hz: np.ndarray | None = None  # vibration set: (snapshots, channels, 4) envelope lines found
+    prominence: np.ndarray | None = None  # vibration set: (snapshots, channels, 4) their prominence
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -50,12 +57,12 @@ class Dataset:
         return digest.hexdigest()
 
 
-def parse_channels(text: str | None) -> tuple[int, ...] | None:
-    """`--channels 1,3,5,7` (1-based, as the IMS README numbers them); None selects every column."""
+def parse_channels(text: str | None) -> tuple[str, ...] | None:
+    """`--channels 1,3,5,7` (1-based, as the IMS README numbers them) or names such as DE,FE; None: all."""
     if not text:
         return None
     try:
-        return ims.parse_channels(text)
+        return parse_channel_list(text)
     except ValueError as error:
         raise DatasetError(f"--channels: {error}") from None
 
@@ -80,51 +87,98 @@ def parse_time(text: str) -> np.datetime64:
     return np.datetime64(stamp.to_datetime64(), "ms")
 
 
-def load_dataset(path: str | Path, channels: Sequence[int] | None = None, label_column: str | None = None) -> Dataset:
-    """An IMS directory or a features table CSV."""
+def load_dataset(
+    path: str | Path,
+    channels: Sequence[str | int] | None = None,
+    label_column: str | None = None,
+    *,
+    format: str | None = None,
+    sample_rate_hz: int | None = None,
+    snapshot_samples: int | None = None,
+    feature_set: str = FEATURE_SET,
+    bearing: BearingGeometry | None = None,
+    shaft_rpm: float | None = None,
+) -> Dataset:
+    """A recording (folder or file, in any format firmware_bridge.recording reads) or a features table CSV.
+
+    A single .csv file is a features table unless --format says it is a recording.
+    """
     path = Path(path)
-    if path.is_dir():
-        if label_column is not None:
-            raise DatasetError(f"{path}: --label-column applies to a features table, not an IMS directory")
-        return load_ims(path, channels)
-    if path.is_file():
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or directory")
+    recording_options = format is not None or sample_rate_hz is not None or snapshot_samples is not None
+    if path.is_file() and path.suffix.lower() == ".csv" and not recording_options:
         if channels is not None:
-            raise DatasetError(f"{path}: --channels applies to an IMS directory; a table's channels are its columns")
+            raise DatasetError(f"{path}: --channels applies to a recording; a table's channels are its columns "
+                               "(give --format csv for a file of raw samples)")
+        if feature_set != FEATURE_SET:
+            raise DatasetError(f"{path}: --feature-set {feature_set} needs raw samples: a features table has "
+                               "its features already (give --format csv for a file of raw samples)")
         return load_table(path, label_column)
-    raise DatasetError(f"{path}: no such file or directory")
+    if label_column is not None:
+        raise DatasetError(f"{path}: --label-column applies to a features table, not a recording")
+    return load_recording(path, channels, format=format, sample_rate_hz=sample_rate_hz,
+                          snapshot_samples=snapshot_samples, feature_set=feature_set, bearing=bearing,
+                          shaft_rpm=shaft_rpm)
 
 
-def load_ims(directory: Path, channels: Sequence[int] | None = None) -> Dataset:
-    files = list_ims_files(directory)
-    if not files:
-        raise DatasetError(f"{directory}: no IMS files (names like 2003.10.22.12.06.24)")
-    first = read_counts(files[0].path)
-    names = channel_names(first.shape[1])
-    selection = tuple(channels) if channels else tuple(range(1, first.shape[1] + 1))
-    bad = [c for c in selection if c > first.shape[1]]
-    if bad:
-        raise DatasetError(f"--channels: column {bad[0]} does not exist: {files[0].path} has {first.shape[1]} columns")
-    columns = [c - 1 for c in selection]
-    selected = [names[c] for c in columns]
-    features = np.empty((len(files), len(columns)))
+def load_recording(
+    path: Path,
+    channels: Sequence[str | int] | None = None,
+    *,
+    format: str | None = None,
+    sample_rate_hz: int | None = None,
+    snapshot_samples: int | None = None,
+    feature_set: str = FEATURE_SET,
+    bearing: BearingGeometry | None = None,
+    shaft_rpm: float | None = None,
+) -> Dataset:
+    try:
+        recording = open_recording(path, format=format, channels=channels, sample_rate_hz=sample_rate_hz,
+                                   snapshot_samples=snapshot_samples)
+    except (RecordingError, ims.ImsFormatError) as error:
+        raise DatasetError(str(error)) from None
+    if not len(recording):
+        raise DatasetError(f"{path}: no snapshots in this recording")
+    try:
+        config = FeatureConfig(feature_set, recording.sample_rate_hz, bearing, shaft_rpm)
+        extractor = FeatureExtractor(config)
+        extractor.analyse(recording.snapshot(0).counts, 0.001)  # a line beyond the spectrum fails here, named
+    except ValueError as error:
+        raise DatasetError(f"{path}: {error}") from None
+    features: list[np.ndarray] = []
+    lines: list[np.ndarray] = []
+    prominences: list[np.ndarray] = []
     faults: list[str | None] = []
-    for i, ims_file in enumerate(files):
-        counts = first[:, columns] if i == 0 else read_counts(ims_file.path, columns)
-        features[i] = snapshot_features(counts, IMS_SCALE)
-        faults.append(check_counts(counts, selected))
-        if (i + 1) % 200 == 0 or i + 1 == len(files):
-            print(f"features: {i + 1}/{len(files)} files", file=sys.stderr, flush=True)
-    stamps = np.array([np.datetime64(f.timestamp.replace(tzinfo=None), "ms") for f in files])
+    scales: set[float] = set()
+    try:
+        for i, snapshot in enumerate(recording.snapshots()):
+            analysis = extractor.analyse(snapshot.counts, snapshot.scale)
+            features.append(analysis.features)
+            if analysis.line_hz is not None and analysis.prominence is not None:
+                lines.append(analysis.line_hz)
+                prominences.append(analysis.prominence)
+            faults.append(check_counts(snapshot.counts, recording.channels, scale=snapshot.scale))
+            scales.add(snapshot.scale)
+            if (i + 1) % 200 == 0 or i + 1 == len(recording):
+                print(f"features: {i + 1}/{len(recording)} snapshots", file=sys.stderr, flush=True)
+    except (RecordingError, ims.ImsFormatError) as error:
+        raise DatasetError(str(error)) from None
+    stamps = np.array([np.datetime64(t.replace(tzinfo=None), "ms") for t in recording.times])
     return Dataset(
-        source=str(directory),
-        kind="ims",
+        source=str(path),
+        kind=recording.format,
         timestamps=stamps,
-        features=features,
-        channels=tuple(selected),
+        features=np.array(features),
+        channels=recording.channels,
         faults=tuple(faults),
-        columns=selection,
-        sample_rate_hz=IMS_SAMPLE_RATE,
-        snapshot_samples=IMS_SNAPSHOT_SAMPLES,
+        columns=recording.columns,
+        sample_rate_hz=recording.sample_rate_hz,
+        snapshot_samples=recording.snapshot_samples,
+        scales=tuple(sorted(scales)),
+        feature_config=config,
+        line_hz=np.array(lines) if lines else None,
+        prominence=np.array(prominences) if prominences else None,
     )
 
 

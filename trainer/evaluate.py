@@ -17,7 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from edge.bundle import Bundle, check_channels, load_bundle  # noqa: E402
+from edge import diagnosis  # noqa: E402
+from edge.bundle import Bundle, ModelCard, check_channels, load_bundle  # noqa: E402
 from edge.detector import State  # noqa: E402
 from edge.scoring import StreamScorer, score_stream  # noqa: E402
 from trainer.dataset import Dataset, load_dataset, parse_time  # noqa: E402
@@ -99,19 +100,36 @@ def evaluate(
     out: str | Path,
     failure_at: np.datetime64 | None = None,
     train_until: np.datetime64 | None = None,
-    channels: tuple[int, ...] | None = None,
+    channels: tuple[str | int, ...] | None = None,
+    format: str | None = None,
+    sample_rate_hz: int | None = None,
+    snapshot_samples: int | None = None,
+    iso_group: str = "2-rigid",
 ) -> dict:
-    """Score, detect, and write report.json and score.png into `out`; returns the report."""
+    """Score, detect, and write report.json and score.png into `out`; returns the report.
+
+    A recording is read as the card says the training data was (format, channels, sample rate, snapshot
+    length) unless the arguments say otherwise.
+    """
     bundle = load_bundle(bundle_path)
     provenance = bundle.card.provenance
-    if channels is None and provenance.get("kind") == "ims" and Path(input_path).is_dir():
-        channels = tuple(provenance["columns"]) if provenance.get("columns") else None
-    dataset = load_dataset(input_path, channels, provenance.get("label_column") if Path(input_path).is_file() else None)
+    spec = bundle.card.feature_spec
+    if provenance.get("kind", "table") != "table":
+        if channels is None and provenance.get("columns"):
+            channels = tuple(provenance["columns"])
+        if format is None and provenance.get("format") and not _is_table_file(input_path, provenance):
+            format = provenance["format"]
+        sample_rate_hz = sample_rate_hz or spec.sample_rate_hz or None
+        snapshot_samples = snapshot_samples or spec.snapshot_samples or None
+    label_column = provenance.get("label_column") if provenance.get("kind") == "table" else None
+    dataset = load_dataset(input_path, channels, label_column, format=format, sample_rate_hz=sample_rate_hz,
+                           snapshot_samples=snapshot_samples, feature_set=spec.feature_set, bearing=spec.bearing,
+                           shaft_rpm=spec.shaft_rpm)
     check_channels(bundle.card, dataset.channels, str(input_path))
     if train_until is None and provenance.get("train_end"):
         train_until = parse_time(provenance["train_end"])
     trace = run_detector(dataset, bundle)
-    report = build_report(dataset, bundle, trace, failure_at, train_until)
+    report = build_report(dataset, bundle, trace, failure_at, train_until, iso_group)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -119,8 +137,12 @@ def evaluate(
     return report
 
 
+def _is_table_file(path: str | Path, provenance: dict) -> bool:
+    return Path(path).is_file() and Path(path).suffix.lower() == ".csv" and provenance.get("format") != "csv"
+
+
 def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.datetime64 | None,
-                 train_until: np.datetime64 | None) -> dict:
+                 train_until: np.datetime64 | None, iso_group: str = "2-rigid") -> dict:
     stamps = dataset.timestamps
     card = bundle.card
     over = np.flatnonzero(np.nan_to_num(trace.scores, nan=-np.inf) > card.alarm_threshold)
@@ -144,7 +166,8 @@ def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.
         "lead_time_reference": "failure_at" if failure_at is not None else "last_snapshot",
         "train_until": str(train_until) if train_until is not None else None,
         "alarms_in_training_span": sum(1 for start, _ in episodes if in_training[start]),
-        "alarm_episodes": [{"start": _time(stamps, a), "end": _time(stamps, b)} for a, b in episodes],
+        "alarm_episodes": [{"start": _time(stamps, a), "end": _time(stamps, b),
+                            **_episode_diagnosis(dataset, card, a, b, iso_group)} for a, b in episodes],
         "false_alarm_episodes": len(episodes) - (1 if persistent else 0),
         "persistent_alarm_start": _time(stamps, persistent[0]) if persistent else None,
         "top_channel_at_first_alarm": _top_channel(card.feature_spec.channels, trace, first_alarm),
@@ -152,6 +175,7 @@ def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.
         "sensor_faults": sorted({f for f in trace.faults if f is not None}),
         "final_state": str(trace.states[-1]),
     }
+    report |= _zones_report(dataset, card, first_alarm, iso_group)
     if dataset.labels is not None:
         scored = np.isfinite(trace.scores) & ~in_training
         span = "after_training_span"
@@ -160,6 +184,28 @@ def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.
         report |= classification_metrics(dataset.labels[scored], trace.scores[scored], card.alarm_threshold)
         report["metrics_span"] = span
     return report
+
+
+def _episode_diagnosis(dataset: Dataset, card: ModelCard, first: int, last: int, iso_group: str) -> dict:
+    """Vibration set: the defect the episode's envelope lines point to (their median over the episode, so one
+    noisy snapshot does not decide) and the ISO zones at its start."""
+    if dataset.line_hz is None or dataset.prominence is None:
+        return {}
+    lines = np.median(dataset.line_hz[first:last + 1], axis=0)
+    prominence = np.median(dataset.prominence[first:last + 1], axis=0)
+    zones = diagnosis.zones(dataset.features[first], card.feature_spec.features, card.feature_spec.channels, iso_group)
+    return {"defect": diagnosis.diagnose(lines, prominence, card.feature_spec.channels).payload(), "iso_zones": zones}
+
+
+def _zones_report(dataset: Dataset, card: ModelCard, first_alarm: int | None, iso_group: str) -> dict:
+    """Vibration set: each channel's ISO 20816 zone at the first alarm, at the end and at its worst."""
+    spec = card.feature_spec
+    if diagnosis.zones(dataset.features[0], spec.features, spec.channels, iso_group) is None:
+        return {}
+    every = [diagnosis.zones(row, spec.features, spec.channels, iso_group) or {} for row in dataset.features]
+    worst = {name: max((z[name] for z in every), key=diagnosis.ZONES.index) for name in spec.channels}
+    return {"iso_zones": {"group": iso_group, "at_first_alarm": every[first_alarm] if first_alarm is not None else None,
+                          "at_end": every[-1], "worst": worst}}
 
 
 def _ends_in_alarm(states: list[State]) -> bool:

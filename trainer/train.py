@@ -21,6 +21,7 @@ import tensorflow as tf
 from edge.bundle import FLOAT_MODEL_FILE, INT8_MODEL_FILE, Bundle, FeatureSpec, ModelCard, Scaler, file_sha256, write_card
 from edge.cadence import training_interval_s
 from edge.detector import DetectorSettings
+from edge.bearing import BearingGeometry
 from edge.features import FEATURE_SET
 from edge.runtime import Scorer
 from edge.scoring import StreamScorer, score_stream, scores_of, unbroken_runs
@@ -35,7 +36,13 @@ SATURATION_FACTOR = 10.0  # the card records the score of an input this many tim
 @dataclass(frozen=True)
 class FitOptions:
     out: Path
-    channels: tuple[int, ...] | None = None
+    channels: tuple[str | int, ...] | None = None
+    format: str | None = None  # recording format; None: detected (see firmware_bridge.recording)
+    sample_rate_hz: int | None = None
+    snapshot_samples: int | None = None
+    feature_set: str = FEATURE_SET  # see edge/features.py
+    bearing: BearingGeometry | None = None  # vibration set: --bearing
+    shaft_rpm: float | None = None  # vibration set: --shaft-rpm
     label_column: str | None = None
     train_until: np.datetime64 | None = None
     train_fraction: float = 0.5
@@ -124,7 +131,9 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
     started = time.perf_counter()
     if options.window < 1:
         raise DatasetError(f"--window: expected a positive integer, got {options.window}")
-    dataset = load_dataset(input_path, options.channels, options.label_column)
+    dataset = load_dataset(input_path, options.channels, options.label_column, format=options.format,
+                           sample_rate_hz=options.sample_rate_hz, snapshot_samples=options.snapshot_samples,
+                           feature_set=options.feature_set, bearing=options.bearing, shaft_rpm=options.shaft_rpm)
     in_training = training_mask(dataset, options.train_until, options.train_fraction)
     rows = healthy_rows(dataset, in_training)
     fit_rows, calibration_rows = split_holdout(rows, options.window, options.holdout_fraction, dataset.source)
@@ -132,7 +141,7 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
     scaler = Scaler.fit(dataset.features[fit_rows])
     fit_windows = training_windows(dataset, scaler, fit_rows, options.window)
     calibration_windows = training_windows(dataset, scaler, calibration_rows, options.window)
-    print(f"training on {fit_windows.shape[0]} windows of {options.window} x {len(dataset.channels)}, "
+    print(f"training on {fit_windows.shape[0]} windows of {options.window} x {dataset.features.shape[1]}, "
           f"{calibration_windows.shape[0]} held out for calibration", file=sys.stderr)
     model, epochs_run = train_autoencoder(fit_windows, calibration_windows, options)
 
@@ -196,12 +205,16 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
         id=f"cm-{fingerprint[:12]}-{options.seed}",
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         feature_spec=FeatureSpec(
-            feature_set=FEATURE_SET,
+            feature_set=dataset.feature_config.feature_set,
             channels=dataset.channels,
             sample_rate_hz=dataset.sample_rate_hz,
             snapshot_samples=dataset.snapshot_samples,
             window=options.window,
             snapshot_interval_s=training_interval_s(dataset.timestamps[rows].astype("datetime64[us]").astype(np.int64)),
+            features=dataset.feature_config.names,
+            bearing=dataset.feature_config.bearing,
+            shaft_rpm=dataset.feature_config.shaft_rpm,
+            scale=dataset.scales[0] if len(dataset.scales) == 1 else None,
         ),
         scaler=scaler,
         warning_threshold=1.0,
@@ -214,6 +227,9 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
             "source": dataset.source,
             "kind": dataset.kind,
             "columns": list(dataset.columns) if dataset.columns else None,
+            "format": dataset.kind,
+            # The scale rule of firmware_bridge.recording: 0.001 g per count, or 0.001 g x 2**k when values do not fit.
+            "scales_g_per_count": list(dataset.scales),
             "label_column": options.label_column,
             "data_sha256": fingerprint,
             "snapshots": len(dataset),
