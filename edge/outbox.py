@@ -17,6 +17,7 @@ costs a duplicate after the restart, which consumers de-duplicate by the alert's
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -93,6 +94,7 @@ class Outbox:
         self._wake = threading.Event()
         self._closed = threading.Event()
         self.recovered: list[Path] = []  # damaged files moved aside by this outbox
+        self._failing = False  # the disk refused the last write: a storage fault is raised
         if self.path.is_dir():
             raise OutboxError(f"{self.path}: cannot open the outbox database: it is a directory")
         try:
@@ -191,6 +193,7 @@ class Outbox:
             self._held.setdefault(item.id, item)
 
     def _disk_failed(self, error: sqlite3.Error, action: str) -> None:
+        self._failing = True
         message = (f"{self.path}: cannot {action} ({error}); {len(self._held)} alert(s) held in memory "
                    f"and retried every {RETRY_S:g} s")
         if self.health is not None:
@@ -200,8 +203,13 @@ class Outbox:
 
     def _store_held(self) -> bool:
         """Write the held messages to disk, oldest first, in one transaction. Caller holds _lock."""
-        if not self._held:
+        if not self._held and not self._failing:
             return True
+        if self._failing and self._db is not None:
+            # After an I/O error SQLite may keep failing on the same connection: start afresh.
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
         if self._db is None and not self._open(check=False):
             return False
         assert self._db is not None
@@ -210,17 +218,20 @@ class Outbox:
             with self._transaction():
                 self._db.executemany(f"INSERT OR IGNORE INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                                      [(i.id, i.topic, i.payload, i.qos, int(i.retain), i.created) for i in items])
+                if not items:  # everything held was acknowledged meanwhile: prove the disk takes a write
+                    self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as error:
             if _damaged(error):
                 self._recover(error)
                 return not self._held
             self._disk_failed(error, "store")
             return False
-        stored = len(items)
         self._held.clear()
-        log.info("%s: %d held alert(s) stored on disk", self.path, stored)
-        if self.health is not None:
-            self.health.clear("storage", source="outbox")
+        if self._failing:
+            self._failing = False
+            log.info("%s: the disk takes writes again; %d held message(s) stored", self.path, len(items))
+            if self.health is not None:
+                self.health.clear("storage", source="outbox")
         return True
 
     def _transaction(self) -> _Transaction:
