@@ -217,3 +217,18 @@ def test_a_full_disk_holds_alerts_in_memory_and_stores_them_once_it_has_room(tmp
 def test_bad_qos_is_refused(tmp_path: Path) -> None:
     with Outbox(tmp_path / "outbox.sqlite") as outbox, pytest.raises(ValueError, match="qos"):
         outbox.add("t", b"x", qos=3)
+
+
+def test_an_acknowledgement_never_waits_for_the_disk(tmp_path: Path) -> None:
+    """paho's network thread calls remove(): it must return while a write (an fsync) holds the database."""
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        item_id = outbox.add("cm/pi/alert", b"x")
+        with outbox._lock:  # what a slow add or delete on an SD card looks like to other threads
+            remover = threading.Thread(target=outbox.remove, args=(item_id,))
+            remover.start()
+            remover.join(5)
+            assert not remover.is_alive()
+        assert outbox.pending() == []
+        outbox.flush()
+    with Outbox(tmp_path / "outbox.sqlite") as reopened:
+        assert len(reopened) == 0  # and the writer deleted it for good
