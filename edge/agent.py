@@ -27,6 +27,8 @@ from edge.detector import DetectorSettings, State, Transition
 from edge.health import Health, Watch
 from edge import messages
 from edge.guard import FrameGuard, Throttle, escape
+from edge.homeassistant import Discovery, entities
+from edge import preflight
 from edge.messages import ModelRef, Reading
 from edge.outbox import Outbox, OutboxError
 from edge.pipeline import MISSING_DATA, Pipeline
@@ -154,6 +156,10 @@ class Agent:
     def run(self, stop: threading.Event) -> int:
         self.watch.check(self.link.stats)
         self.publisher.publish_health(self.health.payload())
+        if self.config.homeassistant.enabled:
+            found = entities(self.config.device_id, self.publisher.topics, self.pipeline.channels,
+                             self.counters().keys(), self.model.id)
+            Discovery(self.publisher, self.config.homeassistant.discovery_prefix, self.config.device_id, found).start()
         self.publisher.start()
         log.info("agent %s started: port %s, bundle %s (model %s), %d alert(s) pending in the outbox",
                  self.config.device_id, self.config.serial.port, self.bundle.path, self.model.id, self.publisher.pending())
@@ -342,10 +348,31 @@ def prepare(config_path: str) -> tuple[AgentConfig, Bundle]:
     return config, bundle
 
 
+def check(path: str, config: AgentConfig, bundle: Bundle, offline: bool) -> int:
+    interval = snapshot_interval_s(config, bundle)
+    for note in preflight.notes(config, bundle, interval):
+        log.warning("%s", note)
+    found = preflight.problems(config, offline)
+    for problem in found:
+        log.error("%s: %s", path, problem)
+    if found:
+        return 2
+    spec = bundle.card.feature_spec
+    skipped = " (serial port and broker not tried: --offline)" if offline else ""
+    print(f"{path}: OK: device {config.device_id}, bundle {bundle.path} ({len(spec.channels)} channels "
+          f"at {spec.sample_rate_hz} Hz, snapshots of {spec.snapshot_samples}, window {spec.window}), "
+          f"scoring {f'one snapshot per {interval:g} s' if interval else 'every snapshot'}, "
+          f"port {config.serial.port}, broker {config.mqtt.host}:{config.mqtt.port}{skipped}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cm-edge", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="the agent's TOML config, e.g. /etc/cm/edge.toml")
-    parser.add_argument("--check", action="store_true", help="validate the config and the bundle, then exit")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config and the bundle, open the serial port, log in to the broker, check "
+                             "the paths the agent writes, then exit")
+    parser.add_argument("--offline", action="store_true", help="with --check: skip the serial port and the broker")
     args = parser.parse_args(argv)
     # journald adds its own timestamps; stdout keeps the agent free of log files on a read-only system.
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -356,11 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.getLogger().setLevel(config.log_level)
     if args.check:
-        spec = bundle.card.feature_spec
-        print(f"{args.config}: OK: device {config.device_id}, bundle {bundle.path} ({len(spec.channels)} channels "
-              f"at {spec.sample_rate_hz} Hz, snapshots of {spec.snapshot_samples}, window {spec.window}), "
-              f"broker {config.mqtt.host}:{config.mqtt.port}")
-        return 0
+        return check(args.config, config, bundle, args.offline)
     try:
         agent = Agent(config, bundle)
     except (PublisherError, OutboxError) as error:

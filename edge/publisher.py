@@ -27,6 +27,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,8 @@ class Publisher:
         self._outage_started: float | None = None  # set while an outage is going on (it was logged once)
         self._failed_attempts = 0
         self._dropped_telemetry = 0
+        self._retained: dict[str, bytes] = {}  # e.g. Home Assistant discovery: (re)sent on every connect
+        self._listeners: dict[str, Callable[[bytes], None]] = {}  # subscribed on every connect
         self._client = self._make_client()
 
     # -- setup -------------------------------------------------------------------------------------------
@@ -185,6 +188,7 @@ class Publisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     def start(self) -> None:
@@ -251,6 +255,24 @@ class Publisher:
                 return True
         self._dropped_telemetry += 1
         return False
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """A retained QoS 1 message outside the device's topics, re-sent on every (re)connect."""
+        with self._send_lock:
+            self._retained[topic] = payload
+            if self._online:
+                self._send(topic, payload, 1, True, None)
+
+    def listen(self, topic: str, callback: Callable[[bytes], None]) -> None:
+        """Subscribe to `topic` (on every connect); `callback(payload)` runs on paho's network thread."""
+        self._listeners[topic] = callback
+        if self._online:
+            self._client.subscribe(topic, qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        callback = self._listeners.get(message.topic)
+        if callback is not None:
+            callback(message.payload)
 
     def _send(self, topic: str, data: bytes, qos: int, retain: bool, item_id: int | None) -> None:
         """Hand a message to paho and remember which outbox item its mid stands for. Caller holds _send_lock."""
@@ -354,6 +376,10 @@ class Publisher:
                 self._send(self.topics.state, self._last_state, 1, True, None)
             if self._last_health is not None:
                 self._send(self.topics.health, self._last_health, 1, True, None)
+            for topic, payload in self._retained.items():
+                self._send(topic, payload, 1, True, None)
+            for topic in self._listeners:
+                client.subscribe(topic, qos=1)
             self._online = True
         if self._outage_started is not None:
             log.info("connected to MQTT broker %s after %.0f s; re-sending %d stored alert(s)", self._where(),

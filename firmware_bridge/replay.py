@@ -1,8 +1,8 @@
 """Replay harness: recorded snapshots sent as wire frames over any serial link, as an MCU would send them.
 
     cm-replay PATH --port URL [--format ims|femto|mat|csv] [--sample-rate HZ] [--snapshot-samples N]
-              [--channels 1,3,5,7|DE,FE] [--speed realtime|max|FACTOR] [--loop]
-              [--frame-samples 256] [--baudrate N] [--no-progress] [--no-wait]
+              [--channels 1,3,5,7|DE,FE] [--speed realtime|max|FACTOR] [--loop] [--continuous] [--boot-time]
+              [--frame-samples 256] [--baudrate N] [--write-timeout S] [--no-progress] [--no-wait]
 
 PATH is a recording in any format firmware_bridge.recording reads (an IMS folder, a FEMTO run folder, a
 .mat file, a folder of CSV/TSV/NPY snapshots); each is streamed at its own sample rate, channel count and
@@ -10,12 +10,19 @@ scale (the scale rule of firmware_bridge.recording).
 
 URL is any pyserial URL (/dev/ttyUSB0, socket://host:port, loop://) or pty:PATH, which creates a
 pseudo-terminal and symlinks PATH to its slave side: the agent then opens PATH like a real device.
+
+By default each snapshot is one burst at its recorded time (IMS: every 10 minutes). --continuous streams them
+back to back as a running MCU does: consecutive sample indices, time advancing with the samples, paced at
+the sample rate. --boot-time sends time since "boot" with the protocol's boot-time flag, as an MCU without
+a wall clock does. A write that makes no progress for --write-timeout seconds (nobody reads the port)
+ends the replay with an error instead of hanging; SIGTERM and SIGINT end it at once.
 """
 from __future__ import annotations
 
 import argparse
 import fcntl
 import os
+import queue
 import select
 import signal
 import struct
@@ -34,12 +41,22 @@ from typing import Protocol, TextIO
 import numpy as np
 import serial
 
-from firmware_bridge.frame import MAX_PAYLOAD, encode
+from firmware_bridge.frame import FLAG_BOOT_TIME, MAX_PAYLOAD, encode
 from firmware_bridge.recording import FORMATS, Recording, RecordingError, open_recording, parse_channel_list
 
 _U32 = 2**32
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _POLL_S = 0.1
+WRITE_TIMEOUT_S = 10.0
+DEFAULT_BAUDRATE = 2_000_000  # carries 4 channels at 20 kHz (PROTOCOL.md §6); ptys and USB CDC ignore it
+
+
+class WriteTimeout(OSError):
+    """Nobody drained the port for the write timeout: the reader is gone or never came."""
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT: unwinds any blocking write, and the pty link is removed on the way out."""
 
 
 class Writer(Protocol):
@@ -71,6 +88,7 @@ def frames_for_file(
     sample_rate_hz: int,
     scale: float,
     frame_samples: int,
+    flags: int = 0,
 ) -> Iterator[bytes]:
     """Wire bytes of one snapshot cut into frames of `frame_samples` samples (the last may be shorter)."""
     check_frame_size(frame_samples, counts.shape[1])
@@ -82,6 +100,7 @@ def frames_for_file(
             capture_time_us=capture_time_us + start * 1_000_000 // sample_rate_hz,
             sample_rate_hz=sample_rate_hz,
             scale=scale,
+            flags=flags,
         )
 
 
@@ -134,9 +153,11 @@ class PtyPort:
     opens the port: `wait_for_reader` uses it so no byte is written before anyone can receive it.
     """
 
-    def __init__(self, link: str | os.PathLike[str], stop: threading.Event | None = None) -> None:
+    def __init__(self, link: str | os.PathLike[str], stop: threading.Event | None = None,
+                 write_timeout: float | None = WRITE_TIMEOUT_S) -> None:
         self.link = Path(link)
         self.stop = stop or threading.Event()
+        self.write_timeout = write_timeout
         self.master, self._slave = os.openpty()
         tty.setraw(self._slave)
         self.device = os.ttyname(self._slave)
@@ -162,10 +183,15 @@ class PtyPort:
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
+        progress = time.monotonic()
         while view and not self.stop.is_set():
             try:
                 view = view[os.write(self.master, view):]
+                progress = time.monotonic()
             except BlockingIOError:
+                if self.write_timeout is not None and time.monotonic() - progress > self.write_timeout:
+                    raise WriteTimeout(f"{self.link}: nobody has read for {self.write_timeout:g} s "
+                                       f"(the reader exited or hangs); {len(view)} bytes unsent") from None
                 select.select([], [self.master], [], _POLL_S)
         return len(data) - len(view)
 
@@ -204,15 +230,29 @@ class PtyPort:
         os.close(self._slave)
 
 
+class SerialWriter:
+    """A pyserial port whose blocked write ends with WriteTimeout, naming the port, instead of hanging."""
+
+    def __init__(self, url: str, port: serial.SerialBase, timeout: float | None) -> None:
+        self.url, self.port, self.timeout = url, port, timeout
+
+    def write(self, data: bytes) -> int | None:
+        try:
+            return self.port.write(data)
+        except (serial.SerialTimeoutException, queue.Full):  # loop:// blocks on a full queue.Queue
+            raise WriteTimeout(f"{self.url}: nobody has read for {self.timeout:g} s (the reader exited or "
+                               f"hangs)") from None
+
+
 @contextmanager
 def open_port(port: str | Writer, *, baudrate: int, stop: threading.Event, wait_reader: bool = True,
-              announce: TextIO | None = None) -> Iterator[Writer]:
+              announce: TextIO | None = None, write_timeout: float | None = WRITE_TIMEOUT_S) -> Iterator[Writer]:
     """A writer for a pyserial URL, `pty:PATH`, or an object that already has .write(bytes)."""
     if not isinstance(port, str):
         yield port
         return
     if port.startswith("pty:"):
-        pty_port = PtyPort(port.removeprefix("pty:"), stop)
+        pty_port = PtyPort(port.removeprefix("pty:"), stop, write_timeout)
         try:
             if announce:
                 print(f"replay: pty ready at {pty_port.link}", file=announce, flush=True)
@@ -224,9 +264,9 @@ def open_port(port: str | Writer, *, baudrate: int, stop: threading.Event, wait_
         finally:
             pty_port.close()
         return
-    link = serial.serial_for_url(port, baudrate=baudrate, write_timeout=None)
+    link = serial.serial_for_url(port, baudrate=baudrate, write_timeout=write_timeout)
     try:
-        yield link
+        yield SerialWriter(port, link, write_timeout)
         link.flush()
     finally:
         link.close()
@@ -271,14 +311,21 @@ def replay(
     sample_rate_hz: int | None = None,
     snapshot_samples: int | None = None,
     frame_samples: int = 256,
-    baudrate: int = 921600,
+    baudrate: int = DEFAULT_BAUDRATE,
     progress: bool = False,
     stop: threading.Event | None = None,
     wait_reader: bool = True,
     announce: TextIO | None = sys.stderr,
+    continuous: bool = False,
+    boot_time: bool = False,
+    write_timeout: float | None = WRITE_TIMEOUT_S,
 ) -> ReplaySummary:
     """Send every snapshot of a recording as frames. `channels` are names or 1-based numbers; `columns`
-    (0-based) is the older spelling of the same selection. Returns what was sent."""
+    (0-based) is the older spelling of the same selection. Returns what was sent.
+
+    `continuous`: back to back, time from the samples, paced per frame at the sample rate (divided by the
+    speed factor). `boot_time`: time counts from the replay's start, with the boot-time flag.
+    """
     if columns is not None:
         channels = [c + 1 for c in columns]
     recording = source if isinstance(source, Recording) else open_recording(
@@ -292,27 +339,49 @@ def replay(
     check_frame_size(frame_samples, len(recording.channels))
     bar = Progress(None if loop else len(recording), sys.stderr, progress)
     sent_files = sent_frames = sent_bytes = sample = sequence = 0
-    start_us = _epoch_us(recording.times[0])
-    with open_port(port, baudrate=baudrate, stop=stop, wait_reader=wait_reader, announce=announce) as out:
+    flags = FLAG_BOOT_TIME if boot_time else 0
+    with open_port(port, baudrate=baudrate, stop=stop, wait_reader=wait_reader, announce=announce,
+                   write_timeout=write_timeout) as out:
         started = time.monotonic()
+        # Boot-relative time starts near zero; a continuous stream with a wall clock starts now.
+        start_us = 0 if boot_time else (time.time_ns() // 1000 if continuous else _epoch_us(recording.times[0]))
         for index, offset_us in _schedule(recording, loop):
             if stop.is_set():
                 break
             snapshot = preloaded.pop(index, None) or recording.snapshot(index)
+            rate = snapshot.sample_rate_hz
+            if continuous:
+                offset_us = sample * 1_000_000 // rate
             frames = list(frames_for_file(
-                snapshot.counts, first_sample=sample, sequence=sequence,
-                capture_time_us=start_us + offset_us,
-                sample_rate_hz=snapshot.sample_rate_hz, scale=snapshot.scale, frame_samples=frame_samples))
-            if factor is not None and stop.wait(max(0.0, started + offset_us / 1e6 / factor - time.monotonic())):
-                break
-            wire = b"".join(frames)
-            out.write(wire)
+                snapshot.counts, first_sample=sample, sequence=sequence, capture_time_us=start_us + offset_us,
+                sample_rate_hz=rate, scale=snapshot.scale, frame_samples=frame_samples, flags=flags))
+            if continuous:
+                wire = _stream(frames, out, started, offset_us, frame_samples / rate, factor, stop)
+                if wire is None:
+                    break
+            else:
+                if factor is not None and stop.wait(max(0.0, started + offset_us / 1e6 / factor - time.monotonic())):
+                    break
+                wire = b"".join(frames)
+                out.write(wire)
             sent_files, sent_frames, sent_bytes = sent_files + 1, sent_frames + len(frames), sent_bytes + len(wire)
             sample, sequence = sample + len(snapshot.counts), (sequence + len(frames)) % _U32
             bar.update(sent_files, sent_frames, sent_bytes)
         finished = time.monotonic()  # before a pty's drain: the last few KB in the tty buffer are not our time
     bar.finish()
     return ReplaySummary(sent_files, sent_frames, sent_bytes, finished - started)
+
+
+def _stream(frames: list[bytes], out: Writer, started: float, offset_us: int, frame_s: float,
+            factor: float | None, stop: threading.Event) -> bytes | None:
+    """Write one snapshot's frames each when its last sample would have been taken; None if stopped."""
+    for number, wire in enumerate(frames):
+        if factor is not None:
+            taken_s = (offset_us / 1e6 + (number + 1) * frame_s) / factor
+            if stop.wait(max(0.0, started + taken_s - time.monotonic())):
+                return None
+        out.write(wire)
+    return b"".join(frames)
 
 
 def _channels(text: str) -> tuple[str, ...]:
@@ -346,8 +415,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop", action="store_true", help="start again after the last snapshot, forever")
     parser.add_argument("--channels", type=_channels, metavar="1,3,5,7|DE,FE",
                         help="channels to send, by 1-based number or name (default: all)")
+    parser.add_argument("--continuous", action="store_true",
+                        help="stream the snapshots back to back as a running MCU does (time from the samples, "
+                             "paced at the sample rate with --speed realtime)")
+    parser.add_argument("--boot-time", action="store_true",
+                        help="send time since boot with the boot-time flag, as an MCU without a wall clock")
     parser.add_argument("--frame-samples", type=int, default=256, help="samples per frame (default: 256)")
-    parser.add_argument("--baudrate", type=int, default=921600, help="for real serial ports (default: 921600)")
+    parser.add_argument("--baudrate", type=int, default=DEFAULT_BAUDRATE,
+                        help=f"for real serial ports (default: {DEFAULT_BAUDRATE}, enough for 4 x 20 kHz)")
+    parser.add_argument("--write-timeout", type=float, default=WRITE_TIMEOUT_S, metavar="S",
+                        help=f"give up when nobody reads for this long (default: {WRITE_TIMEOUT_S:g} s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--no-wait", action="store_true",
                         help="pty: start writing at once instead of waiting for a reader to open the port")
@@ -357,13 +434,26 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):  # finish the current write and remove the pty link
-        signal.signal(signum, lambda *_: stop.set())
+    if not args.write_timeout > 0:
+        print(f"cm-replay: error: --write-timeout: expected seconds > 0, got {args.write_timeout}", file=sys.stderr)
+        return 2
+
+    def interrupt(*_: object) -> None:
+        # Raise, not only flag: a write blocked on a full port must end now, and the pty link goes with it.
+        stop.set()
+        raise Stopped
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
     try:
         summary = replay(args.source, args.port, speed=args.speed, loop=args.loop, channels=args.channels,
                          format=args.format, sample_rate_hz=args.sample_rate,
                          snapshot_samples=args.snapshot_samples, frame_samples=args.frame_samples, baudrate=args.baudrate,
-                         progress=not args.no_progress, stop=stop, wait_reader=not args.no_wait)
+                         progress=not args.no_progress, stop=stop, wait_reader=not args.no_wait,
+                         continuous=args.continuous, boot_time=args.boot_time, write_timeout=args.write_timeout)
+    except Stopped:
+        print("cm-replay: stopped", file=sys.stderr, flush=True)
+        return 0
     except (ValueError, OSError, serial.SerialException) as error:
         print(f"cm-replay: error: {error}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ def c_samples_frame(binary: Path, counts: np.ndarray, **fields: int | str) -> by
     values = " ".join(map(str, counts.astype(int).ravel())).encode()
     n, ch = counts.shape
     return run_cli(binary, "samples", fields["sequence"], fields["first_sample"], fields["capture_time_us"],
-                   fields["sample_rate_hz"], fields["scale"], n, ch, stdin=values)
+                   fields["sample_rate_hz"], fields["scale"], n, ch, fields.get("flags", 0), stdin=values)
 
 
 RNG = np.random.default_rng(7)
@@ -69,6 +69,19 @@ def test_c_and_python_samples_frames_are_identical(frame_cli: Path, name: str) -
     assert decoder.stats.crc_errors == decoder.stats.malformed == 0
 
 
+def test_boot_relative_time_flag_is_encoded_alike_and_decoded(frame_cli: Path) -> None:
+    counts = np.array([[1, -2, 3, 4]])
+    fields = dict(sequence=9, first_sample=512, capture_time_us=25_600, sample_rate_hz=20_000)
+    c_wire = c_samples_frame(frame_cli, counts, scale="0.001", flags=frame.FLAG_BOOT_TIME, **fields)
+    assert c_wire == frame.encode(counts, scale=0.001, flags=frame.FLAG_BOOT_TIME, **fields)
+    assert c_wire != frame.encode(counts, scale=0.001, **fields)
+    (decoded,) = frame.FrameDecoder().feed(c_wire)
+    assert decoded.header.boot_time and decoded.header.flags == frame.FLAG_BOOT_TIME
+    status = run_cli(frame_cli, "status", 10, 25_700, frame.FLAG_BOOT_TIME, stdin=b"boot")
+    assert status == frame.encode_status("boot", sequence=10, capture_time_us=25_700, flags=frame.FLAG_BOOT_TIME)
+    assert frame.FrameDecoder().feed(status)[0].header.boot_time
+
+
 def test_negative_capture_time_round_trips(frame_cli: Path) -> None:
     counts = np.array([[1, -2, 3]])
     fields = dict(sequence=0, first_sample=0, capture_time_us=-123_456_789, sample_rate_hz=1)
@@ -79,7 +92,7 @@ def test_negative_capture_time_round_trips(frame_cli: Path) -> None:
 
 @pytest.mark.parametrize("message", ["", "boot ok", "imu: I2C timeout on 0x68 — retrying", "x" * 600])
 def test_c_and_python_status_frames_are_identical(frame_cli: Path, message: str) -> None:
-    c_wire = run_cli(frame_cli, "status", 17, 1_700_000_000_000_000, stdin=message.encode())
+    c_wire = run_cli(frame_cli, "status", 17, 1_700_000_000_000_000, 0, stdin=message.encode())
     assert c_wire == frame.encode_status(message, sequence=17, capture_time_us=1_700_000_000_000_000)
     (decoded,) = frame.FrameDecoder().feed(c_wire)
     assert decoded.header.frame_type is frame.FrameType.STATUS
@@ -104,7 +117,7 @@ def test_cobs_matches_python_package(frame_cli: Path, data: bytes) -> None:
 @pytest.mark.parametrize("channels,count", [(0, 4), (33, 1), (4, 2049)])
 def test_c_encoder_refuses_invalid_frames(frame_cli: Path, channels: int, count: int) -> None:
     values = b" ".join([b"1"] * max(channels * count, 1))
-    result = subprocess.run([str(frame_cli), "samples", "0", "0", "0", "20000", "0.001", str(count), str(channels)],
+    result = subprocess.run([str(frame_cli), "samples", "0", "0", "0", "20000", "0.001", str(count), str(channels), "0"],
                             input=values, capture_output=True)
     assert result.returncode != 0 and result.stdout == b""
     assert b"encoder refused" in result.stderr
@@ -130,6 +143,7 @@ def test_arduino_example_streams_decodable_frames(tmp_path: Path) -> None:
     assert len(frames) >= 10 and decoder.stats.crc_errors == decoder.stats.malformed == 0
     assert decoder.stats.sequence_gaps == 0
     assert {(f.header.channels, f.header.sample_count, f.header.sample_rate_hz) for f in frames} == {(4, 256, 20_000)}
+    assert status.header.boot_time and all(f.header.boot_time for f in frames)  # no RTC: it says so
     assert frames[0].header.scale == pytest.approx(3.3 / 1024 / 0.3, rel=1e-6)
     steps = np.diff([f.header.first_sample for f in frames])
     # Contiguous frames step by 256 samples; the stall shows as a hole in first_sample, not as hidden jitter.

@@ -440,19 +440,54 @@ def test_hostile_frames_are_counted_and_discarded_and_never_stop_the_agent_or_ra
     assert chain.stop_agent() == 0
 
 
+def check(chain: Chain, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([BIN / "cm-edge", "--config", chain.config, "--check", *extra], capture_output=True,
+                          text=True, timeout=60)
+
+
 def test_config_check_refuses_a_bundle_that_does_not_match_the_sensor(chain):
     text = chain.config.read_text() + '[sensor]\nchannels = ["x", "y", "z"]\n'
     chain.config.write_text(text)
-    result = subprocess.run([BIN / "cm-edge", "--config", chain.config, "--check"], capture_output=True,
-                            text=True, timeout=60)
+    result = check(chain, "--offline")
     assert result.returncode == 2
     assert "sensor.channels is x, y, z but the bundle" in result.stdout
     chain.config.write_text(text.replace('[sensor]\nchannels = ["x", "y", "z"]\n', "[detector]\nk = 9\n"))
-    result = subprocess.run([BIN / "cm-edge", "--config", chain.config, "--check"], capture_output=True,
-                            text=True, timeout=60)
+    result = check(chain, "--offline")
     assert result.returncode == 2 and "[detector] with the bundle's settings: k and n: expected 1 <= k <= n, " \
                                       "got k=9, n=5" in result.stdout
     chain.config.write_text(text.replace('[sensor]\nchannels = ["x", "y", "z"]\n', ""))
-    result = subprocess.run([BIN / "cm-edge", "--config", chain.config, "--check"], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0 and "OK" in result.stdout
+    result = check(chain, "--offline")
+    assert result.returncode == 0 and "OK" in result.stdout and "--offline" in result.stdout
+
+
+def test_config_check_opens_the_port_logs_in_to_the_broker_and_checks_the_paths(chain, broker, tmp_path):
+    # The pty does not exist yet: the port is named.
+    result = check(chain)
+    assert result.returncode == 2 and f"serial.port: cannot open {chain.tty}" in result.stdout
+    port = PtyPort(chain.tty)
+    try:
+        result = check(chain)
+        assert result.returncode == 0, result.stdout
+        assert "scoring one snapshot per 600 s" in result.stdout  # the card's cadence
+        # The broker goes away: found by --check, not at start.
+        broker.stop()
+        result = check(chain)
+        assert result.returncode == 2 and f"mqtt.host: broker 127.0.0.1:{broker.port}: cannot connect" in result.stdout
+        broker.start()
+        # Paths the agent writes that it cannot write (a file where a directory must be: even root cannot).
+        blocker = tmp_path / "blocker"
+        blocker.write_text("")
+        config = chain.config.read_text()
+        chain.config.write_text(config.replace(f'path = "{tmp_path / "outbox.sqlite"}"',
+                                               f'path = "{blocker / "sub" / "outbox.sqlite"}"')
+                                + f'[recorder]\nenabled = true\ndirectory = "{blocker / "rec"}"\n')
+        result = check(chain)
+        assert result.returncode == 2
+        assert f"outbox.path: {blocker / 'sub'}: {blocker} is not a directory" in result.stdout
+        assert f"recorder.directory: {blocker / 'rec'}: {blocker} is not a directory" in result.stdout
+        chain.config.write_text(config + "[sensor]\nsnapshot_interval_s = 1\n")
+        result = check(chain)
+        assert result.returncode == 0
+        assert "sensor.snapshot_interval_s is 1 s but the model was trained on snapshots 600 s apart" in result.stdout
+    finally:
+        port.close()

@@ -189,3 +189,54 @@ class _Sink:
         if self.stop is not None and self.stop_after and len(self.frames) >= self.stop_after:
             self.stop.set()
         return len(data)
+
+
+def test_continuous_replay_streams_like_an_mcu_with_boot_relative_time(few_files: Path) -> None:
+    sink = _Sink()
+    summary = replay(few_files, sink, continuous=True, boot_time=True)
+    headers = [f.header for f in sink.frames]
+    assert summary.files == 3 and len(headers) == 3 * FRAMES_PER_FILE
+    assert [h.first_sample for h in headers] == [256 * i for i in range(len(headers))]
+    # No ten-minute jumps between files: time advances with the samples (12.8 ms per frame), from boot.
+    assert [h.capture_time_us for h in headers] == [12_800 * i for i in range(len(headers))]
+    assert all(h.boot_time for h in headers)
+
+
+def test_continuous_replay_with_a_wall_clock_starts_now(few_files: Path) -> None:
+    sink = _Sink()
+    before = time.time_ns() // 1000
+    replay(few_files, sink, continuous=True)
+    headers = [f.header for f in sink.frames]
+    assert before <= headers[0].capture_time_us <= time.time_ns() // 1000
+    assert headers[-1].capture_time_us - headers[0].capture_time_us == 12_800 * (len(headers) - 1)
+    assert not any(h.boot_time for h in headers)
+
+
+def test_cm_replay_gives_up_when_nobody_reads(few_files: Path) -> None:
+    result = subprocess.run([str(CM_REPLAY), str(few_files), "--port", "loop://", "--write-timeout", "1",
+                             "--no-progress"], capture_output=True, text=True, timeout=WAIT_S)
+    assert result.returncode == 2
+    assert "cm-replay: error: loop://: nobody has read for 1 s" in result.stderr
+
+
+def test_cm_replay_gives_up_when_the_reader_of_its_pty_is_gone(few_files: Path, tmp_path: Path) -> None:
+    link_path = tmp_path / "ttyREPLAY"
+    process = subprocess.Popen([str(CM_REPLAY), str(few_files), "--port", f"pty:{link_path}", "--no-wait",
+                                "--write-timeout", "1", "--no-progress"], stderr=subprocess.PIPE, text=True)
+    _, err = process.communicate(timeout=WAIT_S)  # nobody ever opens the pty: the tty buffer fills up
+    assert process.returncode == 2 and f"{link_path}: nobody has read for 1 s" in err
+    assert not link_path.exists()
+
+
+def test_cm_replay_exits_on_sigterm_even_while_a_write_blocks(few_files: Path, tmp_path: Path) -> None:
+    link_path = tmp_path / "ttyREPLAY"
+    process = subprocess.Popen([str(CM_REPLAY), str(few_files), "--port", f"pty:{link_path}", "--no-wait",
+                                "--loop", "--write-timeout", "3600", "--no-progress"],
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    assert process.stderr.readline().startswith("replay: pty ready")
+    time.sleep(0.5)  # the tty buffer is full by now and the write waits for a reader that never comes
+    process.terminate()
+    _, err = process.communicate(timeout=WAIT_S)
+    assert process.returncode == 0 and "cm-replay: stopped" in err
+    assert not link_path.exists()

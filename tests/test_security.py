@@ -282,3 +282,51 @@ def test_an_offline_consumer_gets_a_whole_backlog_of_alerts_after_an_outage(secu
         assert [json.loads(p)["id"] for p in consumer.on(PI1.alert)] == ids
     finally:
         consumer.stop()
+
+
+def test_under_the_deploy_acl_a_device_announces_itself_to_home_assistant(secured: Secured, tmp_path: Path) -> None:
+    """Discovery configs are accepted for the device's own entities and reach Home Assistant's user."""
+    from edge.homeassistant import Discovery, entities
+
+    config = MqttConfig(host="127.0.0.1", port=secured.broker.tls_port, device_id="pi-1", username="pi-1",
+                        password_file=str(secured.secrets["pi-1"]), tls_ca=str(secured.tls.ca))
+    with subscriber(secured, "homeassistant", "homeassistant/#") as ha, Outbox(tmp_path / "outbox.sqlite") as outbox:
+        publisher = Publisher(config, outbox)
+        found = entities("pi-1", publisher.topics, ("bearing1",), ("frames",), "m")
+        Discovery(publisher, "homeassistant", "pi-1", found).start()
+        publisher.start()
+        ours = {f"homeassistant/{e.component}/pi-1/{e.object_id}/config" for e in found}
+        # Live deliveries only (retained copies from an earlier test's cm-edge as pi-1 do not count).
+        sent = lambda s: [m.topic for m in s.messages if m.topic in ours and not m.retain]  # noqa: E731
+        try:
+            assert ha.wait_for(lambda s: set(sent(s)) == ours)
+            ha.publish_acked("homeassistant/status", b"online")  # the device may read the birth message
+            assert ha.wait_for(lambda s: len(sent(s)) == 2 * len(ours))
+        finally:
+            publisher.stop()
+
+
+def test_cm_edge_check_names_refused_credentials(secured: Secured, tmp_path: Path) -> None:
+    from edge.config import load_config
+    from edge.preflight import check_broker
+
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_text("not the password\n")
+    config = tmp_path / "edge.toml"
+    config.write_text(f"""device_id = "pi-1"
+[serial]
+port = "loop://"
+[model]
+bundle = "b"
+[mqtt]
+host = "127.0.0.1"
+port = {secured.broker.tls_port}
+username = "pi-1"
+password_file = "{wrong}"
+tls_ca = "{secured.tls.ca}"
+""")
+    problem = check_broker(load_config(config).mqtt)
+    assert problem is not None and "refused the connection" in problem and "mqtt.password_file" in problem
+    assert "not the password" not in problem
+    config.write_text(config.read_text().replace(str(wrong), str(secured.secrets["pi-1"])))
+    assert check_broker(load_config(config).mqtt) is None

@@ -107,15 +107,16 @@ size_t cm_cobs_encode(const uint8_t *data, size_t length, uint8_t *out, size_t c
     return writer_finish(&w);
 }
 
-static void put_header(cobs_writer *w, uint8_t type, uint8_t channels, uint32_t sequence, uint64_t first_sample,
-                       int64_t capture_time_us, uint32_t sample_rate_hz, float scale, uint16_t count)
+static void put_header(cobs_writer *w, uint8_t type, uint8_t channels, uint8_t flags, uint32_t sequence,
+                       uint64_t first_sample, int64_t capture_time_us, uint32_t sample_rate_hz, float scale,
+                       uint16_t count)
 {
     uint32_t scale_bits;
     memcpy(&scale_bits, &scale, sizeof scale_bits);
     writer_put_le(w, CM_FRAME_VERSION, 1);
     writer_put_le(w, type, 1);
     writer_put_le(w, channels, 1);
-    writer_put_le(w, 0u, 1); /* flags */
+    writer_put_le(w, flags, 1);
     writer_put_le(w, sequence, 4);
     writer_put_le(w, first_sample, 8);
     writer_put_le(w, (uint64_t)capture_time_us, 8); /* two's complement, as the wire's i64 */
@@ -149,8 +150,8 @@ size_t cm_frame_encode_samples(uint8_t *out, size_t capacity, const cm_frame_inf
         return 0;
     }
     writer_start(&w, out);
-    put_header(&w, CM_FRAME_TYPE_SAMPLES, channels, info->sequence, info->first_sample, info->capture_time_us,
-               info->sample_rate_hz, info->scale, sample_count);
+    put_header(&w, CM_FRAME_TYPE_SAMPLES, channels, info->flags, info->sequence, info->first_sample,
+               info->capture_time_us, info->sample_rate_hz, info->scale, sample_count);
     for (i = 0; i < (size_t)sample_count * channels; i++) {
         writer_put_le(&w, (uint16_t)samples[i], 2);
     }
@@ -158,7 +159,7 @@ size_t cm_frame_encode_samples(uint8_t *out, size_t capacity, const cm_frame_inf
 }
 
 size_t cm_frame_encode_status(uint8_t *out, size_t capacity, uint32_t sequence, int64_t capture_time_us,
-                              const char *message, size_t length)
+                              uint8_t flags, const char *message, size_t length)
 {
     cobs_writer w;
     size_t i;
@@ -166,7 +167,7 @@ size_t cm_frame_encode_status(uint8_t *out, size_t capacity, uint32_t sequence, 
         return 0;
     }
     writer_start(&w, out);
-    put_header(&w, CM_FRAME_TYPE_STATUS, 0u, sequence, 0u, capture_time_us, 0u, 0.0f, (uint16_t)length);
+    put_header(&w, CM_FRAME_TYPE_STATUS, 0u, flags, sequence, 0u, capture_time_us, 0u, 0.0f, (uint16_t)length);
     for (i = 0; i < length; i++) {
         writer_put_checked(&w, (uint8_t)message[i]);
     }

@@ -22,6 +22,8 @@ extern "C" {
 #define CM_FRAME_CRC_SIZE 4u
 #define CM_FRAME_MAX_PAYLOAD 16384u
 #define CM_FRAME_MAX_CHANNELS 32u
+/* flags bit 0: capture_time_us counts from the sender's boot (no wall clock); the receiver anchors it. */
+#define CM_FRAME_FLAG_BOOT_TIME 0x01u
 
 /* Raw (un-stuffed) frame size for a payload of `payload` bytes. */
 #define CM_FRAME_RAW_SIZE(payload) (CM_FRAME_HEADER_SIZE + (payload) + CM_FRAME_CRC_SIZE)
@@ -34,9 +36,11 @@ extern "C" {
 typedef struct {
     uint32_t sequence;        /* +1 per frame (samples and status share it), wraps at 2^32 */
     uint64_t first_sample;    /* index of the frame's first sample since the sensor started */
-    int64_t capture_time_us;  /* microseconds since the Unix epoch (UTC) of the first sample */
+    int64_t capture_time_us;  /* microseconds since the Unix epoch (UTC) of the first sample, or since
+                                 boot with CM_FRAME_FLAG_BOOT_TIME in flags */
     uint32_t sample_rate_hz;
     float scale;              /* physical units (g) per LSB */
+    uint8_t flags;            /* CM_FRAME_FLAG_BOOT_TIME or 0; other bits must be 0 */
 } cm_frame_info;
 
 /* CRC-32 as zlib.crc32: start with crc = 0, chain calls over consecutive pieces. */
@@ -52,9 +56,10 @@ size_t cm_cobs_encode(const uint8_t *data, size_t length, uint8_t *out, size_t c
 size_t cm_frame_encode_samples(uint8_t *out, size_t capacity, const cm_frame_info *info,
                                const int16_t *samples, uint16_t sample_count, uint8_t channels);
 
-/* Build a status frame carrying `length` bytes of UTF-8 text. Same return convention. */
+/* Build a status frame carrying `length` bytes of UTF-8 text; `flags` as in cm_frame_info. Same return
+ * convention. */
 size_t cm_frame_encode_status(uint8_t *out, size_t capacity, uint32_t sequence, int64_t capture_time_us,
-                              const char *message, size_t length);
+                              uint8_t flags, const char *message, size_t length);
 
 #ifdef __cplusplus
 }

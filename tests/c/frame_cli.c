@@ -42,6 +42,7 @@ static int run_samples(char **argv)
     info.capture_time_us = (int64_t)strtoll(argv[3], NULL, 10);
     info.sample_rate_hz = (uint32_t)strtoul(argv[4], NULL, 10);
     info.scale = strtof(argv[5], NULL);
+    info.flags = (uint8_t)strtoul(argv[8], NULL, 10);
     if (count * channels > sizeof values / sizeof values[0]) {
         fputs("frame_cli: too many values\n", stderr);
         return 2;
@@ -60,13 +61,14 @@ static int run_samples(char **argv)
 
 int main(int argc, char **argv)
 {
-    if (argc == 9 && strcmp(argv[1], "samples") == 0) {
+    if (argc == 10 && strcmp(argv[1], "samples") == 0) {
         return run_samples(argv + 1);
     }
-    if (argc == 4 && strcmp(argv[1], "status") == 0) {
+    if (argc == 5 && strcmp(argv[1], "status") == 0) {
         size_t length = read_stdin();
         return write_stdout(cm_frame_encode_status(output, sizeof output, (uint32_t)strtoul(argv[2], NULL, 10),
-                                                   (int64_t)strtoll(argv[3], NULL, 10), (const char *)input,
+                                                   (int64_t)strtoll(argv[3], NULL, 10),
+                                                   (uint8_t)strtoul(argv[4], NULL, 10), (const char *)input,
                                                    length));
     }
     if (argc == 2 && strcmp(argv[1], "crc") == 0) {

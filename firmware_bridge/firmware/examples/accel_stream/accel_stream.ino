@@ -50,7 +50,8 @@ static int64_t micros64() {
 }
 
 static void sendStatus(const char *message) {
-  size_t n = cm_frame_encode_status(wire, sizeof wire, sequence++, micros64(), message, strlen(message));
+  size_t n = cm_frame_encode_status(wire, sizeof wire, sequence++, micros64(), CM_FRAME_FLAG_BOOT_TIME, message,
+                                    strlen(message));
   Serial.write(wire, n);
 }
 
@@ -58,7 +59,8 @@ static void sendFrame(const int16_t *frameSamples) {
   cm_frame_info info;
   info.sequence = sequence++;
   info.first_sample = frameFirstSample;
-  info.capture_time_us = frameTimeUs;  // boot-relative: no RTC here (announced in the boot status)
+  info.capture_time_us = frameTimeUs;  // boot-relative: no RTC here, so say so with the flag
+  info.flags = CM_FRAME_FLAG_BOOT_TIME;  // the edge agent anchors it to its own clock (PROTOCOL.md section 4)
   info.sample_rate_hz = SAMPLE_RATE_HZ;
   info.scale = SCALE_G_PER_LSB;
   size_t n = cm_frame_encode_samples(wire, sizeof wire, &info, frameSamples, FRAME_SAMPLES, CHANNELS);
