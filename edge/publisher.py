@@ -145,8 +145,10 @@ class Publisher:
         # and is never held while calling into paho: on_publish runs with paho's message mutex held.
         self._send_lock = threading.Lock()
         self._ack_lock = threading.Condition()
-        self._in_flight: dict[int, int | None] = {}  # paho mid -> outbox id (None: not an outbox message)
-        self._early_acks: set[int] = set()  # PUBACKs that beat the registration of their mid
+        # paho mid -> (outbox id, or None for a message that is not in the outbox; topic)
+        self._in_flight: dict[int, tuple[int | None, str]] = {}
+        self._early_acks: dict[int, mqtt.ReasonCode] = {}  # PUBACKs that beat the registration of their mid
+        self._refused_topics: set[str] = set()  # non-alert topics the broker refused (logged once each)
         self._online = False
         self._last_state: bytes | None = None
         self._last_health: bytes | None = None
@@ -278,11 +280,11 @@ class Publisher:
         """Hand a message to paho and remember which outbox item its mid stands for. Caller holds _send_lock."""
         info = self._client.publish(topic, data, qos=qos, retain=retain)
         with self._ack_lock:
-            if info.mid in self._early_acks:
-                self._early_acks.discard(info.mid)
-                self._acknowledged(item_id)
+            early = self._early_acks.pop(info.mid, None)
+            if early is not None:
+                self._settle(item_id, topic, early)
             else:
-                self._in_flight[info.mid] = item_id
+                self._in_flight[info.mid] = (item_id, topic)
 
     def _acknowledged(self, item_id: int | None) -> None:
         """Caller holds _ack_lock."""
@@ -416,23 +418,30 @@ class Publisher:
                     properties: Any) -> None:
         with self._ack_lock:
             if mid not in self._in_flight:
-                self._early_acks.add(mid)
+                self._early_acks[mid] = reason
                 return
-            item_id = self._in_flight.pop(mid)
-            if not reason.is_failure:
-                self._acknowledged(item_id)
-                return
-            # A refusal (e.g. the ACL denies the topic) is not a delivery: the alert stays in the outbox.
-            if item_id is not None:
-                plan = self._refused.setdefault(item_id, _Refused(0.0, REFUSED_RETRY_MIN_S))
-                plan.due = time.monotonic() + plan.delay
-                refused = len(self._refused)
-            else:
-                refused = 0
-        message = (f"broker {self._where()} refused a publish ({reason}); {refused} alert(s) kept in the outbox "
-                   f"and retried: check the broker's ACL for user {self.config.username or 'anonymous'}")
+            item_id, topic = self._in_flight.pop(mid)
+            self._settle(item_id, topic, reason)
+
+    def _settle(self, item_id: int | None, topic: str, reason: mqtt.ReasonCode) -> None:
+        """The broker's answer to one publish. Caller holds _ack_lock."""
+        if not reason.is_failure:
+            self._acknowledged(item_id)
+            return
+        user = self.config.username or "anonymous"
+        if item_id is None:  # state, health, discovery: superseded by the next one, but somebody should know
+            if topic not in self._refused_topics:
+                self._refused_topics.add(topic)
+                log.warning("broker %s refused a publish on %s (%s): check the broker's ACL for user %s",
+                            self._where(), topic, reason, user)
+            return
+        # A refused alert is not a delivered one: it stays in the outbox and is tried again later.
+        plan = self._refused.setdefault(item_id, _Refused(0.0, REFUSED_RETRY_MIN_S))
+        plan.due = time.monotonic() + plan.delay
+        message = (f"broker {self._where()} refused alerts on {topic} ({reason}); {len(self._refused)} alert(s) "
+                   f"kept in the outbox and retried: check the broker's ACL for user {user}")
         if self.health is not None:
-            self.health.fault("broker", message)
+            self.health.fault("broker", message)  # only hands the report over: safe under our locks
         else:
             log.error("%s", message)
 
