@@ -28,10 +28,10 @@ from edge.health import Health, Watch
 from edge import messages
 from edge.guard import FrameGuard, Throttle, escape
 from edge.homeassistant import Discovery, entities
-from edge import preflight
 from edge.messages import ModelRef, Reading
 from edge.outbox import Outbox, OutboxError
 from edge.pipeline import MISSING_DATA, Pipeline
+from edge import preflight
 from edge.publisher import Publisher, PublisherError
 from edge.recorder import Recorder
 from edge.runtime import check_model
@@ -102,8 +102,7 @@ def snapshot_interval_s(config: AgentConfig, bundle: Bundle) -> float:
 
 def trained_scale(bundle: Bundle) -> float | None:
     """g per count the bundle was trained with, when its card records it (None: the first stream's scale)."""
-    scale = getattr(bundle.card.feature_spec, "scale", None)
-    return float(scale) if scale else None
+    return bundle.card.feature_spec.scale
 
 
 class Agent:

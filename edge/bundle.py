@@ -122,6 +122,9 @@ class ModelCard:
     model_file: str
     model_sha256: str
     schema_version: int = SCHEMA_VERSION
+    # Per channel, the healthy reconstruction error the channel's score is measured against (edge.runtime).
+    # None (a card written before per-channel scoring): the score is the mean error over all columns.
+    channel_error_reference: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,7 +142,8 @@ class ModelCard:
             "provenance": self.provenance,
             "model_file": self.model_file,
             "model_sha256": self.model_sha256,
-        }
+        } | ({} if self.channel_error_reference is None
+             else {"channel_error_reference": list(self.channel_error_reference)})
 
     @classmethod
     def from_dict(cls, data: Any, source: str = CARD_FILE) -> ModelCard:
@@ -180,6 +184,8 @@ class ModelCard:
             model_file=card.string(root, "model_file"),
             model_sha256=card.string(root, "model_sha256"),
             schema_version=version,
+            channel_error_reference=(card.positives(root, "channel_error_reference", len(channels))
+                                     if "channel_error_reference" in root else None),
         )
 
 
@@ -364,6 +370,12 @@ class _Reader:
             except ValueError as error:
                 raise BundleError(f"{self.source}: feature_spec: {error}") from None
         return spec
+
+    def positives(self, data: Mapping, key: str, count: int) -> tuple[float, ...]:
+        values = self.numbers(data, key, count)
+        if not all(v > 0 for v in values):
+            raise self.fail(key, f"a list of {count} positive numbers (one per channel)", data[key])
+        return values
 
     def detector(self, data: Mapping, warning: float, alarm: float) -> DetectorSettings:
         for key, top in (("warning_threshold", warning), ("alarm_threshold", alarm)):

@@ -95,8 +95,7 @@ def reading(step: Step, capture_time_us: int, index: int, features: np.ndarray) 
         snapshot=index,
         features=features,
         score=None if score is None else score.score,
-        channel_errors=None if score is None else (score.channel_errors if score.channel_scores is None
-                                                   else score.channel_scores),
+        channel_errors=None if score is None else score.channel_errors,
         state=step.state,
         reason=step.reason,
         top_channel=step.top_channel,

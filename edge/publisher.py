@@ -274,7 +274,7 @@ class Publisher:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         callback = self._listeners.get(message.topic)
         if callback is not None:
-            callback(message.payload)
+            callback(bytes(message.payload))
 
     def _send(self, topic: str, data: bytes, qos: int, retain: bool, item_id: int | None) -> None:
         """Hand a message to paho and remember which outbox item its mid stands for. Caller holds _send_lock."""

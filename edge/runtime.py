@@ -1,9 +1,13 @@
 """Scoring features with the bundle's TFLite model: the same code serves `cm-train evaluate` and the agent.
 
-The score is the mean absolute reconstruction error in scaled units, measured against the float scaled
-input rather than the int8-quantized one: the int8 input saturates at the edge of its range, so an input
-far beyond the training range would otherwise look like a modest one. Per-channel errors say which
-bearing is anomalous. No TensorFlow here: LiteRT (ai-edge-litert) or tflite-runtime only.
+Errors are absolute reconstruction errors in scaled units, measured against the float scaled input rather
+than the int8-quantized one: the int8 input saturates at the edge of its range, so an input far beyond the
+training range would otherwise look like a modest one. They are grouped per channel (the columns are
+channel-major, C channels x F features: reshape(W, C, F)), and each channel's error is divided by that
+channel's own healthy error level from the card (`channel_error_reference`), so a quiet bearing and a noisy
+one are judged on the same scale and a fault in one bearing is not diluted by the others. The score is the
+largest of these per-channel scores. A card without references (older bundles) keeps the old score: the
+mean error over all columns. No TensorFlow here: LiteRT (ai-edge-litert) or tflite-runtime only.
 """
 from __future__ import annotations
 
@@ -38,9 +42,10 @@ def load_interpreter(model_path: str | Path, num_threads: int = 1) -> Any:
 
 @dataclass(frozen=True)
 class Score:
-    score: float
-    channel_errors: np.ndarray  # (channels,) mean absolute error per channel over the window
-    channel_scores: np.ndarray | None = None  # (channels,) on the thresholds' scale, when the card allows
+    score: float  # on the thresholds' scale
+    channel_errors: np.ndarray  # (channels,) per channel, on the thresholds' scale
+    raw_errors: np.ndarray  # (channels,) mean absolute error per channel over the window, scaled units
+    per_channel: bool  # True: score = max of channel_errors (card with references); False: the old mean score
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class Scorer:
         # Model columns are channel-major: C channels x F features per channel.
         self.channels = card.feature_spec.columns
         self.per_channel = len(card.feature_spec.features)
+        reference = card.channel_error_reference
+        self._reference = None if reference is None else np.asarray(reference, dtype=np.float64)
         self._scaler = card.scaler
         self._interpreter = load_interpreter(model_path or bundle.model_path, num_threads=num_threads)
         (input_detail,) = self._interpreter.get_input_details()
@@ -113,29 +120,11 @@ class Scorer:
         self._input_q.quantize(self._scratch, self._input[0])
         reconstruction = self._output_q.dequantize(self._invoke()[0])
         errors = np.abs(reconstruction - scaled)
-        column_errors = errors.mean(axis=0)
-        channel_errors = column_errors.reshape(-1, self.per_channel).mean(axis=1)  # C entries whatever F is
-        return Score(score=float(column_errors.mean()), channel_errors=channel_errors)
-
-    def score_series(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, columns) raw features -> scores (N-W+1,) and per-channel errors (N-W+1, C channels)."""
-        features = np.asarray(features, dtype=np.float64)
-        if features.ndim != 2 or features.shape[1] != self.channels:
-            raise ValueError(f"expected features of shape (N, {self.channels}), got {features.shape}")
-        count = features.shape[0] - self.window + 1
-        if count < 1:
-            return np.zeros(0), np.zeros((0, self.channels // self.per_channel))
-        scaled = self._scaler.transform(features)
-        windows = np.lib.stride_tricks.sliding_window_view(scaled, self.window, axis=0).transpose(0, 2, 1)
-        quantized = np.empty(windows.shape, dtype=self._input_q.dtype)
-        self._input_q.quantize(windows.copy(), quantized)
-        reconstructions = np.empty(windows.shape, dtype=self._output_q.dtype)
-        for i in range(count):
-            self._input[0] = quantized[i]
-            reconstructions[i] = self._invoke()[0]
-        errors = np.abs(self._output_q.dequantize(reconstructions) - windows).mean(axis=1)
-        channel_errors = errors.reshape(count, -1, self.per_channel).mean(axis=2)
-        return errors.mean(axis=1), channel_errors
+        raw = errors.mean(axis=0).reshape(-1, self.per_channel).mean(axis=1)  # C entries whatever F is
+        if self._reference is None:
+            return Score(score=float(errors.mean()), channel_errors=raw, raw_errors=raw, per_channel=False)
+        relative = raw / self._reference
+        return Score(score=float(relative.max()), channel_errors=relative, raw_errors=raw, per_channel=True)
 
     def _invoke(self) -> np.ndarray:
         self._interpreter.set_tensor(self._input_index, self._input)

@@ -58,7 +58,7 @@ class StreamScorer:
         if len(self._window) < self._window.maxlen:  # type: ignore[operator]
             return self._step(None, None, None)  # still filling the window: nothing to score yet
         score = self.scorer.score(np.stack(self._window))
-        transition = self.detector.update(score.score, channel_scores=score.channel_scores)
+        transition = self.detector.update(score.score, channel_scores=score.channel_errors if score.per_channel else None)
         return self._step(score, None, transition)
 
     def missing(self, reason: str = MISSING_DATA) -> Step:
@@ -73,8 +73,8 @@ class StreamScorer:
     def _step(self, score: Score | None, fault: str | None, transition: Transition | None) -> Step:
         detector = self.detector
         top = detector.driver if detector.health in (State.WARNING, State.ALARM) else None
-        if score is not None and (top is None or score.channel_scores is None):
-            top = int(np.argmax(score.channel_errors if score.channel_scores is None else score.channel_scores))
+        if score is not None and (top is None or not score.per_channel):
+            top = int(np.argmax(score.channel_errors))
         return Step(score=score, fault=fault, state=detector.state,
                     reason=fault if fault is not None else detector.reason, transition=transition, top_channel=top)
 
@@ -83,11 +83,6 @@ def score_stream(core: StreamScorer, features: np.ndarray, faults: Sequence[str 
     """Every row of (N, C*F) features through the core, in order (faults: the raw-count checks, if any)."""
     reasons: Iterable[str | None] = faults if faults is not None else [None] * len(features)
     return [core.update(row, fault) for row, fault in zip(features, reasons)]
-
-
-def scores_of(steps: Sequence[Step]) -> np.ndarray:
-    """The scores of the scored snapshots, in order."""
-    return np.array([step.score.score for step in steps if step.score is not None], dtype=np.float64)
 
 
 def unbroken_runs(rows: np.ndarray) -> list[np.ndarray]:

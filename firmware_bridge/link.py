@@ -24,7 +24,7 @@ class SerialLink:
         self,
         url: str,
         *,
-        baudrate: int = 921600,
+        baudrate: int = 2_000_000,  # carries 4 channels at 20 kHz (PROTOCOL.md §6); ptys and USB CDC ignore it
         read_size: int = 4096,
         timeout: float = 0.1,
         backoff_initial: float = 0.5,

@@ -42,7 +42,7 @@ import numpy as np
 import serial
 
 from firmware_bridge.frame import FLAG_BOOT_TIME, MAX_PAYLOAD, encode
-from firmware_bridge.recording import FORMATS, Recording, RecordingError, open_recording, parse_channel_list
+from firmware_bridge.recording import FORMATS, Recording, open_recording, parse_channel_list
 
 _U32 = 2**32
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

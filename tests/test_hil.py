@@ -21,6 +21,7 @@ import pytest
 from broker import Mosquitto, Subscriber, eventually
 from trained import make_synthetic_run, shared_bundle
 
+from edge.bundle import load_bundle
 from edge.payloads import validate
 from firmware_bridge.ims import list_ims_files, read_counts
 from firmware_bridge.frame import encode_status
@@ -207,8 +208,6 @@ def test_the_live_agent_and_cm_train_evaluate_tell_the_same_story(reference, run
     """The batch evaluation a trainer reads and the stream the agent scores: same scores, same states."""
     from trainer.dataset import load_dataset
     from trainer.evaluate import run_detector
-
-    from edge.bundle import load_bundle
 
     trace = run_detector(load_dataset(run_dir), load_bundle(bundle))
     telemetry = reference["telemetry"]
@@ -453,8 +452,9 @@ def test_config_check_refuses_a_bundle_that_does_not_match_the_sensor(chain):
     assert "sensor.channels is x, y, z but the bundle" in result.stdout
     chain.config.write_text(text.replace('[sensor]\nchannels = ["x", "y", "z"]\n', "[detector]\nk = 9\n"))
     result = check(chain, "--offline")
+    n = load_bundle(shared_bundle()).card.detector.n  # the card's n, which the override must fit
     assert result.returncode == 2 and "[detector] with the bundle's settings: k and n: expected 1 <= k <= n, " \
-                                      "got k=9, n=5" in result.stdout
+                                      f"got k=9, n={n}" in result.stdout
     chain.config.write_text(text.replace('[sensor]\nchannels = ["x", "y", "z"]\n', ""))
     result = check(chain, "--offline")
     assert result.returncode == 0 and "OK" in result.stdout and "--offline" in result.stdout

@@ -64,3 +64,16 @@ def test_recordings_are_readable_by_the_group_only(tmp_path: Path) -> None:
     recorder.save(snapshot(0, T0))
     (ims,) = list_ims_files(tmp_path)
     assert stat.S_IMODE(ims.path.stat().st_mode) == 0o640
+
+
+def test_a_repeated_capture_time_never_overwrites_a_recording(tmp_path: Path) -> None:
+    # A sensor that restarted (or a restarted agent) can date a snapshot to a second already on disk.
+    first = snapshot(0, T0)
+    Recorder(RecorderConfig(enabled=True, directory=tmp_path, quota_mb=100, interval_s=0)).save(first)
+    again = snapshot(1, T0 + 300_000)  # same second of the IMS name
+    Recorder(RecorderConfig(enabled=True, directory=tmp_path, quota_mb=100, interval_s=0)).save(again)
+    files = list_ims_files(tmp_path)
+    assert len(files) == 2
+    np.testing.assert_array_equal(read_counts(files[0].path, expected_rows=None), first.counts)
+    np.testing.assert_array_equal(read_counts(files[1].path, expected_rows=None), again.counts)
+    assert files[1].timestamp.timestamp() * 1e6 == T0 + 1_000_000  # moved on by one second

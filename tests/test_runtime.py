@@ -13,6 +13,7 @@ from trained import shared_bundle, shared_run
 
 from edge.bundle import CARD_FILE, BundleError, ModelCard, load_bundle
 from edge.runtime import Scorer, load_interpreter
+from edge.scoring import StreamScorer, score_stream
 from trainer.dataset import load_dataset
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,8 @@ def test_card_round_trips_through_json() -> None:
         (lambda d: d["scaler"].__setitem__("maximum", [1.0]), "model_card.json: scaler.maximum: expected a list of 4 finite numbers (one per channel), got [1.0]"),
         (lambda d: d.__setitem__("alarm_threshold", "high"), "model_card.json: alarm_threshold: expected a finite number, got 'high'"),
         (lambda d: d.__setitem__("schema_version", 99), "model_card.json: schema_version: expected 1, got 99"),
-        (lambda d: d["detector"].__setitem__("k", 9), "model_card.json: detector: k and n: expected 1 <= k <= n, got k=9, n=5"),
+        (lambda d: d["detector"].update(k=9, n=5), "model_card.json: detector: k and n: expected 1 <= k <= n, got k=9, n=5"),
+        (lambda d: d.__setitem__("channel_error_reference", [0.1, 0.1, 0.0, 0.1]), "model_card.json: channel_error_reference: expected a list of 4 positive numbers (one per channel), got [0.1, 0.1, 0.0, 0.1]"),
     ],
 )
 def test_bad_card_names_file_and_key(bundle_copy: Path, change, message: str) -> None:
@@ -77,32 +79,46 @@ def test_missing_card_and_bad_json(tmp_path: Path, bundle_copy: Path) -> None:
         load_bundle(bundle_copy)
 
 
+def _scores(bundle, model_path=None, rows=70):
+    core = StreamScorer(bundle, scorer=Scorer(bundle, model_path=model_path))
+    steps = score_stream(core, load_dataset(shared_run()).features[:rows])
+    return [step.score for step in steps if step.score is not None]
+
+
 def test_int8_model_is_quantized_and_float_twin_agrees() -> None:
     bundle = load_bundle(shared_bundle())
     interpreter = load_interpreter(bundle.model_path)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
-    features = load_dataset(shared_run()).features[:70]
-    int8, _ = Scorer(bundle).score_series(features)
-    floats, _ = Scorer(bundle, model_path=bundle.float_model_path).score_series(features)
+    int8 = np.array([s.score for s in _scores(bundle)])
+    floats = np.array([s.score for s in _scores(bundle, bundle.float_model_path)])
     assert np.corrcoef(int8, floats)[0, 1] > 0.95
     assert np.all(int8 < bundle.card.alarm_threshold) and np.all(floats < bundle.card.alarm_threshold)
 
 
-def test_score_and_score_series_agree() -> None:
+def test_each_channel_is_scored_against_its_own_healthy_error() -> None:
     bundle = load_bundle(shared_bundle())
+    reference = np.array(bundle.card.channel_error_reference)
+    assert reference.shape == (4,) and np.all(reference > 0)
+    for score in _scores(bundle):
+        assert score.per_channel
+        np.testing.assert_allclose(score.channel_errors, score.raw_errors / reference)
+        assert score.score == score.channel_errors.max()
     scorer = Scorer(bundle)
-    features = load_dataset(shared_run()).features
-    scores, errors = scorer.score_series(features)
-    window = scorer.window
-    assert scores.shape == (len(features) - window + 1,) and errors.shape == (scores.size, 4)
-    for i in (0, 50, scores.size - 1):
-        single = scorer.score(features[i : i + window])
-        assert single.score == pytest.approx(scores[i], rel=1e-12)
-        assert np.allclose(single.channel_errors, errors[i])
-        assert single.score == pytest.approx(single.channel_errors.mean())
     with pytest.raises(ValueError, match="expected features of shape"):
-        scorer.score(features[: window + 1])
+        scorer.score(np.zeros((scorer.window + 1, 4)))
+
+
+def test_a_card_without_references_keeps_the_mean_score(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(shared_bundle(), old)
+    card = json.loads((old / CARD_FILE).read_text())
+    del card["channel_error_reference"]
+    (old / CARD_FILE).write_text(json.dumps(card))
+    bundle = load_bundle(old)
+    assert bundle.card.channel_error_reference is None
+    for score in _scores(bundle, rows=10):
+        assert not score.per_channel and score.score == pytest.approx(score.raw_errors.mean())
 
 
 def test_edge_scores_without_tensorflow() -> None:

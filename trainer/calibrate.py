@@ -1,13 +1,20 @@
-"""Threshold rules: from healthy scores to warning and alarm thresholds and the detector's settings.
+"""Threshold rules: from healthy errors to per-channel references, warning and alarm thresholds, debounce.
 
-`calibration` (default): the held-out tail of the healthy span was never fitted, so its scores show how a
-healthy machine the model has not seen scores. alarm = ALARM_MARGIN x the largest healthy score (fitted and
-held-out), warning = WARNING_MARGIN x that largest score. The margins absorb slow drift the training span
-did not cover; debouncing (k of n) absorbs single spikes. `seed`: the seeds' rule, alarm = 1.1 x the largest
-training score, warning = 0.9 x alarm.
+Per channel, the reference is the largest reconstruction error the channel showed on healthy data (the
+fitted span and the held-out span the model never saw); a channel's score is its error divided by that
+reference (edge.runtime), and the snapshot's score is the largest channel score. So every channel is
+judged against its own healthy spread, and the thresholds are multiples of "the worst healthy error":
+
+`calibration` (default): warning = WARNING_MARGIN x, alarm = ALARM_MARGIN x the largest healthy score
+(which is 1 by construction), both widened by sqrt(RECOMMENDED_HEALTHY / n) when the training span holds
+only n < RECOMMENDED_HEALTHY healthy snapshots: a small sample underestimates how far healthy data
+reaches. The margins absorb the slow wander of a healthy machine beyond what the training span saw;
+debouncing (k of n per channel) absorbs single spikes.
+`seed`: the seeds' rule, alarm = 1.1 x the largest training score, warning = 0.9 x alarm.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,9 +22,13 @@ import numpy as np
 from edge.detector import DetectorSettings
 
 RULES = ("calibration", "seed")
-WARNING_MARGIN = 1.5
-ALARM_MARGIN = 2.0
+MIN_HEALTHY = 10  # fewer healthy snapshots in the training span: refused, the thresholds would be guesswork
+RECOMMENDED_HEALTHY = 30  # fewer: a warning, and the thresholds are widened
+WARNING_MARGIN = 2.0
+ALARM_MARGIN = 2.5
 SEED_FACTOR = 1.1
+REFERENCE_FLOOR = 1e-3  # scaled units: a channel the model reproduces perfectly must not divide by ~0
+DEBOUNCE = {"k": 2, "n": 3}  # chosen with bench/bench_detection.py: see trainer/README.md
 
 
 @dataclass(frozen=True)
@@ -28,32 +39,100 @@ class Thresholds:
     basis: dict
 
 
-def thresholds(rule: str, training_scores: np.ndarray, calibration_scores: np.ndarray) -> Thresholds:
+def channel_reference(fit_errors: np.ndarray, calibration_errors: np.ndarray) -> tuple[float, ...]:
+    """Per channel, the largest healthy error over the fitted and held-out spans ((snapshots, C) each).
+
+    Floored at REFERENCE_FLOOR and at a tenth of the median channel's, so one channel the model happens
+    to reproduce almost exactly does not turn every small wobble of it into an alarm.
+    """
+    errors = np.vstack([fit_errors, calibration_errors])
+    largest = errors.max(axis=0)
+    floor = max(REFERENCE_FLOOR, 0.1 * float(np.median(largest)))
+    return tuple(float(v) for v in np.maximum(largest, floor))
+
+
+def small_sample_factor(healthy_snapshots: int) -> float:
+    return math.sqrt(RECOMMENDED_HEALTHY / healthy_snapshots) if healthy_snapshots < RECOMMENDED_HEALTHY else 1.0
+
+
+def thresholds(rule: str, training_scores: np.ndarray, calibration_scores: np.ndarray,
+               healthy_snapshots: int) -> Thresholds:
     """Warning and alarm thresholds from the healthy scores by the named rule."""
     train_max = float(np.max(training_scores))
     calibration_max = float(np.max(calibration_scores)) if calibration_scores.size else train_max
+    widen = small_sample_factor(healthy_snapshots)
     basis = {
         "training_max": train_max,
         "calibration_max": calibration_max,
-        "calibration_p99": float(np.percentile(calibration_scores, 99)) if calibration_scores.size else None,
-        "training_snapshots": int(training_scores.size),
-        "calibration_snapshots": int(calibration_scores.size),
+        "calibration_median": float(np.median(calibration_scores)) if calibration_scores.size else None,
+        "calibration_p95": float(np.percentile(calibration_scores, 95)) if calibration_scores.size else None,
+        "training_windows": int(training_scores.size),
+        "calibration_windows": int(calibration_scores.size),
+        "healthy_snapshots": healthy_snapshots,
+        "small_sample_factor": round(widen, 4),
     }
     if rule == "seed":
         alarm = SEED_FACTOR * train_max
-        return Thresholds(warning=0.9 * alarm, alarm=alarm, rule="seed: alarm = 1.1 x max training score, warning = 0.9 x alarm", basis=basis)
+        return _with_margin(Thresholds(warning=0.9 * alarm, alarm=alarm, basis=basis,
+                                       rule="seed: alarm = 1.1 x max training score, warning = 0.9 x alarm"))
     if rule == "calibration":
         healthy_max = max(train_max, calibration_max)
-        return Thresholds(
-            warning=WARNING_MARGIN * healthy_max,
-            alarm=ALARM_MARGIN * healthy_max,
-            rule=f"calibration: warning = {WARNING_MARGIN} x, alarm = {ALARM_MARGIN} x max healthy score "
-            "(training and held-out calibration spans)",
+        return _with_margin(Thresholds(
+            warning=WARNING_MARGIN * widen * healthy_max,
+            alarm=ALARM_MARGIN * widen * healthy_max,
+            rule=f"calibration: per-channel error / the channel's largest healthy error; warning = {WARNING_MARGIN} x, "
+                 f"alarm = {ALARM_MARGIN} x the largest healthy score (training and held-out spans), "
+                 f"x sqrt({RECOMMENDED_HEALTHY} / healthy snapshots) below {RECOMMENDED_HEALTHY}",
             basis=basis,
-        )
+        ))
     raise ValueError(f"--threshold-rule: expected one of {', '.join(RULES)}, got {rule!r}")
 
 
+def _with_margin(limits: Thresholds) -> Thresholds:
+    """The basis records the margin: alarm threshold / the largest score on held-out healthy data."""
+    top = limits.basis["calibration_max"]
+    margin = limits.alarm / top if top > 0 else None
+    return Thresholds(limits.warning, limits.alarm, limits.rule, limits.basis | {"margin": margin})
+
+
 def detector_settings(limits: Thresholds) -> DetectorSettings:
-    """The thresholds with DetectorSettings' debounce defaults (k=3 of n=5 to raise, 6 quiet snapshots to clear)."""
-    return DetectorSettings(warning_threshold=limits.warning, alarm_threshold=limits.alarm)
+    """The thresholds with the debounce the calibration was chosen with (DEBOUNCE), 6 quiet snapshots to clear."""
+    return DetectorSettings(warning_threshold=limits.warning, alarm_threshold=limits.alarm, **DEBOUNCE)
+
+
+def best_f1(scores: np.ndarray, labels: np.ndarray, target_precision: float | None, basis: dict) -> Thresholds:
+    """Labelled tables: the alarm threshold chosen on a labelled validation split (scores, labels).
+
+    Default: the threshold that maximises F1. With a target precision: the lowest threshold whose precision
+    reaches it (the most recall at that precision), or the F1 choice when none does. Each candidate sits
+    halfway between two adjacent distinct scores, so a snapshot never sits exactly on the threshold.
+    warning = 0.9 x alarm.
+    """
+    if target_precision is not None and not 0.0 < target_precision <= 1.0:
+        raise ValueError(f"--target-precision: expected a number in (0, 1], got {target_precision}")
+    order = np.argsort(-scores, kind="mergesort")
+    ranked, hits = scores[order], labels[order].astype(np.float64)
+    # Cutting after position i flags the i+1 highest scores; only cut between distinct scores.
+    cuts = np.flatnonzero(np.diff(ranked) < 0)
+    true_positives = np.cumsum(hits)[cuts]
+    precision = true_positives / (cuts + 1)
+    recall = true_positives / max(hits.sum(), 1.0)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    if not cuts.size:
+        raise ValueError("the validation split's scores are all equal: no threshold separates anything")
+    pick = int(np.argmax(f1))
+    rule = "f1: the alarm threshold maximising F1 on the labelled validation split, warning = 0.9 x alarm"
+    if target_precision is not None:
+        reaching = np.flatnonzero(precision >= target_precision)
+        if reaching.size:
+            pick = int(reaching[-1])
+            rule = (f"precision: the lowest alarm threshold reaching precision {target_precision:g} on the labelled "
+                    "validation split, warning = 0.9 x alarm")
+        else:
+            rule += f" (no threshold reached precision {target_precision:g})"
+    cut = cuts[pick]
+    alarm = float((ranked[cut] + ranked[cut + 1]) / 2)
+    chosen = {"validation_snapshots": int(scores.size), "validation_anomalies": int(hits.sum()),
+              "validation_precision": float(precision[pick]), "validation_recall": float(recall[pick]),
+              "validation_f1": float(f1[pick]), "target_precision": target_precision}
+    return _with_margin(Thresholds(warning=0.9 * alarm, alarm=alarm, rule=rule, basis=basis | chosen))

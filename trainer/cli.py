@@ -3,8 +3,14 @@ evaluate a bundle on a run."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import os
+import re
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from edge.bundle import BundleError
@@ -32,8 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--window", type=int, default=None, help="feature vectors per model input (default: see trainer/README.md)")
     fit.add_argument("--epochs", type=int, default=100, help="maximum epochs; early stopping ends sooner (default 100)")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--threshold-rule", choices=RULES, default="calibration")
+    fit.add_argument("--threshold-rule", choices=RULES, default="calibration",
+                     help="calibration (default; with --label-column: the F1-best threshold on a validation split) or seed")
+    fit.add_argument("--target-precision", type=float, metavar="P",
+                     help="with --label-column: the lowest threshold reaching precision P on the validation split")
     fit.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    fit.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines (silent by default)")
 
     evaluate = commands.add_parser("evaluate", help="score a run with a bundle: report.json and score.png")
     evaluate.add_argument("bundle", type=Path)
@@ -45,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--iso-group", default="2-rigid", choices=ISO_GROUPS,
                           help="ISO 20816 machine group for the velocity zones of the vibration set: "
                                "1-rigid, 1-flexible, 2-rigid (default), 2-flexible, small")
+    evaluate.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines (silent by default)")
     return parser
 
 
@@ -72,8 +83,48 @@ def add_recording_arguments(parser: argparse.ArgumentParser, defaults: str | Non
                         help=f"channels by 1-based number or name{default or ' (default: all)'}")
 
 
+# TensorFlow's and LiteRT's own lines: glog/absl (I0000 00:00:..., W..., E..., F...), absl's start-up notice,
+# the MLIR converter's notes and the interpreter's delegate notice.
+TF_LOG_LINE = re.compile(rb"^([IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\]|WARNING: All log messages before absl|"
+                         rb"INFO: Created TensorFlow Lite|fully_quantize: |Estimated count of arithmetic ops)")
+
+
+@contextlib.contextmanager
+def tensorflow_silenced() -> Iterator[None]:
+    """TensorFlow's C++ side writes straight to file descriptor 2, whatever TF_CPP_MIN_LOG_LEVEL says (the
+    oneDNN notice at import, converter notes): those lines are dropped, everything else passes through."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read once, when TensorFlow loads
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def relay() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not TF_LOG_LINE.match(line):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=relay, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the relay reads to the end and stops
+        thread.join(5)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with contextlib.nullcontext() if args.verbose else tensorflow_silenced():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     # Imported late: `cm-train --help` should not wait for TensorFlow.
     from trainer.dataset import DatasetError, parse_channels, parse_time
 
@@ -98,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 epochs=args.epochs,
                 seed=args.seed,
                 threshold_rule=args.threshold_rule,
+                target_precision=args.target_precision,
                 verbose=0 if args.quiet else 2,
             )
             try:

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from edge import diagnosis  # noqa: E402
 from edge.bundle import Bundle, ModelCard, check_channels, load_bundle  # noqa: E402
 from edge.detector import State  # noqa: E402
+from edge.messages import iso_time  # noqa: E402
 from edge.scoring import StreamScorer, score_stream  # noqa: E402
 from trainer.dataset import Dataset, load_dataset, parse_time  # noqa: E402
 
@@ -45,18 +46,18 @@ def run_detector(dataset: Dataset, bundle: Bundle) -> Trace:
     for row, step in enumerate(steps):
         if step.score is not None:
             scores[row] = step.score.score
-            errors[row] = step.score.channel_errors if step.score.channel_scores is None else step.score.channel_scores
+            errors[row] = step.score.channel_errors
     return Trace(scores=scores, errors=errors, faults=[step.fault for step in steps],
                  states=[step.state for step in steps], top_channels=[step.top_channel for step in steps])
 
 
-def alarm_episodes(states: list[State]) -> list[tuple[int, int]]:
-    """(first, last) rows of each alarm episode; a sensor fault inside an alarm does not end it."""
+def alarm_episodes(states: list[State], raised: frozenset[State] = frozenset({State.ALARM})) -> list[tuple[int, int]]:
+    """(first, last) rows of each episode in one of the `raised` states; a sensor fault inside one does not end it."""
     episodes: list[tuple[int, int]] = []
     start: int | None = None
     last = -1
     for row, state in enumerate(states):
-        if state == State.ALARM:
+        if state in raised:
             start = row if start is None else start
             last = row
         elif state != State.SENSOR_FAULT and start is not None:
@@ -65,6 +66,27 @@ def alarm_episodes(states: list[State]) -> list[tuple[int, int]]:
     if start is not None:
         episodes.append((start, len(states) - 1))
     return episodes
+
+
+def warning_episodes(states: list[State]) -> list[tuple[int, int]]:
+    """Episodes of warning or alarm: everything a user was told to look at."""
+    return alarm_episodes(states, frozenset({State.WARNING, State.ALARM}))
+
+
+def labelled_metrics(dataset: Dataset, bundle: Bundle, trace: Trace, in_training: np.ndarray) -> dict:
+    """P/R/F1 at the alarm threshold and ROC AUC, on the held-out test split the threshold never saw (the
+    card's provenance.test_start); without one, on every scored snapshot after the training span."""
+    assert dataset.labels is not None
+    scored = np.isfinite(trace.scores)
+    test_start = bundle.card.provenance.get("test_start")
+    if test_start:
+        rows, span = scored & (dataset.timestamps >= parse_time(test_start)), "test_split"
+    else:
+        rows, span = scored & ~in_training, "after_training_span"
+    if not rows.any():
+        rows, span = scored, "all_snapshots"
+    metrics = classification_metrics(dataset.labels[rows], trace.scores[rows], bundle.card.alarm_threshold)
+    return metrics | {"metrics_span": span}
 
 
 def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
@@ -133,7 +155,7 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    plot(dataset, bundle, trace, train_until, out / "score.png")
+    plot(dataset, bundle, trace, train_until, failure_at, out / "score.png")
     return report
 
 
@@ -145,12 +167,22 @@ def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.
                  train_until: np.datetime64 | None, iso_group: str = "2-rigid") -> dict:
     stamps = dataset.timestamps
     card = bundle.card
+    names = card.feature_spec.channels
     over = np.flatnonzero(np.nan_to_num(trace.scores, nan=-np.inf) > card.alarm_threshold)
     episodes = alarm_episodes(trace.states)
-    persistent = episodes[-1] if episodes and _ends_in_alarm(trace.states) else None
+    raised = warning_episodes(trace.states)
+    # The alarm that persists to the end of the run is the real one; every other episode was a false alarm,
+    # and the lead time is measured from the real one, never from a false alarm before it.
+    persistent = episodes[-1] if episodes and _ends_in(trace.states, State.ALARM) else None
+    persistent_raise = raised[-1] if raised and _ends_in(trace.states, State.WARNING, State.ALARM) else None
     first_alarm = episodes[0][0] if episodes else None
+    first_warning = raised[0][0] if raised else None
     end = failure_at if failure_at is not None else stamps[-1]
     in_training = stamps <= train_until if train_until is not None else np.zeros(len(stamps), dtype=bool)
+    healthy_part = np.isfinite(trace.scores) & ~in_training
+    if first_warning is not None:
+        healthy_part[first_warning:] = False
+    unseen_max = float(np.max(trace.scores[healthy_part])) if healthy_part.any() else None
     report = {
         "bundle": str(bundle.path),
         "bundle_id": card.id,
@@ -160,29 +192,40 @@ def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.
         "excluded_rows": len(dataset.excluded),
         "warning_threshold": card.warning_threshold,
         "alarm_threshold": card.alarm_threshold,
+        "score": "max over channels of error / the channel's healthy reference" if card.channel_error_reference
+                 else "mean reconstruction error (card without per-channel references)",
         "first_pointwise_alarm": _time(stamps, over[0]) if over.size else None,
+        "first_warning": _time(stamps, first_warning),
         "first_alarm": _time(stamps, first_alarm),
-        "lead_time_hours": _hours(end - stamps[first_alarm]) if first_alarm is not None else None,
+        "persistent_alarm_start": _time(stamps, persistent[0]) if persistent else None,
+        "lead_time_hours": _hours(end - stamps[persistent[0]]) if persistent else None,
+        "warning_lead_time_hours": _hours(end - stamps[persistent_raise[0]]) if persistent_raise else None,
+        "lead_time_from": "persistent_alarm_start",
         "lead_time_reference": "failure_at" if failure_at is not None else "last_snapshot",
-        "train_until": str(train_until) if train_until is not None else None,
+        "failure_at": _time(np.array([failure_at]), 0) if failure_at is not None else None,
+        "train_until": _time(np.array([train_until]), 0) if train_until is not None else None,
         "alarms_in_training_span": sum(1 for start, _ in episodes if in_training[start]),
+        "warnings_in_training_span": sum(1 for start, _ in raised if in_training[start]),
         "alarm_episodes": [{"start": _time(stamps, a), "end": _time(stamps, b),
                             **_episode_diagnosis(dataset, card, a, b, iso_group)} for a, b in episodes],
+        "warning_episodes": [{"start": _time(stamps, a), "end": _time(stamps, b), "top_channel": _top_channel(names, trace, a)}
+                             for a, b in raised],
         "false_alarm_episodes": len(episodes) - (1 if persistent else 0),
-        "persistent_alarm_start": _time(stamps, persistent[0]) if persistent else None,
-        "top_channel_at_first_alarm": _top_channel(card.feature_spec.channels, trace, first_alarm),
+        "false_warning_episodes": len(raised) - (1 if persistent_raise else 0),
+        "top_channel_at_first_warning": _top_channel(names, trace, first_warning),
+        "top_channel_at_first_alarm": _top_channel(names, trace, first_alarm),
+        "top_channel_at_persistent_alarm": _top_channel(names, trace, persistent[0] if persistent else None),
+        "calibration_margin": card.provenance.get("threshold_basis", {}).get("margin"),
+        "highest_score_before_first_warning": unseen_max,
+        "margin_before_first_warning": (card.alarm_threshold / unseen_max) if unseen_max else None,
+        "training_warnings": card.provenance.get("training_warnings", []),
         "sensor_fault_snapshots": sum(1 for f in trace.faults if f is not None),
         "sensor_faults": sorted({f for f in trace.faults if f is not None}),
         "final_state": str(trace.states[-1]),
     }
     report |= _zones_report(dataset, card, first_alarm, iso_group)
     if dataset.labels is not None:
-        scored = np.isfinite(trace.scores) & ~in_training
-        span = "after_training_span"
-        if not scored.any():
-            scored, span = np.isfinite(trace.scores), "all_snapshots"
-        report |= classification_metrics(dataset.labels[scored], trace.scores[scored], card.alarm_threshold)
-        report["metrics_span"] = span
+        report |= labelled_metrics(dataset, bundle, trace, in_training)
     return report
 
 
@@ -208,15 +251,18 @@ def _zones_report(dataset: Dataset, card: ModelCard, first_alarm: int | None, is
                           "at_end": every[-1], "worst": worst}}
 
 
-def _ends_in_alarm(states: list[State]) -> bool:
+def _ends_in(states: list[State], *wanted: State) -> bool:
     for state in reversed(states):
         if state != State.SENSOR_FAULT:
-            return state == State.ALARM
+            return state in wanted
     return False
 
 
 def _time(stamps: np.ndarray, row: int | None) -> str | None:
-    return None if row is None else str(stamps[row].astype("datetime64[s]")).replace("T", " ")
+    """The report's one time format: ISO 8601 UTC with milliseconds, as in the agent's MQTT payloads."""
+    if row is None:
+        return None
+    return iso_time(int(stamps[row].astype("datetime64[us]").astype(np.int64)))
 
 
 def _hours(delta: np.timedelta64) -> float:
@@ -229,30 +275,69 @@ def _top_channel(names: tuple[str, ...], trace: Trace, row: int | None) -> str |
     return names[trace.top_channels[row]]
 
 
-def plot(dataset: Dataset, bundle: Bundle, trace: Trace, train_until: np.datetime64 | None, path: Path) -> None:
-    """Score with warning/alarm lines and shaded alarm periods; per-channel errors below."""
+def plot(dataset: Dataset, bundle: Bundle, trace: Trace, train_until: np.datetime64 | None,
+         failure_at: np.datetime64 | None, path: Path) -> None:
+    """Score with warning/alarm lines, warnings and alarms shaded, the first alarm and --failure-at marked;
+    sensor faults in a strip of their own (they are not scores); per-channel scores below."""
     card = bundle.card
-    stamps = dataset.timestamps.astype("datetime64[s]").astype(object)
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, constrained_layout=True)
-    top.plot(stamps, trace.scores, lw=0.9, color="black", label="score (int8)")
-    top.axhline(card.warning_threshold, color="orange", ls="--", label="warning")
-    top.axhline(card.alarm_threshold, color="red", ls="--", label="alarm")
-    for a, b in alarm_episodes(trace.states):
-        top.axvspan(stamps[a], stamps[b], color="red", alpha=0.15, lw=0)
-        bottom.axvspan(stamps[a], stamps[b], color="red", alpha=0.15, lw=0)
-    faults = [i for i, f in enumerate(trace.faults) if f is not None]
-    if faults:
-        top.scatter([stamps[i] for i in faults], [card.alarm_threshold] * len(faults), marker="x", color="purple", label="sensor fault")
+    when = _axis(dataset.timestamps)
+    figure, (top, faults, bottom) = plt.subplots(3, 1, figsize=(11, 8), sharex=True, constrained_layout=True,
+                                                 gridspec_kw={"height_ratios": [4, 0.6, 3]})
+    top.plot(when.x, trace.scores, lw=0.9, color="black", label="score (int8)")
+    top.axhline(card.warning_threshold, color="orange", ls="--", label="warning threshold")
+    top.axhline(card.alarm_threshold, color="red", ls="--", label="alarm threshold")
+    for axis in (top, bottom):
+        for a, b in warning_episodes(trace.states):
+            axis.axvspan(when.x[a], when.x[b], color="orange", alpha=0.15, lw=0)
+        for a, b in alarm_episodes(trace.states):
+            axis.axvspan(when.x[a], when.x[b], color="red", alpha=0.18, lw=0)
+    episodes = alarm_episodes(trace.states)
+    if episodes:
+        top.axvline(when.x[episodes[0][0]], color="red", lw=1.2, label="first alarm")
+    if failure_at is not None:
+        top.axvline(when.at(failure_at), color="black", lw=1.2, ls="-.", label="failure (--failure-at)")
     if train_until is not None:
-        top.axvline(train_until.astype("datetime64[s]").astype(object), color="grey", ls=":", label="end of training span")
+        top.axvline(when.at(train_until), color="grey", ls=":", label="end of training span")
     top.set_yscale("log")
-    top.set_ylabel("reconstruction error (scaled units)")
+    top.set_ylabel(f"score ({'x healthy error per channel' if card.channel_error_reference else 'scaled error'})")
     top.set_title(f"{Path(dataset.source).name}: bundle {card.id}, window {card.feature_spec.window}")
     top.legend(loc="upper left", fontsize=8)
+    reasons = sorted({f for f in trace.faults if f is not None})
+    for level, reason in enumerate(reasons):
+        rows = [i for i, f in enumerate(trace.faults) if f == reason]
+        faults.scatter([when.x[i] for i in rows], [level] * len(rows), marker="|", s=80, color="purple")
+    faults.set_yticks(range(len(reasons)), reasons, fontsize=7)
+    faults.set_ylim(-0.8, max(len(reasons), 1) - 0.2)
+    faults.set_ylabel("sensor\nfaults", fontsize=8)
     for channel, name in enumerate(card.feature_spec.channels[:12]):
-        bottom.plot(stamps, trace.errors[:, channel], lw=0.8, label=name)
+        bottom.plot(when.x, trace.errors[:, channel], lw=0.8, label=name)
+    bottom.axhline(card.alarm_threshold, color="red", ls="--", lw=0.8)
     bottom.set_yscale("log")
-    bottom.set_ylabel("per-channel error")
+    bottom.set_ylabel("per-channel score")
+    bottom.set_xlabel(when.label)
     bottom.legend(loc="upper left", fontsize=8, ncol=4)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """The plot's time axis: real dates, or hours since the first row when the table's time is seconds
+    from the start of a recording (which would otherwise be drawn as January 1970)."""
+
+    x: list
+    label: str
+    origin: np.datetime64 | None
+
+    def at(self, moment: np.datetime64) -> object:
+        if self.origin is None:
+            return moment.astype("datetime64[ms]").astype(object)
+        return float((moment - self.origin) / np.timedelta64(1, "s")) / 3600.0
+
+
+def _axis(stamps: np.ndarray) -> _Axis:
+    if stamps[0] < np.datetime64("1990-01-01"):
+        origin = stamps[0]
+        hours = ((stamps - origin) / np.timedelta64(1, "s")) / 3600.0
+        return _Axis(x=list(hours), label="hours since the first row", origin=origin)
+    return _Axis(x=list(stamps.astype("datetime64[ms]").astype(object)), label="time (UTC)", origin=None)

@@ -7,11 +7,14 @@ code the agent runs, and the float32 model is checked against them.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import keras
@@ -23,14 +26,17 @@ from edge.cadence import training_interval_s
 from edge.detector import DetectorSettings
 from edge.bearing import BearingGeometry
 from edge.features import FEATURE_SET
-from edge.runtime import Scorer
-from edge.scoring import StreamScorer, score_stream, scores_of, unbroken_runs
+from edge.messages import iso_time
+from edge.runtime import Score, Scorer
+from edge.scoring import StreamScorer, score_stream, unbroken_runs
 from trainer import calibrate, export
 from trainer.dataset import Dataset, DatasetError, load_dataset
 from trainer.model import build_autoencoder, windows
 
 DEFAULT_WINDOW = 2  # chosen by evaluation on synthetic runs: see trainer/README.md
-SATURATION_FACTOR = 10.0  # the card records the score of an input this many times the training range
+MIN_HELD_OUT_WINDOWS = 3  # the thresholds never rest on a single held-out window
+SATURATION_FACTOR = 10.0
+DRIFT_LIMIT = 1.5  # held-out end of the training span beyond the fitted range, in fitted ranges  # the card records the score of an input this many times the training range
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class FitOptions:
     epochs: int = 100
     seed: int = 0
     threshold_rule: str = "calibration"
+    target_precision: float | None = None  # labelled tables: the lowest threshold reaching this precision
     holdout_fraction: float = 0.2
     batch_size: int = 16
     patience: int = 10
@@ -81,14 +88,57 @@ def healthy_rows(dataset: Dataset, in_training: np.ndarray) -> np.ndarray:
 
 
 def split_holdout(rows: np.ndarray, window: int, holdout_fraction: float, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """The first part fits the model, the last part (at least one window) calibrates the thresholds."""
-    holdout = max(window, int(round(holdout_fraction * rows.size)))
+    """The first part fits the model, the last part (at least MIN_HELD_OUT_WINDOWS windows) calibrates the thresholds."""
+    if rows.size < calibrate.MIN_HEALTHY:
+        raise DatasetError(
+            f"{source}: {rows.size} healthy snapshots in the training span: at least {calibrate.MIN_HEALTHY} are needed "
+            f"to calibrate thresholds ({calibrate.RECOMMENDED_HEALTHY} or more recommended); widen "
+            "--train-until/--train-fraction or record more healthy data"
+        )
+    holdout = max(window - 1 + MIN_HELD_OUT_WINDOWS, int(round(holdout_fraction * rows.size)))
     if rows.size - holdout < window:
         raise DatasetError(
             f"{source}: {rows.size} healthy snapshots in the training span are too few for window {window}: "
             f"need at least {2 * window} (fit and calibration); widen --train-until/--train-fraction or lower --window"
         )
     return rows[:-holdout], rows[-holdout:]
+
+
+def training_warnings(dataset: Dataset, rows: np.ndarray, fit_rows: np.ndarray, calibration_rows: np.ndarray) -> list[str]:
+    """What is wrong with the training span but does not stop training: too few snapshots, or already drifting.
+
+    Drift: per channel, how far the held-out end of the span reaches beyond the range of the fitted part,
+    in units of that range. On cm-synth runs a healthy span reaches at most about 0.5 ranges beyond; a span
+    that runs into the failure (--train-fraction 0.9) reaches 3 to 20. Above DRIFT_LIMIT training goes on,
+    but says so, and the card and the evaluation report carry the warning.
+    """
+    found = []
+    if rows.size < calibrate.RECOMMENDED_HEALTHY:
+        found.append(f"only {rows.size} healthy snapshots in the training span ({calibrate.RECOMMENDED_HEALTHY} or more "
+                     f"recommended): thresholds widened by {calibrate.small_sample_factor(int(rows.size)):.2f}x; "
+                     "retrain when more healthy data is recorded")
+    if dataset.labels is None:
+        fitted, held_out = dataset.features[fit_rows], dataset.features[calibration_rows]
+        low, high = fitted.min(axis=0), fitted.max(axis=0)
+        span = np.where(high > low, high - low, 1.0)
+        beyond = np.maximum(held_out.max(axis=0) - high, low - held_out.min(axis=0)) / span
+        for column in np.flatnonzero(beyond > DRIFT_LIMIT):
+            found.append(f"the training span already drifts: at its end {dataset.channels[column]} reaches "
+                         f"{beyond[column]:.1f}x its earlier range beyond that range (healthy spans stay under "
+                         f"{DRIFT_LIMIT:g}x); does it reach into a developing fault? Use an earlier --train-until "
+                         "or a smaller --train-fraction")
+    return found
+
+
+def labelled_splits(dataset: Dataset, in_training: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Labelled tables: the rows after the training span, split in time order into a validation half (which
+    chooses the threshold) and a test half (which reports precision, recall, F1 and ROC AUC)."""
+    if dataset.labels is None:
+        return None
+    after = np.flatnonzero(np.arange(len(dataset)) > np.flatnonzero(in_training)[-1])
+    if after.size < 4 or not dataset.labels[after[: after.size // 2]].any():
+        return None
+    return after[: after.size // 2], after[after.size // 2:]
 
 
 def training_windows(dataset: Dataset, scaler: Scaler, rows: np.ndarray, window: int) -> np.ndarray:
@@ -100,11 +150,15 @@ def training_windows(dataset: Dataset, scaler: Scaler, rows: np.ndarray, window:
     return np.concatenate(parts)
 
 
+def streamed(bundle: Bundle, scorer: Scorer, dataset: Dataset, rows: np.ndarray) -> list[Score]:
+    """`rows` scored as the agent would score them (edge.scoring), restarting the window at every gap."""
+    return [step.score for run in unbroken_runs(rows)
+            for step in score_stream(StreamScorer(bundle, scorer=scorer), dataset.features[run])
+            if step.score is not None]
+
+
 def streamed_scores(bundle: Bundle, scorer: Scorer, dataset: Dataset, rows: np.ndarray) -> np.ndarray:
-    """Scores of `rows` as the agent would score them (edge.scoring), restarting the window at every gap."""
-    runs = [scores_of(score_stream(StreamScorer(bundle, scorer=scorer), dataset.features[run]))
-            for run in unbroken_runs(rows)]
-    return np.concatenate(runs) if runs else np.zeros(0)
+    return np.array([score.score for score in streamed(bundle, scorer, dataset, rows)], dtype=np.float64)
 
 
 def train_autoencoder(fit_windows: np.ndarray, calibration_windows: np.ndarray, options: FitOptions) -> tuple[keras.Model, int]:
@@ -137,6 +191,9 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
     in_training = training_mask(dataset, options.train_until, options.train_fraction)
     rows = healthy_rows(dataset, in_training)
     fit_rows, calibration_rows = split_holdout(rows, options.window, options.holdout_fraction, dataset.source)
+    warnings = training_warnings(dataset, rows, fit_rows, calibration_rows)
+    for warning in warnings:
+        print(f"{dataset.source}: warning: {warning}", file=sys.stderr)
 
     scaler = Scaler.fit(dataset.features[fit_rows])
     fit_windows = training_windows(dataset, scaler, fit_rows, options.window)
@@ -146,16 +203,47 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
     model, epochs_run = train_autoencoder(fit_windows, calibration_windows, options)
 
     out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The bundle is built in a scratch directory beside `out` and renamed into place only when every check
+    # passed: a failed export leaves no half-written bundle (and an existing bundle at `out` untouched).
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        limits, check = _export(model, scaler, fit_windows, dataset, rows, fit_rows, calibration_rows, in_training,
+                                options, scratch, epochs_run, warnings, started)
+        if out.exists():
+            shutil.rmtree(out)
+        scratch.rename(out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"bundle written to {out}: warning {limits.warning:.4g}, alarm {limits.alarm:.4g}, "
+          f"int8/float decision agreement {check.decision_agreement:.4f}", file=sys.stderr)
+    return out
+
+
+def _export(model: keras.Model, scaler: Scaler, fit_windows: np.ndarray, dataset: Dataset, rows: np.ndarray,
+            fit_rows: np.ndarray, calibration_rows: np.ndarray, in_training: np.ndarray, options: FitOptions,
+            out: Path, epochs_run: int,
+            warnings: list[str], started: float) -> tuple[calibrate.Thresholds, export.QuantizationCheck]:
+    """Models, per-channel references, thresholds, checks and card, written into `out`."""
     (out / FLOAT_MODEL_FILE).write_bytes(export.to_float_tflite(model))
     (out / INT8_MODEL_FILE).write_bytes(export.to_int8_tflite(model, export.representative_windows(fit_windows)))
 
     card = _draft_card(dataset, scaler, rows, options)
+    draft = Bundle(path=out, card=card, model_path=out / INT8_MODEL_FILE)
+    raw = Scorer(draft)  # the card has no per-channel references yet: raw per-channel errors
+    reference = calibrate.channel_reference(*(np.array([s.raw_errors for s in streamed(draft, raw, dataset, r)])
+                                               for r in (fit_rows, calibration_rows)))
+    card = replace(card, channel_error_reference=reference)
     bundle = Bundle(path=out, card=card, model_path=out / INT8_MODEL_FILE)
     int8 = Scorer(bundle)
     fit_scores = streamed_scores(bundle, int8, dataset, fit_rows)
     calibration_scores = streamed_scores(bundle, int8, dataset, calibration_rows)
-    limits = calibrate.thresholds(options.threshold_rule, fit_scores, calibration_scores)
+    limits = calibrate.thresholds(options.threshold_rule, fit_scores, calibration_scores, int(rows.size))
+    splits = labelled_splits(dataset, in_training)
+    if splits is not None and options.threshold_rule == "calibration":
+        validation, _ = splits
+        limits = calibrate.best_f1(streamed_scores(bundle, int8, dataset, validation),
+                                   dataset.labels[validation], options.target_precision, limits.basis)
 
     floats = Scorer(bundle, model_path=out / FLOAT_MODEL_FILE)
     float_scores = np.concatenate([streamed_scores(bundle, floats, dataset, r) for r in (fit_rows, calibration_rows)])
@@ -168,7 +256,7 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
             f"{saturation:.4g}, not above the alarm threshold {limits.alarm:.4g}: does the training span "
             "(--train-until/--train-fraction) reach into the failure?"
         )
-
+    model_sha256 = file_sha256(out / INT8_MODEL_FILE)
     card = replace(
         card,
         warning_threshold=limits.warning,
@@ -186,15 +274,31 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
         provenance={
             **card.provenance,
             "threshold_basis": limits.basis,
+            "training_warnings": warnings,
             "epochs_run": epochs_run,
             "training_seconds": round(time.perf_counter() - started, 2),
-        },
-        model_sha256=file_sha256(out / INT8_MODEL_FILE),
+        } | ({} if splits is None else {
+            "validation_start": _iso(dataset.timestamps[splits[0][0]]) if splits[0].size else None,
+            "test_start": _iso(dataset.timestamps[splits[1][0]]) if splits[1].size else None,
+        }),
+        model_sha256=model_sha256,
     )
-    write_card(card, out)
-    print(f"bundle written to {out}: warning {limits.warning:.4g}, alarm {limits.alarm:.4g}, "
-          f"int8/float decision agreement {check.decision_agreement:.4f}", file=sys.stderr)
-    return out
+    write_card(replace(card, id=content_id(card)), out)
+    return limits, check
+
+
+def content_id(card: ModelCard) -> str:
+    """The bundle id from what decides its alarms: the int8 model's bytes (by sha256), the scaler, the
+    per-channel references, the thresholds and the debounce. Two bundles share an id only if they score alike."""
+    basis = card.to_dict()
+    decisive = {key: basis.get(key) for key in ("model_sha256", "feature_spec", "scaler", "channel_error_reference",
+                                                 "warning_threshold", "alarm_threshold", "detector", "healthy_min")}
+    digest = hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
+    return f"cm-{digest[:16]}"
+
+
+def _iso(stamp: np.datetime64) -> str:
+    return iso_time(int(stamp.astype("datetime64[us]").astype(np.int64)))
 
 
 def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: FitOptions) -> ModelCard:
@@ -202,8 +306,8 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
     train_end = dataset.timestamps[rows[-1]]
     fingerprint = dataset.fingerprint()
     return ModelCard(
-        id=f"cm-{fingerprint[:12]}-{options.seed}",
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        id="cm-draft",  # replaced by content_id() once the model and thresholds are final
+        created=iso_time(time.time_ns() // 1000),
         feature_spec=FeatureSpec(
             feature_set=dataset.feature_config.feature_set,
             channels=dataset.channels,
@@ -234,8 +338,8 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
             "data_sha256": fingerprint,
             "snapshots": len(dataset),
             "excluded_rows": len(dataset.excluded),
-            "train_start": str(dataset.timestamps[rows[0]]),
-            "train_end": str(train_end),
+            "train_start": _iso(dataset.timestamps[rows[0]]),
+            "train_end": _iso(train_end),
             "training_snapshots": int(rows.size),
             "holdout_fraction": options.holdout_fraction,
             "seed": options.seed,

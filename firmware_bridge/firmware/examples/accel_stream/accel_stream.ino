@@ -2,7 +2,7 @@
 //
 // Copy cm_frame.h and cm_frame.c next to this sketch (or install them as an Arduino library), pick a
 // board with native USB (RP2040, ESP32-S3, SAMD51, Teensy): 4 channels at 20 kHz need ~164 KB/s,
-// more than a 921,600-baud UART carries. On the Pi: cm-edge with serial.url = /dev/ttyACM0.
+// more than a 921,600-baud UART carries. On the Pi: cm-edge with [serial] port = "/dev/ttyACM0".
 //
 // Timing: this sketch polls micros() so it runs on any core. For production, sample from a timer
 // interrupt or ADC DMA into the same double buffer; the framing code below does not change.
