@@ -85,7 +85,9 @@ def spec(**values: object) -> Callable[[dict], object]:
 def drop_last_channel(card: dict) -> None:
     for keys in (("feature_spec", "channels"), ("scaler", "minimum"), ("scaler", "maximum")):
         card[keys[0]][keys[1]].pop()
-    card["healthy_min"].pop()
+    for key in ("healthy_min", "channel_error_reference"):  # the card's other one-per-channel lists
+        if isinstance(card.get(key), list):
+            card[key].pop()
 
 
 def invert_scaler(card: dict) -> None:
