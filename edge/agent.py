@@ -228,7 +228,7 @@ class Agent:
             claimed = header.capture_time_us if not header.boot_time and plausible(header.capture_time_us) else None
             self.lose(header.sample_count, reason, claimed)
             return
-        if self.guard.duplicate(header):
+        if self.guard.duplicate(frame):
             return
         epoch_us, self.time_source = self.stream_clock.epoch_us(header)
         frame = Frame(replace(header, capture_time_us=epoch_us), frame.samples, frame.message)

@@ -3,8 +3,9 @@
 Nothing a sensor sends can stop the agent. A CRC-valid frame can still be wrong for this model (another
 channel count or sample rate, a scale that is not finite or not the one the model was trained with): it is
 counted and discarded, and its samples count as lost data, which becomes `sensor_fault` when it persists.
-A frame seen before (same first sample index and capture time: a resend) is dropped, so a snapshot is
-scored once. Status text is the sensor's to choose: control characters are escaped so a newline cannot
+A frame seen before (same first sample index, capture time and samples: a resend) is dropped, so a snapshot
+is scored once. The samples are part of the test because a sensor that restarts counts its index and its
+boot time from zero again, and its new samples are new data however alike the header. Status text is the sensor's to choose: control characters are escaped so a newline cannot
 forge a log line, and a chatty sensor is rate-limited.
 """
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable
 
-from firmware_bridge.frame import FrameHeader
+from firmware_bridge.frame import Frame, FrameHeader
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,8 @@ class FrameGuard:
         self.rejected: Counter[str] = Counter()
         self.duplicates = 0
         self._log = Throttle()
-        self._recent: deque[tuple[int, int, int]] = deque()
-        self._recent_set: set[tuple[int, int, int]] = set()
+        self._recent: deque[tuple[int, int, int, int]] = deque()
+        self._recent_set: set[tuple[int, int, int, int]] = set()
 
     def check(self, header: FrameHeader) -> str | None:
         """None if the frame may be used, else the reason it was discarded (also counted and logged)."""
@@ -52,9 +54,10 @@ class FrameGuard:
                         self._log.suppressed_note(reason))
         return reason
 
-    def duplicate(self, header: FrameHeader) -> bool:
+    def duplicate(self, frame: Frame) -> bool:
         """A frame already taken (a resend of the same samples): count it and drop it."""
-        key = (header.first_sample, header.capture_time_us, header.sample_count)
+        header = frame.header
+        key = (header.first_sample, header.capture_time_us, header.sample_count, zlib.crc32(frame.samples.data))
         if key in self._recent_set:
             self.duplicates += 1
             if self._log.allow("duplicate"):

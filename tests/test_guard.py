@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from edge.guard import CHANNELS, SAMPLE_RATE, SCALE, FrameGuard, Throttle, escape
-from firmware_bridge.frame import FrameHeader, FrameType
+import numpy as np
+
+from firmware_bridge.frame import Frame, FrameHeader, FrameType
 
 
 def header(channels=4, rate=20_000, scale=0.001, first=0, time_us=1_700_000_000_000_000, sequence=0) -> FrameHeader:
@@ -28,11 +30,17 @@ def test_the_cards_scale_is_expected_from_the_first_frame():
     assert guard.check(header(scale=0.0039)) == SCALE
 
 
+def frame(head: FrameHeader, seed: int) -> Frame:
+    return Frame(head, np.random.default_rng(seed).integers(-500, 500, size=(256, 4), dtype=np.int16))
+
+
 def test_a_resent_frame_is_a_duplicate_but_a_new_one_is_not():
     guard = FrameGuard(4, 20_000, None, "ttyX")
-    assert not guard.duplicate(header(first=0, sequence=1))
-    assert not guard.duplicate(header(first=256, sequence=2))
-    assert guard.duplicate(header(first=0, sequence=3))  # same samples, new sequence number: a resend
+    assert not guard.duplicate(frame(header(first=0, sequence=1), seed=1))
+    assert not guard.duplicate(frame(header(first=256, sequence=2), seed=2))
+    assert guard.duplicate(frame(header(first=0, sequence=3), seed=1))  # same samples, new sequence number
+    # A sensor that restarted repeats index and boot time, but its samples are new: not a duplicate.
+    assert not guard.duplicate(frame(header(first=0, sequence=0), seed=3))
     assert guard.duplicates == 1
 
 
