@@ -201,11 +201,8 @@ class _Reader:
     def outbox_path(self, table: dict[str, Any]) -> Path:
         path = self.relative(self.text(table, "path", "/var/lib/cm-edge/outbox.sqlite", name="outbox.path"))
         assert path is not None
-        if path.is_dir():
+        if path.is_dir():  # (whether its directory can be written is edge.preflight's, in --check)
             raise self.fail("outbox.path", str(path), "a file path (the outbox is created there), not a directory")
-        parent = next((p for p in path.parents if p.exists()), None)
-        if parent is not None and not parent.is_dir():
-            raise self.fail("outbox.path", str(path), f"a path in a directory, but {parent} is a file")
         return path
 
     def relative(self, value: str | None) -> Path | None:
@@ -328,9 +325,6 @@ class _Reader:
         directory = self.relative(self.text(table, "directory", "/var/lib/cm-edge/recordings",
                                             name="recorder.directory"))
         assert directory is not None
-        existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
-        if enabled and existing is not None and not existing.is_dir():
-            raise self.fail("recorder.directory", str(directory), f"a directory, but {existing} is a file")
         interval = self.get(table, "interval_s", float, 600.0, name="recorder.interval_s")
         if interval < 0:
             raise self.fail("recorder.interval_s", interval, "a number of seconds >= 0")

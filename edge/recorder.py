@@ -23,9 +23,13 @@ class Recorder:
         self.config = config
         self.health = health
         self.quota_bytes = int(config.quota_mb * 1024 * 1024)
-        config.directory.mkdir(parents=True, exist_ok=True)
-        self._files = [f.path for f in list_ims_files(config.directory)]  # oldest first
-        self._bytes = sum(path.stat().st_size for path in self._files)
+        try:
+            config.directory.mkdir(parents=True, exist_ok=True)
+            self._files = [f.path for f in list_ims_files(config.directory)]  # oldest first
+            self._bytes = sum(path.stat().st_size for path in self._files)
+        except OSError as error:  # e.g. the directory is a file: no recordings, but the agent runs and says so
+            self._files, self._bytes = [], 0
+            self._report(f"{config.directory}: cannot use the recorder directory ({error.strerror})")
         self._last_us: int | None = None
 
     def save(self, snapshot: Snapshot) -> None:
@@ -41,11 +45,8 @@ class Recorder:
             # Readable by the agent's group (a training user copying them), by nobody else.
             os.chmod(path, RECORDING_MODE)
         except OSError as error:  # a full or read-only disk costs recordings, never the agent
-            message = f"{self.config.directory}: cannot write a recording ({error.strerror}); retried at the next one"
-            if self.health is not None:
-                self.health.fault("storage", message, source="recorder")
-            else:
-                log.error("%s", message)
+            self._report(f"{self.config.directory}: cannot write a recording ({error.strerror}); retried at the "
+                         f"next one")
             return
         if self.health is not None:
             self.health.clear("storage", source="recorder")
@@ -61,6 +62,12 @@ class Recorder:
         while (self.config.directory / format_timestamp(moment)).exists():
             moment += timedelta(seconds=1)
         return moment
+
+    def _report(self, message: str) -> None:
+        if self.health is not None:
+            self.health.fault("storage", message, source="recorder")
+        else:
+            log.error("%s", message)
 
     def _enforce_quota(self) -> None:
         while self._bytes > self.quota_bytes and len(self._files) > 1:

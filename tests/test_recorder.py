@@ -77,3 +77,15 @@ def test_a_repeated_capture_time_never_overwrites_a_recording(tmp_path: Path) ->
     np.testing.assert_array_equal(read_counts(files[0].path, expected_rows=None), first.counts)
     np.testing.assert_array_equal(read_counts(files[1].path, expected_rows=None), again.counts)
     assert files[1].timestamp.timestamp() * 1e6 == T0 + 1_000_000  # moved on by one second
+
+
+def test_a_recorder_directory_that_is_a_file_costs_recordings_not_the_agent(tmp_path: Path) -> None:
+    from edge.health import Health
+
+    blocker = tmp_path / "recordings"
+    blocker.write_text("not a directory\n")
+    health = Health("pump-7")
+    recorder = Recorder(RecorderConfig(enabled=True, directory=blocker, quota_mb=100, interval_s=0), health)
+    recorder.save(snapshot(0, T0))  # reported, not raised
+    assert "cannot" in health.faults()["storage"].message and str(blocker) in health.faults()["storage"].message
+    assert blocker.read_text() == "not a directory\n"
