@@ -28,7 +28,9 @@ def problems(config: AgentConfig, offline: bool = False) -> list[str]:
     found = [p for p in (_writable(config.outbox_path.parent, "outbox.path"),) if p]
     if config.recorder.enabled:
         found += [p for p in (_writable(config.recorder.directory, "recorder.directory"),) if p]
-    if not offline:
+    if offline:  # the credentials are still read: an unreadable password file or certificate stops the agent
+        found += [p for p in (_client(config.mqtt)[1],) if p]
+    else:
         found += [p for p in (check_serial(config), check_broker(config.mqtt)) if p]
     return found
 
@@ -79,12 +81,10 @@ def check_serial(config: AgentConfig) -> str | None:
     return None
 
 
-def check_broker(config: MqttConfig, timeout: float = BROKER_TIMEOUT_S) -> str | None:
-    """Connect and authenticate once, publishing nothing; None when the broker accepted us."""
-    protocol = PROTOCOLS[config.protocol]
+def _client(config: MqttConfig) -> tuple[mqtt.Client, str | None]:
+    """A client with the agent's credentials and TLS settings (its own client id), or why it cannot have them."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{config.client_id or 'cm-edge-' + config.device_id}-check",
-                         protocol=protocol)
-    where = f"mqtt.host: broker {config.host}:{config.port}"
+                         protocol=PROTOCOLS[config.protocol])
     try:
         if config.username is not None:
             client.username_pw_set(config.username, read_password(config.password_file) if config.password_file else None)
@@ -92,9 +92,18 @@ def check_broker(config: MqttConfig, timeout: float = BROKER_TIMEOUT_S) -> str |
             client.tls_set(ca_certs=config.tls_ca, certfile=config.tls_cert, keyfile=config.tls_key)
             client.tls_insecure_set(config.tls_insecure)
     except PublisherError as error:
-        return str(error)
+        return client, str(error)
     except (OSError, ValueError) as error:
-        return f"mqtt.tls_ca/tls_cert/tls_key: cannot load the TLS certificates: {error}"
+        return client, f"mqtt.tls_ca/tls_cert/tls_key: cannot load the TLS certificates: {error}"
+    return client, None
+
+
+def check_broker(config: MqttConfig, timeout: float = BROKER_TIMEOUT_S) -> str | None:
+    """Connect and authenticate once, publishing nothing; None when the broker accepted us."""
+    client, problem = _client(config)
+    if problem:
+        return problem
+    where = f"mqtt.host: broker {config.host}:{config.port}"
     answer: list[str] = []
     done = threading.Event()
 

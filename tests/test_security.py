@@ -308,7 +308,7 @@ def test_under_the_deploy_acl_a_device_announces_itself_to_home_assistant(secure
 
 def test_cm_edge_check_names_refused_credentials(secured: Secured, tmp_path: Path) -> None:
     from edge.config import load_config
-    from edge.preflight import check_broker
+    from edge.preflight import check_broker, problems
 
     wrong = tmp_path / "wrong.secret"
     wrong.write_text("not the password\n")
@@ -324,9 +324,15 @@ port = {secured.broker.tls_port}
 username = "pi-1"
 password_file = "{wrong}"
 tls_ca = "{secured.tls.ca}"
+[outbox]
+path = "{tmp_path / 'outbox.sqlite'}"
 """)
     problem = check_broker(load_config(config).mqtt)
     assert problem is not None and "refused the connection" in problem and "mqtt.password_file" in problem
     assert "not the password" not in problem
     config.write_text(config.read_text().replace(str(wrong), str(secured.secrets["pi-1"])))
     assert check_broker(load_config(config).mqtt) is None
+    # Offline, the credentials are still read: an empty password file would stop the agent at start.
+    wrong.write_text("\n")
+    config.write_text(config.read_text().replace(str(secured.secrets["pi-1"]), str(wrong)))
+    assert problems(load_config(config), offline=True) == [f"{wrong}: the MQTT password file is empty"]

@@ -110,20 +110,28 @@ def training_warnings(dataset: Dataset, rows: np.ndarray, fit_rows: np.ndarray, 
     Drift: per channel, how far the held-out end of the span reaches beyond the range of the fitted part,
     in units of that range. On cm-synth runs a healthy span reaches at most about 0.5 ranges beyond; a span
     that runs into the failure (--train-fraction 0.9) reaches 3 to 20. Above DRIFT_LIMIT training goes on,
-    but says so, and the card and the evaluation report carry the warning.
+    but says so, and the card and the evaluation report carry the warning. Checked from
+    RECOMMENDED_HEALTHY snapshots on.
     """
     found = []
     if rows.size < calibrate.RECOMMENDED_HEALTHY:
         found.append(f"only {rows.size} healthy snapshots in the training span ({calibrate.RECOMMENDED_HEALTHY} or more "
                      f"recommended): thresholds widened by {calibrate.small_sample_factor(int(rows.size)):.2f}x; "
                      "retrain when more healthy data is recorded")
-    if dataset.labels is None:
+    # Below the recommended size the fitted range itself is too uncertain to call drift (the IMS sample's
+    # 8 fitted snapshots would); the small-sample warning above applies instead.
+    if dataset.labels is None and rows.size >= calibrate.RECOMMENDED_HEALTHY:
         fitted, held_out = dataset.features[fit_rows], dataset.features[calibration_rows]
         low, high = fitted.min(axis=0), fitted.max(axis=0)
         span = np.where(high > low, high - low, 1.0)
         beyond = np.maximum(held_out.max(axis=0) - high, low - held_out.min(axis=0)) / span
+        features = dataset.feature_config.names
         for column in np.flatnonzero(beyond > DRIFT_LIMIT):
-            found.append(f"the training span already drifts: at its end {dataset.channels[column]} reaches "
+            # Columns are channel-major: channel column // F, feature column % F.
+            name = dataset.channels[column // len(features)]
+            if len(features) > 1:
+                name += f" {features[column % len(features)]}"
+            found.append(f"the training span already drifts: at its end {name} reaches "
                          f"{beyond[column]:.1f}x its earlier range beyond that range (healthy spans stay under "
                          f"{DRIFT_LIMIT:g}x); does it reach into a developing fault? Use an earlier --train-until "
                          "or a smaller --train-fraction")
