@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench install system-deps clean lowest
+.PHONY: demo test bench install system-deps pi-deps pi-check clean lowest
 
 install: $(STAMP)
 
@@ -51,6 +51,25 @@ $(LOWEST_STAMP): pyproject.toml scripts/lowest_requirements.py
 lowest: $(LOWEST_STAMP) system-deps
 	@$(LOWEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(numpy|paho-mqtt|pyserial|cobs|ai-edge-litert) '
 	$(LOWEST)/bin/python -m pytest -q -ra -p no:cacheprovider $(LOWEST_TESTS) -k 'not cm_edge_itself'
+
+# Debian's qemu-user-static (runs ARM programs on x86), binfmt-support (registers it with the kernel) and
+# mmdebstrap (builds the Raspberry Pi OS-like root) for `make pi-check`.
+pi-deps:
+	@missing=""; \
+	 command -v qemu-aarch64-static >/dev/null 2>&1 || missing="$$missing qemu-user-static"; \
+	 command -v update-binfmts >/dev/null 2>&1 || missing="$$missing binfmt-support"; \
+	 command -v mmdebstrap >/dev/null 2>&1 || missing="$$missing mmdebstrap"; \
+	 if [ -n "$$missing" ]; then \
+	   echo "installing Debian packages:$$missing"; \
+	   $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	 fi
+
+# The agent on an emulated Raspberry Pi: ARCH=arm64 (64-bit Pi OS, LiteRT) or ARCH=armhf (32-bit, numpy
+# interpreter); PI_CHECK_SUBSET=ci runs fewer device tests. See scripts/pi_check.py.
+ARCH ?= arm64
+PI_CHECK_SUBSET ?= full
+pi-check: $(STAMP) system-deps pi-deps
+	$(SUDO) $(BIN)/python scripts/pi_check.py --arch $(ARCH) --subset $(PI_CHECK_SUBSET)
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

@@ -106,7 +106,7 @@ def femto(scratch: Path) -> dict:
             first = report["first_alarm"]
             lead = None
             if report["persistent_alarm_start"] is not None:
-                start = np.datetime64(report["persistent_alarm_start"].replace(" ", "T"))
+                start = np.datetime64(report["persistent_alarm_start"].rstrip("Z"))  # ISO 8601 UTC
                 lead = float((end - start) / np.timedelta64(1, "s")) / 60
             entry[feature_set] = {
                 "false_alarm_episodes": report["false_alarm_episodes"], "first_alarm": first,

@@ -1,11 +1,15 @@
 """Per-snapshot cost of the edge path (features + int8 model + detector through edge.runtime), and the import
 time and resident memory of a process that only scores: `python bench/bench_runtime.py [repeats] [BUNDLE]`.
+The same per-snapshot figures with the pure-numpy interpreter (what 32-bit Pi OS runs), and how many of its
+int8 outputs equal LiteRT's on the same inputs.
 
 Numbers are printed, never asserted. Without a BUNDLE a small one is trained first (synthetic run, few epochs).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -59,6 +63,44 @@ def snapshots(count: int) -> np.ndarray:
     return rng.normal(0, 80, (count, SAMPLES, CHANNELS)).astype(np.int16)
 
 
+@contextlib.contextmanager
+def interpreter(kind: str | None):
+    """Scorers made inside use this interpreter (edge.runtime's CM_INTERPRETER); None: the default order."""
+    from edge.runtime import INTERPRETER_ENV
+
+    before = os.environ.pop(INTERPRETER_ENV, None)
+    if kind:
+        os.environ[INTERPRETER_ENV] = kind
+    try:
+        yield
+    finally:
+        os.environ.pop(INTERPRETER_ENV, None)
+        if before is not None:
+            os.environ[INTERPRETER_ENV] = before
+
+
+def numpy_equals_litert(bundle_path: Path, count: int = 2000) -> dict:
+    """Raw int8 outputs of the numpy interpreter against LiteRT's on the same random and saturating inputs."""
+    from edge.bundle import load_bundle
+    from edge.runtime import load_interpreter
+
+    model = load_bundle(bundle_path).model_path
+    interpreters = [load_interpreter(model, kind=kind) for kind in ("ai_edge_litert", "numpy")]
+    (detail,) = interpreters[0].get_input_details()
+    output = interpreters[0].get_output_details()[0]["index"]
+    rng = np.random.default_rng(2)
+    equal = 0
+    for i in range(count):
+        value = rng.integers(-128, 128, detail["shape"], dtype=np.int8) if i % 4 else np.full(detail["shape"], 127 if i % 8 else -128, np.int8)
+        outputs = []
+        for each in interpreters:
+            each.set_tensor(detail["index"], value)
+            each.invoke()
+            outputs.append(each.get_tensor(output))
+        equal += bool(np.array_equal(*outputs))
+    return {"inputs": count, "equal": equal}
+
+
 def per_snapshot_ms(bundle_path: Path, repeats: int) -> list[float]:
     from edge.bundle import load_bundle
     from edge.detector import Detector
@@ -110,9 +152,20 @@ def run(repeats: int = 5, bundle: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as scratch:
         path = Path(bundle) if bundle else small_bundle(Path(scratch))
         children = child_costs(path, max(1, min(repeats, 5)))
+        with interpreter("numpy"):
+            numpy_figures = {
+                "per_snapshot_features_model_detector_numpy": figure(per_snapshot_ms(path, repeats), "ms"),
+                "per_snapshot_model_only_numpy": figure(model_only_ms(path, repeats), "ms"),
+            }
+        with interpreter(None):
+            litert_figures = {
+                "per_snapshot_features_model_detector": figure(per_snapshot_ms(path, repeats), "ms"),
+                "per_snapshot_model_only": figure(model_only_ms(path, repeats), "ms"),
+            }
         return {
-            "per_snapshot_features_model_detector": figure(per_snapshot_ms(path, repeats), "ms"),
-            "per_snapshot_model_only": figure(model_only_ms(path, repeats), "ms"),
+            **litert_figures,
+            **numpy_figures,
+            "numpy_int8_outputs_equal_litert": numpy_equals_litert(path),
             "import_edge_runtime": figure([c["import_s"] for c in children], "s"),
             "import_load_first_score": figure([c["ready_s"] for c in children], "s"),
             "resident_memory_vmrss": figure([c["vmrss_mb"] for c in children], "MB"),
@@ -125,7 +178,7 @@ def run(repeats: int = 5, bundle: Path | None = None) -> dict:
 def print_table(results: dict, title: str) -> None:
     print(f"{title}\n{'measure':42s} {'median':>10s} {'min':>10s} {'max':>10s}  unit")
     for name, value in results.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and "median" in value:
             print(f"{name:42s} {value['median']:10.4f} {value['min']:10.4f} {value['max']:10.4f}  {value['unit']}")
         else:
             print(f"{name:42s} {value!s:>10s}")

@@ -67,6 +67,8 @@ def main() -> int:
         print(row(name, value))
     for name, ratio in results["seed_over_ours"].items():
         print(f"seeds' path / ours, {name}: {ratio:.1f}x")
+    agreement = results["runtime"]["numpy_int8_outputs_equal_litert"]
+    print(f"numpy interpreter: int8 outputs equal LiteRT's on {agreement['equal']} of {agreement['inputs']} inputs")
     print(f"written to {HERE / 'results.json'}")
     return 0
 

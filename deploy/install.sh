@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Install the condition-monitor edge agent on Raspberry Pi OS (Debian bookworm or later).
 #
-#   sudo deploy/install.sh [--bundle DIR] [--with-broker] [--no-start] [--dry-run]
+#   sudo deploy/install.sh [--bundle DIR] [--with-broker] [--no-start] [--dry-run] [--arch NAME]
 #
 # Creates the cm-edge system user, a venv in /opt/cm-edge with only the `edge` extra (no TensorFlow),
 # /etc/cm/edge.toml from the example (an existing config is never overwritten), /var/lib/cm-edge, and the
-# systemd unit, then enables the service. Safe to run again: every step checks before it changes anything,
-# so re-running upgrades the package in place. --dry-run prints the steps without changing the system.
+# systemd unit, and enables the service once `cm-edge --check` accepts the config and bundle. Safe to run
+# again: every step checks before it changes anything, so re-running upgrades the package in place.
+# 64-bit Pi OS (arm64) runs the model with LiteRT; 32-bit Pi OS (armhf) with Debian's python3-numpy and
+# the numpy interpreter. --dry-run prints the steps without changing the system; --arch NAME plans for
+# another Debian architecture than this system's (with --dry-run: what would a Pi get).
 set -euo pipefail
 
 PREFIX=/opt/cm-edge
@@ -20,14 +23,19 @@ DRY_RUN=0
 START=1
 BUNDLE=""
 WITH_BROKER=0
+ARCH="$(dpkg --print-architecture 2>/dev/null || echo unknown)"  # the userland: what pip's wheels must fit
+MACHINE="$(uname -m)"  # the kernel: 32-bit Pi OS boots a 64-bit kernel on a Pi 3 or 4
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
         --no-start) START=0 ;;
         --with-broker) WITH_BROKER=1 ;;
+        --arch)
+            [[ $# -ge 2 ]] || { echo "install.sh: --arch needs a Debian architecture (arm64, armhf, amd64)" >&2; exit 2; }
+            ARCH="$2"; MACHINE=""; shift ;;
         --bundle)
             [[ $# -ge 2 ]] || { echo "install.sh: --bundle needs a directory" >&2; exit 2; }
             BUNDLE="$2"; shift ;;
@@ -54,10 +62,35 @@ fi
 if [[ $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
     echo "install.sh: run as root (sudo), or with --dry-run to see the steps" >&2; exit 1
 fi
+# What runs the model on this architecture (`make pi-check ARCH=arm64|armhf` proves both under emulation).
+PIP=("$PREFIX/venv/bin/pip")
+unsupported() {
+    echo "install.sh: unsupported architecture $ARCH${MACHINE:+ ($MACHINE)}: the agent runs on arm64 (64-bit" \
+         "Raspberry Pi OS, recommended), armhf on ARMv7 or later (32-bit Raspberry Pi OS on a Pi 2, 3, 4, 5 or" \
+         "Zero 2) and amd64; a Pi 1 or Pi Zero (ARMv6) is not supported" >&2
+    exit 1
+}
+case "$ARCH" in
+    arm64|amd64)
+        RUNTIME="LiteRT (ai-edge-litert wheel)"; SYSTEM_NUMPY=0 ;;
+    armhf)
+        # No wheel of ai-edge-litert, tflite-runtime or numpy >= 1.26 exists for 32-bit Pi OS.
+        RUNTIME="the numpy interpreter over Debian's python3-numpy"; SYSTEM_NUMPY=1
+        case "$MACHINE" in
+            armv6l) unsupported ;;
+            # A 64-bit kernel says aarch64, and pip's environment markers would ask for arm64's packages:
+            # pip runs with the 32-bit personality, as the userland is.
+            aarch64) PIP=(setarch linux32 "$PREFIX/venv/bin/pip") ;;
+        esac ;;
+    *) unsupported ;;
+esac
+
 [[ $DRY_RUN -eq 1 ]] && step "dry run: nothing is changed"
+step "architecture $ARCH${MACHINE:+ ($MACHINE)}: the model runs with $RUNTIME"
 
 step "system packages"
 packages=(python3 python3-venv)
+[[ $SYSTEM_NUMPY -eq 1 ]] && packages+=(python3-numpy)
 [[ $WITH_BROKER -eq 1 ]] && packages+=(mosquitto mosquitto-clients)
 missing=()
 for package in "${packages[@]}"; do
@@ -80,9 +113,15 @@ else
 fi
 
 step "virtual environment $PREFIX/venv with condition-monitor[edge]"
-[[ -x "$PREFIX/venv/bin/python" ]] || run python3 -m venv "$PREFIX/venv"
-run "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
-run "$PREFIX/venv/bin/pip" install --quiet --upgrade "$SRC[edge]"
+if [[ $SYSTEM_NUMPY -eq 1 ]]; then
+    # The venv sees Debian's numpy; pip keeps it, as it satisfies the armv7l floor in pyproject.toml.
+    grep -qs "include-system-site-packages = true" "$PREFIX/venv/pyvenv.cfg" ||
+        run python3 -m venv --system-site-packages "$PREFIX/venv"
+else
+    [[ -x "$PREFIX/venv/bin/python" ]] || run python3 -m venv "$PREFIX/venv"
+fi
+run "${PIP[@]}" install --quiet --upgrade pip
+run "${PIP[@]}" install --quiet --upgrade "$SRC[edge]"
 run install -d -m 0755 "$PREFIX/deploy"
 run install -m 0644 "$SRC/deploy/README.md" "$SRC/deploy/99-cm-sensor.rules" "$SRC/deploy/edge.example.toml" \
     "$PREFIX/deploy/"
@@ -122,18 +161,24 @@ fi
 step "systemd unit $UNIT"
 run install -m 0644 "$SRC/deploy/cm-edge.service" "$UNIT"
 run systemctl daemon-reload
-run systemctl enable cm-edge.service
 
-step "check the configuration and the bundle"
+step "check the configuration and the bundle, then enable the service"
+check=(runuser -u "$SERVICE_USER" -- "$PREFIX/venv/bin/cm-edge" --config "$CONFIG_DIR/edge.toml" --check)
 if [[ $DRY_RUN -eq 1 ]]; then
-    run runuser -u "$SERVICE_USER" -- "$PREFIX/venv/bin/cm-edge" --config "$CONFIG_DIR/edge.toml" --check
-elif runuser -u "$SERVICE_USER" -- "$PREFIX/venv/bin/cm-edge" --config "$CONFIG_DIR/edge.toml" --check; then
+    run "${check[@]}"
+    note "if the check passes:"
+    run systemctl enable cm-edge.service
+    [[ $START -eq 1 ]] && run systemctl restart cm-edge.service
+elif "${check[@]}"; then
+    run systemctl enable cm-edge.service
     if [[ $START -eq 1 ]]; then
         run systemctl restart cm-edge.service
         note "started: journalctl -u cm-edge -f"
     fi
 else
-    note "not started: edit $CONFIG_DIR/edge.toml (and install a bundle with --bundle DIR), then"
-    note "  sudo systemctl start cm-edge && journalctl -u cm-edge -f"
+    # A unit that cannot start must not be enabled: it would fail at every boot.
+    note "cm-edge --check failed (above): the service is not enabled and not started."
+    note "Edit $CONFIG_DIR/edge.toml (and install a bundle with --bundle DIR), then"
+    note "  sudo systemctl enable --now cm-edge && journalctl -u cm-edge -f"
 fi
 note "serial port: see $PREFIX/deploy/99-cm-sensor.rules for a stable /dev/cm-sensor"

@@ -7,7 +7,8 @@ channel-major, C channels x F features: reshape(W, C, F)), and each channel's er
 channel's own healthy error level from the card (`channel_error_reference`), so a quiet bearing and a noisy
 one are judged on the same scale and a fault in one bearing is not diluted by the others. The score is the
 largest of these per-channel scores. A card without references (older bundles) keeps the old score: the
-mean error over all columns. No TensorFlow here: LiteRT (ai-edge-litert) or tflite-runtime only.
+mean error over all columns. No TensorFlow here: LiteRT (ai-edge-litert), tflite-runtime, or the pure-numpy
+interpreter where neither has a wheel (edge/numpy_interpreter.py).
 """
 from __future__ import annotations
 
@@ -24,20 +25,40 @@ import numpy as np
 from edge.bundle import CARD_FILE, Bundle, BundleError
 
 
-def load_interpreter(model_path: str | Path, num_threads: int = 1) -> Any:
-    """A TFLite interpreter with tensors allocated: ai_edge_litert first, tflite_runtime second."""
-    try:
+INTERPRETERS = ("ai_edge_litert", "tflite_runtime", "numpy")  # the order load_interpreter tries them
+INTERPRETER_ENV = "CM_INTERPRETER"  # names one of INTERPRETERS to use that one only
+
+
+def _interpreter_class(kind: str) -> Any:
+    if kind == "ai_edge_litert":
         from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
+    elif kind == "tflite_runtime":
+        from tflite_runtime.interpreter import Interpreter
+    else:
+        from edge.numpy_interpreter import NumpyInterpreter as Interpreter
+    return Interpreter
+
+
+def load_interpreter(model_path: str | Path, num_threads: int = 1, kind: str | None = None) -> Any:
+    """A TFLite interpreter with tensors allocated: ai_edge_litert first, tflite_runtime second, numpy last.
+
+    The numpy interpreter is for devices without a LiteRT wheel (32-bit Pi OS); its int8 outputs equal
+    LiteRT's. `kind` (or the CM_INTERPRETER environment variable) picks one of INTERPRETERS instead.
+    """
+    kind = kind or os.environ.get(INTERPRETER_ENV) or None
+    if kind is not None and kind not in INTERPRETERS:
+        raise ValueError(f"{INTERPRETER_ENV}={kind!r}: expected one of {', '.join(INTERPRETERS)}")
+    for candidate in (kind,) if kind else INTERPRETERS:
         try:
-            from tflite_runtime.interpreter import Interpreter
+            interpreter_class = _interpreter_class(candidate)
         except ImportError:
-            raise ImportError(
-                "no TFLite interpreter: install ai-edge-litert (pip install ai-edge-litert) or tflite-runtime"
-            ) from None
-    interpreter = Interpreter(model_path=str(model_path), num_threads=num_threads)
-    interpreter.allocate_tensors()
-    return interpreter
+            if kind:
+                raise ImportError(f"{INTERPRETER_ENV}={kind}: {kind} is not installed") from None
+            continue
+        interpreter = interpreter_class(model_path=str(model_path), num_threads=num_threads)
+        interpreter.allocate_tensors()
+        return interpreter
+    raise ImportError("no TFLite interpreter: install ai-edge-litert (pip install ai-edge-litert) or tflite-runtime")
 
 
 @dataclass(frozen=True)

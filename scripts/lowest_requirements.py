@@ -1,4 +1,4 @@
-"""Print an extra's dependencies pinned at the lowest versions pyproject.toml allows, one per line.
+"""Print the package's and an extra's dependencies pinned at the lowest versions pyproject allows, one a line.
 
 `make test` installs them into .venv-lowest and runs the edge tests there, so a floor such as
 `paho-mqtt>=2.0` is a tested promise rather than a guess. Every dependency of the extra must have a
@@ -25,7 +25,8 @@ def lowest(extra: str, pyproject: Path = PYPROJECT) -> list[str]:
         raise SystemExit(f"{pyproject}: project.optional-dependencies.{extra}: no such extra "
                          f"(known: {', '.join(extras)})")
     pinned = []
-    for requirement in extras[extra]:
+    # The package's own dependencies come with every extra: they get their floors too.
+    for requirement in [*project.get("dependencies", []), *extras[extra]]:
         match = REQUIREMENT.match(requirement)
         if match is None:
             raise SystemExit(f"{pyproject}: project.optional-dependencies.{extra}: {requirement!r}: expected "

@@ -3,20 +3,45 @@
 Used by the trainer's tests and the agent's. Training goes through the same function as `cm-train fit`
 (trainer.train.fit), with few epochs so a bundle takes seconds. `shared_run()` and `shared_bundle()`
 build one run and one bundle per test process and reuse them.
+
+On a device without the trainer (`make pi-check`), CM_TEST_BUNDLES names a directory where these were made
+beforehand on the workstation (`python tests/trained.py DIR`): the helpers then hand those out instead of
+training.
 """
 from __future__ import annotations
 
 import atexit
 import functools
+import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from edge.features import snapshot_features
+from firmware_bridge.ims import IMS_SCALE, list_ims_files, read_counts
 from firmware_bridge.synth import generate
 
 RUN_FILES = 140
 FAIL_BEARING = 3
 FAST_FIT = {"epochs": 40, "patience": 8, "train_fraction": 0.5, "seed": 0, "verbose": 0}
+# (channels, window) of the table bundles the runtimes are compared on: 22 columns stand for a vibration-sized
+# row (C channels x F features); windows 1, 2 and 4 as `cm-train fit --window` allows.
+TABLE_SHAPES = ((1, 1), (2, 2), (4, 4), (8, 1), (22, 2))
+HANDED_IN = "CM_TEST_BUNDLES"
+
+
+def _handed_in(name: str) -> Path | None:
+    """A bundle or run made beforehand (see the module docstring), or None to make it here."""
+    root = os.environ.get(HANDED_IN)
+    if not root:
+        return None
+    path = Path(root) / name
+    if not path.exists():
+        raise FileNotFoundError(f"{HANDED_IN}={root}: {name} is missing: make it with `python tests/trained.py {root}`")
+    return path
 
 
 def make_synthetic_run(directory: str | Path, files: int = RUN_FILES, seed: int = 0, fail_bearing: int = FAIL_BEARING,
@@ -44,10 +69,64 @@ def _scratch() -> Path:
 @functools.cache
 def shared_run() -> Path:
     """One synthetic run to failure (bearing 3) per test process."""
-    return make_synthetic_run(_scratch() / "run")
+    return _handed_in("run") or make_synthetic_run(_scratch() / "run")
 
 
 @functools.cache
 def shared_bundle() -> Path:
     """One bundle fitted on the healthy first half of `shared_run()` per test process."""
-    return make_bundle(shared_run(), _scratch() / "bundle")
+    return _handed_in("bundle") or make_bundle(shared_run(), _scratch() / "bundle")
+
+
+def run_features(run_dir: Path) -> np.ndarray:
+    """(files, channels) features of an IMS run as the agent computes them (equal to the trainer's, see
+    test_feature_parity), without the trainer's pandas and TensorFlow."""
+    return np.array([snapshot_features(read_counts(f.path), IMS_SCALE) for f in list_ims_files(run_dir)])
+
+
+def write_feature_table(path: Path, channels: int, rows: int = 48, seed: int = 0) -> Path:
+    """A features table (seconds, then one column per channel) of slowly drifting positive levels."""
+    rng = np.random.default_rng(seed)
+    levels = 0.05 * np.exp(np.cumsum(rng.normal(0, 0.01, (rows, channels)), axis=0)) * (1 + rng.normal(0, 0.02, (rows, channels)))
+    lines = ["seconds," + ",".join(f"ch{c + 1}" for c in range(channels))]
+    lines += [f"{600 * row}," + ",".join(f"{value:.6f}" for value in levels[row]) for row in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@functools.cache
+def table_bundle(channels: int, window: int) -> Path:
+    """A bundle of `channels` input columns and window `window`, fitted (few epochs) on a features table."""
+    name = f"table-c{channels}-w{window}"
+    handed = _handed_in(name)
+    if handed:
+        return handed
+    table = write_feature_table(_scratch() / f"{name}.csv", channels, seed=channels * 10 + window)
+    return make_bundle(table, _scratch() / name, epochs=3, train_fraction=0.6)
+
+
+@functools.cache
+def vibration_bundle() -> Path:
+    """A bundle with the `vibration` feature set (4 channels x 10 features = 40 model columns), on a short run."""
+    from edge.bearing import PRESETS
+
+    handed = _handed_in("vibration")
+    if handed:
+        return handed
+    run = make_synthetic_run(_scratch() / "vibration-run", files=40)
+    return make_bundle(run, _scratch() / "vibration", feature_set="vibration", bearing=PRESETS["6205-2rs"],
+                       shaft_rpm=2000.0, epochs=3)
+
+
+def hand_out(directory: Path) -> None:
+    """Make every run and bundle the helpers give into `directory`, for a device without the trainer."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, source in [("run", shared_run()), ("bundle", shared_bundle()), ("vibration", vibration_bundle())] + [
+        (f"table-c{c}-w{w}", table_bundle(c, w)) for c, w in TABLE_SHAPES
+    ]:
+        shutil.rmtree(directory / name, ignore_errors=True)
+        shutil.copytree(source, directory / name)
+
+
+if __name__ == "__main__":
+    hand_out(Path(sys.argv[1]))
