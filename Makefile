@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench install system-deps pi-deps pi-check clean
+.PHONY: demo test bench install system-deps pi-deps pi-check clean lowest
 
 install: $(STAMP)
 
@@ -29,6 +29,28 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -ra
+	$(MAKE) --no-print-directory lowest
+
+# The lowest versions pyproject.toml allows for the `edge` extra (what a Pi may end up with), in a venv of
+# their own, running the tests of the device side that need no TensorFlow: a floor is a tested promise.
+# Cached: a second `make test` reinstalls nothing unless pyproject.toml changed.
+LOWEST       := .venv-lowest
+LOWEST_STAMP := $(LOWEST)/.installed
+LOWEST_TESTS := tests/test_outbox.py tests/test_publisher.py tests/test_checkpoint.py tests/test_config.py \
+                tests/test_security.py tests/test_recorder.py tests/test_detector.py tests/test_features.py \
+                tests/test_sensor.py tests/test_snapshot.py tests/test_frame.py tests/test_link.py \
+                tests/test_replay.py tests/test_cadence.py tests/test_clock.py tests/test_guard.py
+
+$(LOWEST_STAMP): pyproject.toml scripts/lowest_requirements.py
+	@test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(PYTHON) scripts/lowest_requirements.py edge > $(LOWEST)/requirements.txt
+	$(LOWEST)/bin/python -m pip install -q -r $(LOWEST)/requirements.txt pytest pytest-timeout hypothesis jsonschema
+	$(LOWEST)/bin/python -m pip install -q --no-deps -e .   # console scripts; dependencies stay at the floors
+	@touch $@
+
+lowest: $(LOWEST_STAMP) system-deps
+	@$(LOWEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(numpy|paho-mqtt|pyserial|cobs|tflite|ai-edge-litert) '
+	$(LOWEST)/bin/python -m pytest -q -ra -p no:cacheprovider $(LOWEST_TESTS) -k 'not cm_edge_itself'
 
 # Debian's qemu-user-static (runs ARM programs on x86), binfmt-support (registers it with the kernel) and
 # mmdebstrap (builds the Raspberry Pi OS-like root) for `make pi-check`.
@@ -56,4 +78,4 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf build demo-out bench/results.json bench/real_results.json .pytest_cache
+	rm -rf build demo-out bench/results.json bench/real_results.json .pytest_cache $(LOWEST)

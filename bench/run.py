@@ -20,6 +20,7 @@ import bench_bridge  # noqa: E402
 import bench_detection  # noqa: E402
 import bench_features  # noqa: E402
 import bench_ims  # noqa: E402
+import bench_outbox  # noqa: E402
 import bench_runtime  # noqa: E402
 import bench_seed  # noqa: E402
 from figures import row  # noqa: E402
@@ -53,7 +54,8 @@ def main() -> int:
                "python": platform.python_version()}
     _, bundle = bench_agent.prepare()  # one synthetic run and bundle serve every suite that scores
     suites = {"bridge": bench_bridge.run, "ims": bench_ims.run, "features": bench_features.run, "runtime": lambda: bench_runtime.run(bundle=bundle),
-              "agent": bench_agent.run, "seed": bench_seed.run, "detection": bench_detection.run}
+              "agent": bench_agent.run, "outbox": bench_outbox.run, "seed": bench_seed.run,
+              "detection": bench_detection.run}
     for name, suite in suites.items():
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results[name] = suite()

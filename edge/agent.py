@@ -24,6 +24,7 @@ from edge.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_c
 from edge.clock import StreamClock, TimeSource, plausible, unsynchronised
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.detector import DetectorSettings, State, Transition
+from edge.health import Health, Watch
 from edge import messages
 from edge.guard import FrameGuard, Throttle, escape
 from edge.homeassistant import Discovery, entities
@@ -33,6 +34,7 @@ from edge.pipeline import MISSING_DATA, Pipeline
 from edge import preflight
 from edge.publisher import Publisher, PublisherError
 from edge.recorder import Recorder
+from edge.runtime import check_model
 from edge.sensor import SensorLimits
 from edge.snapshot import Snapshot, SnapshotAssembler
 from firmware_bridge.frame import Frame, FrameType
@@ -128,9 +130,12 @@ class Agent:
         self._lost_us = 0  # stream time those losses stand for since the last accepted frame
         self._bytes_dropped = 0
         self.model = ModelRef(bundle.card.id, bundle.card.model_sha256)
-        self.outbox = outbox or Outbox(config.outbox_path)
-        self.publisher = publisher or Publisher(config.mqtt, self.outbox)
-        self.recorder = Recorder(config.recorder) if config.recorder.enabled else None
+        self.health = Health(config.device_id)
+        self.outbox = outbox or Outbox(config.outbox_path, health=self.health)
+        self.publisher = publisher or Publisher(config.mqtt, self.outbox, health=self.health)
+        self.health.on_change = self.publisher.publish_health
+        self.watch = Watch(self.health)
+        self.recorder = Recorder(config.recorder, self.health) if config.recorder.enabled else None
         self.link = link or SerialLink(config.serial.port, baudrate=config.serial.baudrate)
         self.checkpoint_path = checkpoint_path(config.outbox_path)
         self._since_us: int | None = None
@@ -140,7 +145,7 @@ class Agent:
         self._scored_once = False
 
     def resume(self) -> None:
-        checkpoint = load_checkpoint(self.checkpoint_path, self.model.id)
+        checkpoint = load_checkpoint(self.checkpoint_path, self.model.id, self.health)
         if checkpoint is not None:
             self.pipeline.detector.resume(checkpoint.state, checkpoint.health, checkpoint.reason)
             self._since_us = checkpoint.since_us
@@ -148,6 +153,8 @@ class Agent:
                      messages.iso_time(checkpoint.since_us))
 
     def run(self, stop: threading.Event) -> int:
+        self.watch.check(self.link.stats)
+        self.publisher.publish_health(self.health.payload())
         if self.config.homeassistant.enabled:
             found = entities(self.config.device_id, self.publisher.topics, self.pipeline.channels,
                              self.counters().keys(), self.model.id)
@@ -179,6 +186,7 @@ class Agent:
                 self.check_stale()
                 if self.clock.monotonic() >= next_counters:
                     log.info("counters: %s", " ".join(f"{k}={v}" for k, v in self.counters().items()))
+                    self.watch.check(self.link.stats)
                     next_counters = self.clock.monotonic() + self.config.counters_interval_s
         finally:
             stop.set()
@@ -309,7 +317,7 @@ class Agent:
         # After the outbox commit: a crash in between costs at most a repeated alert, never a lost one.
         detector = self.pipeline.detector
         save_checkpoint(self.checkpoint_path, Checkpoint(self.model.id, detector.state, detector.health,
-                                                         detector.reason, self._since_us))
+                                                         detector.reason, self._since_us), self.health)
         log.log(logging.WARNING if transition.state != State.NORMAL else logging.INFO,
                 "%s -> %s at %s (score %s, top channel %s%s)", transition.previous_state, transition.state,
                 alert["timestamp"], alert["score"], alert["top_channel"],
@@ -335,6 +343,7 @@ def prepare(config_path: str) -> tuple[AgentConfig, Bundle]:
         detector_settings(config, bundle)
     except ValueError as error:  # an override that does not fit the card's other settings
         raise ConfigError(f"{config.path}: [detector] with the bundle's settings: {error}") from None
+    check_model(bundle)  # the model file itself, as the agent will load it
     return config, bundle
 
 

@@ -21,6 +21,13 @@ from edge.detector import DetectorSettings
 from edge.features import FEATURE_SETS, FeatureConfig
 
 SCHEMA_VERSION = 1
+# Upper bounds that no real sensor reaches: beyond them a card is corrupt, and believing it would make
+# the agent allocate terabytes (snapshot_samples 1e13) rather than fail with a message.
+MAX_SAMPLE_RATE_HZ = 10_000_000
+MAX_SNAPSHOT_SAMPLES = 1 << 24
+MAX_WINDOW = 4096
+MAX_CHANNELS = 255  # the frame header's channel count is one byte
+TFLITE_IDENTIFIER = b"TFL3"  # a TFLite flatbuffer's file identifier, at bytes 4-8
 CARD_FILE = "model_card.json"
 INT8_MODEL_FILE = "model_int8.tflite"
 FLOAT_MODEL_FILE = "model_float32.tflite"
@@ -155,6 +162,9 @@ class ModelCard:
             minimum=card.numbers(scaler_data, "scaler.minimum", columns),
             maximum=card.numbers(scaler_data, "scaler.maximum", columns),
         )
+        for column, (low, high) in enumerate(zip(scaler.minimum, scaler.maximum)):
+            if high < low:  # an inverted span flips every score: anomalies would look healthier than health
+                raise card.fail(f"scaler.maximum[{column}]", f"a value >= scaler.minimum[{column}] ({low})", high)
         warning = card.number(root, "warning_threshold")
         alarm = card.number(root, "alarm_threshold")
         detector_data = card.mapping(card.get(root, "detector"), "detector")
@@ -200,30 +210,51 @@ def write_card(card: ModelCard, directory: Path) -> Path:
     return path
 
 
+def read_card_json(card_path: Path) -> Any:
+    """The card's JSON; every way a file can fail to be one becomes a BundleError naming it."""
+    try:
+        text = card_path.read_bytes().decode("utf-8")
+        return json.loads(text)
+    except FileNotFoundError:
+        raise BundleError(f"{card_path}: missing: a bundle needs a model card") from None
+    except OSError as error:  # a directory, no permission, an I/O error
+        raise BundleError(f"{card_path}: cannot read the model card: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise BundleError(f"{card_path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                          f"{error.start})") from None
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{card_path}:{error.lineno}: not valid JSON: {error.msg}") from None
+    except RecursionError:
+        raise BundleError(f"{card_path}: not a model card: JSON nested too deeply") from None
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Read and validate a bundle directory; the model file must match the card's sha256."""
     directory = Path(path)
     card_path = directory / CARD_FILE
     if not directory.is_dir():
         raise BundleError(f"{directory}: expected a bundle directory holding {CARD_FILE}")
-    try:
-        data = json.loads(card_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"{card_path}: missing: a bundle needs a model card") from None
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{card_path}:{error.lineno}: not valid JSON: {error.msg}") from None
+    data = read_card_json(card_path)
     card = ModelCard.from_dict(data, source=str(card_path))
     model_path = directory / card.model_file
     if Path(card.model_file).name != card.model_file:
         raise BundleError(f"{card_path}: model_file: expected a file name inside the bundle, got {card.model_file!r}")
     if not model_path.is_file():
         raise BundleError(f"{card_path}: model_file: {model_path} does not exist")
-    actual = file_sha256(model_path)
+    try:
+        actual = file_sha256(model_path)
+    except OSError as error:
+        raise BundleError(f"{card_path}: model_file: cannot read {model_path}: {error.strerror}") from None
     if actual != card.model_sha256:
         raise BundleError(
             f"{model_path}: sha256 mismatch: {CARD_FILE} model_sha256 is {card.model_sha256}, "
             f"the file's is {actual}"
         )
+    with model_path.open("rb") as model:
+        identifier = model.read(8)[4:]
+    if identifier != TFLITE_IDENTIFIER:
+        raise BundleError(f"{card_path}: model_file: expected a TFLite model (file identifier "
+                          f"{TFLITE_IDENTIFIER.decode()}), {model_path.name} has {identifier!r}")
     return Bundle(path=directory, card=card, model_path=model_path)
 
 
@@ -265,10 +296,13 @@ class _Reader:
             raise self.fail(key, "a non-empty list of names", value)
         return tuple(value)
 
-    def integer(self, data: Mapping, key: str, minimum: int) -> int:
+    def integer(self, data: Mapping, key: str, minimum: int, maximum: int | None = None) -> int:
         value = self.get(data, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+                maximum is not None and value > maximum):
             expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            if maximum is not None and isinstance(value, (int, float)) and value > maximum:
+                expected = f"an integer from {minimum} to {maximum}"
             raise self.fail(key, expected, value)
         return value
 
@@ -295,6 +329,8 @@ class _Reader:
         raise self.fail(key, f"a list of {count} finite numbers ({self.per_column})", value)
 
     def feature_spec(self, data: Mapping, channels: tuple[str, ...]) -> FeatureSpec:
+        if len(channels) > MAX_CHANNELS:
+            raise self.fail("feature_spec.channels", f"at most {MAX_CHANNELS} channels", f"{len(channels)} names")
         feature_set = self.string(data, "feature_spec.feature_set")
         if feature_set not in FEATURE_SETS:
             raise self.fail("feature_spec.feature_set", f"one of {', '.join(FEATURE_SETS)}", feature_set)
@@ -318,9 +354,10 @@ class _Reader:
             feature_set=feature_set,
             channels=channels,
             # 0: trained from a features table, which records no raw sampling.
-            sample_rate_hz=self.integer(data, "feature_spec.sample_rate_hz", minimum=0),
-            snapshot_samples=self.integer(data, "feature_spec.snapshot_samples", minimum=0),
-            window=self.integer(data, "feature_spec.window", minimum=1),
+            sample_rate_hz=self.integer(data, "feature_spec.sample_rate_hz", minimum=0, maximum=MAX_SAMPLE_RATE_HZ),
+            snapshot_samples=self.integer(data, "feature_spec.snapshot_samples", minimum=0,
+                                          maximum=MAX_SNAPSHOT_SAMPLES),
+            window=self.integer(data, "feature_spec.window", minimum=1, maximum=MAX_WINDOW),
             snapshot_interval_s=self.optional_interval(data, "feature_spec.snapshot_interval_s"),
             features=features,
             bearing=bearing,

@@ -6,6 +6,7 @@ are errors with a suggestion, because a typo that silently falls back to a defau
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -97,11 +98,16 @@ class AgentConfig:
 def load_config(path: str | Path) -> AgentConfig:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the config file: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                          f"{error.start}): save the config as UTF-8") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     return _Reader(path, raw).agent()
 
 
@@ -144,6 +150,16 @@ class _Reader:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.fail(name, value, KIND_NAMES[kind])
+        if kind is float and not math.isfinite(value):  # inf thresholds would switch alarms off silently
+            raise self.fail(name, value, "a finite number")
+        return value
+
+    def text(self, table: dict[str, Any], key: str, default: str | None = None, *, name: str,
+             required: bool = False) -> str | None:
+        """A string that must say something: an empty path, port or id is never what was meant."""
+        value = self.get(table, key, str, default, name=name, required=required)
+        if value is not None and not value.strip():
+            raise self.fail(name, value, "a non-empty string")
         return value
 
     def positive(self, table: dict[str, Any], key: str, kind: type, default: Any, *, name: str) -> Any:
@@ -170,9 +186,9 @@ class _Reader:
             device_id=device_id,
             log_level=log_level,
             serial=self.serial(),
-            bundle=self.relative(self.get(model, "bundle", str, name="model.bundle", required=True)),
+            bundle=self.relative(self.text(model, "bundle", name="model.bundle", required=True)),
             mqtt=self.mqtt(device_id),
-            outbox_path=self.relative(self.get(outbox, "path", str, "/var/lib/cm-edge/outbox.sqlite", name="outbox.path")),
+            outbox_path=self.outbox_path(outbox),
             sensor=self.sensor(),
             detector=self.detector(),
             recorder=self.recorder(),
@@ -181,6 +197,13 @@ class _Reader:
                                               name="telemetry.counters_interval_s"),
             homeassistant=self.homeassistant(),
         )
+
+    def outbox_path(self, table: dict[str, Any]) -> Path:
+        path = self.relative(self.text(table, "path", "/var/lib/cm-edge/outbox.sqlite", name="outbox.path"))
+        assert path is not None
+        if path.is_dir():  # (whether its directory can be written is edge.preflight's, in --check)
+            raise self.fail("outbox.path", str(path), "a file path (the outbox is created there), not a directory")
+        return path
 
     def relative(self, value: str | None) -> Path | None:
         """Relative paths are relative to the config file, so a config and its bundle can travel together."""
@@ -192,7 +215,7 @@ class _Reader:
     def serial(self) -> SerialConfig:
         table = self.section("serial", {"port", "baudrate"}, required=True)
         return SerialConfig(
-            port=self.get(table, "port", str, name="serial.port", required=True),
+            port=self.text(table, "port", name="serial.port", required=True),
             baudrate=self.positive(table, "baudrate", int, SerialConfig.baudrate, name="serial.baudrate"),
         )
 
@@ -227,13 +250,19 @@ class _Reader:
             port=port,
             topic_prefix=prefix,
             device_id=device_id,
-            client_id=self.get(table, "client_id", str, name="mqtt.client_id"),
-            username=self.get(table, "username", str, name="mqtt.username"),
+            client_id=self.text(table, "client_id", name="mqtt.client_id"),
+            username=self.text(table, "username", name="mqtt.username"),
             tls_insecure=self.get(table, "tls_insecure", bool, False, name="mqtt.tls_insecure"),
-            keepalive=self.positive(table, "keepalive", int, 30, name="mqtt.keepalive"),
+            keepalive=self.keepalive(table),
             protocol=protocol,
             **files,
         )
+
+    def keepalive(self, table: dict[str, Any]) -> int:
+        value = self.get(table, "keepalive", int, 30, name="mqtt.keepalive")
+        if not 0 < value <= 65535:  # a two-byte field in the CONNECT packet
+            raise self.fail("mqtt.keepalive", value, "seconds from 1 to 65535")
+        return value
 
     def sensor(self) -> SensorConfig:
         table = self.section("sensor", {"channels", "sample_rate_hz", "snapshot_samples", "stale_after_s",
@@ -292,10 +321,16 @@ class _Reader:
 
     def recorder(self) -> RecorderConfig:
         table = self.section("recorder", {"enabled", "directory", "quota_mb", "interval_s"})
+        enabled = self.get(table, "enabled", bool, False, name="recorder.enabled")
+        directory = self.relative(self.text(table, "directory", "/var/lib/cm-edge/recordings",
+                                            name="recorder.directory"))
+        assert directory is not None
+        interval = self.get(table, "interval_s", float, 600.0, name="recorder.interval_s")
+        if interval < 0:
+            raise self.fail("recorder.interval_s", interval, "a number of seconds >= 0")
         return RecorderConfig(
-            enabled=self.get(table, "enabled", bool, False, name="recorder.enabled"),
-            directory=self.relative(self.get(table, "directory", str, "/var/lib/cm-edge/recordings",
-                                             name="recorder.directory")),
+            enabled=enabled,
+            directory=directory,
             quota_mb=self.positive(table, "quota_mb", float, 1024.0, name="recorder.quota_mb"),
-            interval_s=self.get(table, "interval_s", float, 600.0, name="recorder.interval_s"),
+            interval_s=interval,
         )

@@ -51,6 +51,12 @@ def entities(device_id: str, topics: Topics, channels: Sequence[str], counters: 
         Entity("binary_sensor", "problem", {
             "name": "Problem", "state_topic": topics.state, "device_class": "problem",
             "value_template": "{{ 'OFF' if value_json.state == 'normal' else 'ON' }}"}),
+        # The agent's own faults (edge/health.py): storage, broker refusals, clock, link; the faults are
+        # its attributes. A diagnostic entity: it is about the monitor, not the machine.
+        Entity("binary_sensor", "agent_problem", {
+            "name": "Agent problem", "state_topic": topics.health, "device_class": "problem",
+            "value_template": "{{ 'ON' if value_json.problem else 'OFF' }}", "json_attributes_topic": topics.health,
+            "json_attributes_template": "{{ value_json.faults | tojson }}", "entity_category": "diagnostic"}),
         Entity("sensor", "score", {
             # A null score (faulty or lost snapshot) renders "None", which Home Assistant shows as unknown.
             "name": "Anomaly score", "state_topic": topics.state, "value_template": "{{ value_json.score }}",

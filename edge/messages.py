@@ -43,6 +43,17 @@ class Reading:
     iso_zones: dict[str, str] | None = None  # vibration set: ISO 20816 zone of each channel's velocity RMS
 
 
+# Alert ids are UUID5s of the transition in this namespace: the same transition (device, new and previous
+# state, capture time) always gets the same id, so an alert sent again after a lost checkpoint or a
+# restart is recognised as a duplicate by consumers that de-duplicate by id.
+ALERT_NAMESPACE = uuid.UUID("6f0c1f4e-8a4b-4d55-9a86-3f5d2c7b9e10")
+
+
+def alert_id(device_id: str, transition: Transition, capture_time_us: int) -> str:
+    name = f"{device_id}/{transition.state}/{transition.previous_state}/{capture_time_us}"
+    return str(uuid.uuid5(ALERT_NAMESPACE, name))
+
+
 def iso_time(capture_time_us: int) -> str:
     moment = datetime.fromtimestamp(capture_time_us / 1_000_000, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -89,7 +100,7 @@ def _score(reading: Reading) -> float | None:
 def alert(device_id: str, transition: Transition, reading: Reading, channels: Sequence[str],
           thresholds: tuple[float, float], model: ModelRef) -> dict[str, Any]:
     return {
-        "id": str(uuid.uuid4()),
+        "id": alert_id(device_id, transition, reading.capture_time_us),
         "device_id": device_id,
         "state": str(transition.state),
         "previous_state": str(transition.previous_state),

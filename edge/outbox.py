@@ -3,16 +3,39 @@
 Store-and-forward keeps the promise "an outage delays alerts, never drops them": the agent may be killed,
 the Pi may lose power, the broker may be down for a day, and every alert still reaches the broker, in
 order, once it is back. WAL with synchronous=FULL makes each `add` durable when it returns.
+
+The storage itself may fail, and then the outbox holds on rather than giving up:
+- a full or read-only disk: `add` keeps the message in memory (still in order, still published) and a
+  background writer stores it once the disk takes writes again; the fault is reported, never raised;
+- a damaged file (`database disk image is malformed`), found by the integrity check at start or by an
+  error later: it is moved aside for inspection (`outbox.sqlite.damaged-<time>`), every row that can still
+  be read is re-queued into a fresh file, and the fault says how many.
+
+Removals (the broker's PUBACKs, on paho's network thread) only mark the id; the writer thread deletes the
+marked rows in batches, so the network thread never waits for an fsync. A removal lost to a power cut
+costs a duplicate after the restart, which consumers de-duplicate by the alert's id; never a lost alert.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from edge.health import Health
+
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
+RETRY_S = 1.0  # how often the writer retries a failed disk and flushes removals
+SALVAGE_PROBES = 100_000  # ids probed one by one past a damaged page when salvaging
+SALVAGE_UNKNOWN_END = 1_000  # how far to probe when even the highest id cannot be read
 
 # AUTOINCREMENT: ids are never reused, so ordering by id is insertion order even after deletions.
 _SCHEMA = """
@@ -25,10 +48,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL
 )
 """
+_COLUMNS = "id, topic, payload, qos, retain, created"
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
 
 
 class OutboxError(RuntimeError):
-    """The outbox file cannot be opened or used; the message names the file."""
+    """The outbox path cannot be used at all (e.g. it is a directory); the message names it."""
 
 
 @dataclass(frozen=True)
@@ -41,65 +66,345 @@ class OutboxItem:
     created: float  # seconds since the Unix epoch when the item was added
 
 
+def _item(row: tuple) -> OutboxItem:
+    return OutboxItem(id=row[0], topic=row[1], payload=bytes(row[2]), qos=row[3], retain=bool(row[4]),
+                      created=row[5])
+
+
+def _damaged(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _DAMAGED
+    text = str(error)
+    return "malformed" in text or "not a database" in text
+
+
 class Outbox:
     """A durable FIFO of MQTT messages. Safe to share between threads (paho's network thread removes)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, health: Health | None = None) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self.health = health
+        self._lock = threading.RLock()  # the connection and the held messages
+        self._db: sqlite3.Connection | None = None
+        self._held: dict[int, OutboxItem] = {}  # not on disk yet (the disk failed), oldest first
+        self._next_id = 1
+        self._acked: set[int] = set()  # acknowledged, delete pending; its own lock: PUBACKs never wait on I/O
+        self._acked_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self.recovered: list[Path] = []  # damaged files moved aside by this outbox
+        self._failing = False  # the disk refused the last write: a storage fault is raised
+        if self.path.is_dir():
+            raise OutboxError(f"{self.path}: cannot open the outbox database: it is a directory")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: every statement commits on its own, so `add` is durable when it returns.
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._check_version()
-            self._db.execute(_SCHEMA)
-        except (OSError, sqlite3.Error) as error:
-            raise OutboxError(f"{self.path}: cannot open the outbox database: {error}") from None
+        except OSError as error:
+            raise OutboxError(f"{self.path}: cannot create the outbox directory: {error.strerror}") from None
+        with self._lock:
+            self._open(check=True)
+        self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
+        self._writer.start()
 
-    def _check_version(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        elif version != SCHEMA_VERSION:
-            raise OutboxError(f"{self.path}: outbox schema version {version}, expected {SCHEMA_VERSION}")
+    # -- opening, checking, recovering -----------------------------------------------------------------
+    def _open(self, check: bool) -> bool:
+        """Open (or reopen) the file; a damaged one is replaced. False (and a fault) if the disk refuses."""
+        try:
+            self._db = self._connect()
+            if check:
+                result = self._db.execute("PRAGMA quick_check").fetchone()[0]
+                if result != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
+        except sqlite3.Error as error:
+            if _damaged(error):
+                self._recover(error)
+                return self._db is not None
+            self._disk_failed(error, "open")
+            return False
+        return True
 
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            # Alerts name machines and their faults: the file is the agent's alone (sqlite gives the
+            # -wal and -shm files the same mode).
+            try:
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as error:  # a full or read-only disk: held in memory like a failed write
+                raise sqlite3.OperationalError(f"cannot create the file: {error.strerror}") from None
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise OutboxError(f"{self.path}: outbox schema version {version}, expected {SCHEMA_VERSION}")
+            db.execute(_SCHEMA)
+            row = db.execute("SELECT MAX(id) FROM outbox").fetchone()
+            sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        self._next_id = max(self._next_id, (row[0] or 0) + 1, (sequence[0] if sequence else 0) + 1)
+        return db
+
+    def _recover(self, error: sqlite3.Error) -> None:
+        """Move the damaged file aside, re-queue what can be read from it, go on with a fresh file."""
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+        salvaged = _salvage(self.path)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                source = Path(f"{self.path}{suffix}")
+                if source.exists():
+                    os.replace(source, f"{aside}{suffix}")
+        except OSError as move_error:
+            self._disk_failed(sqlite3.OperationalError(f"cannot move the damaged outbox aside: {move_error}"), "recover")
+            self._hold(salvaged)
+            return
+        self.recovered.append(aside)
+        with self._acked_lock:
+            acked = set(self._acked)
+        salvaged = [item for item in salvaged if item.id not in acked]
+        # The salvaged messages are older than anything held in memory: they go first.
+        self._held = {item.id: item for item in salvaged} | self._held
+        self._next_id = max([self._next_id, *(i.id + 1 for i in salvaged)])
+        message = (f"{self.path} was damaged ({error}): moved to {aside.name} for inspection; "
+                   f"{len(salvaged)} stored message(s) recovered into a fresh outbox")
+        log.error("%s", message)
+        if self.health is not None:
+            self.health.fault("storage", message, source="outbox-damaged")
+        try:
+            self._db = self._connect()
+        except sqlite3.Error as open_error:
+            self._disk_failed(open_error, "open")
+            return
+        self._store_held()
+
+    def _hold(self, items: Iterable[OutboxItem]) -> None:
+        for item in items:
+            self._held.setdefault(item.id, item)
+
+    def _disk_failed(self, error: sqlite3.Error, action: str) -> None:
+        self._failing = True
+        message = (f"{self.path}: cannot {action} ({error}); {len(self._held)} alert(s) held in memory "
+                   f"and retried every {RETRY_S:g} s")
+        if self.health is not None:
+            self.health.fault("storage", message, source="outbox")
+        else:
+            log.error("%s", message)
+
+    def _store_held(self) -> bool:
+        """Write the held messages to disk, oldest first, in one transaction. Caller holds _lock."""
+        if not self._held and not self._failing:
+            return True
+        if self._failing and self._db is not None:
+            # After an I/O error SQLite may keep failing on the same connection: start afresh.
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        if self._db is None and not self._open(check=False):
+            return False
+        assert self._db is not None
+        items = list(self._held.values())
+        try:
+            with self._transaction():
+                self._db.executemany(f"INSERT OR IGNORE INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                                     [(i.id, i.topic, i.payload, i.qos, int(i.retain), i.created) for i in items])
+                if not items:  # everything held was acknowledged meanwhile: prove the disk takes a write
+                    self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as error:
+            if _damaged(error):
+                self._recover(error)
+                return not self._held
+            self._disk_failed(error, "store")
+            return False
+        self._held.clear()
+        if self._failing:
+            self._failing = False
+            log.info("%s: the disk takes writes again; %d held message(s) stored", self.path, len(items))
+            if self.health is not None:
+                self.health.clear("storage", source="outbox")
+        return True
+
+    def _transaction(self) -> _Transaction:
+        assert self._db is not None
+        return _Transaction(self._db)
+
+    # -- the FIFO ---------------------------------------------------------------------------------------
     def add(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
-        """Store a message; it is on disk when this returns. Returns its id."""
+        """Store a message: on disk when this returns, or held in memory (and reported) if the disk fails.
+
+        Returns its id. Never raises because of the disk: the caller publishes the message either way.
+        """
         if qos not in (0, 1, 2):
             raise ValueError(f"outbox: qos must be 0, 1 or 2, got {qos!r}")
         with self._lock:
-            try:
-                cursor = self._db.execute(
-                    "INSERT INTO outbox (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
-                    (topic, bytes(payload), qos, int(retain), time.time()))
-            except sqlite3.Error as error:  # e.g. the disk is full: the alert could not be kept
-                raise OutboxError(f"{self.path}: cannot store a message for {topic}: {error}") from None
-            return int(cursor.lastrowid)
+            item = OutboxItem(self._next_id, topic, bytes(payload), qos, retain, time.time())
+            self._next_id += 1
+            self._held[item.id] = item
+            if not self._store_held():  # behind older held messages, to keep the order on disk
+                self._wake.set()
+            return item.id
 
     def pending(self) -> list[OutboxItem]:
-        """Every stored message, oldest first."""
+        """Every stored or held message not yet acknowledged, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT id, topic, payload, qos, retain, created FROM outbox ORDER BY id").fetchall()
-        return [OutboxItem(id=r[0], topic=r[1], payload=bytes(r[2]), qos=r[3], retain=bool(r[4]), created=r[5])
-                for r in rows]
+            rows: list[OutboxItem] = []
+            if self._db is not None or self._open(check=False):
+                assert self._db is not None
+                try:
+                    rows = [_item(r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM outbox ORDER BY id")]
+                except sqlite3.Error as error:
+                    if _damaged(error):
+                        self._recover(error)
+                        return self.pending()
+                    log.warning("%s: cannot read the outbox (%s): sending what is held in memory", self.path, error)
+            held = list(self._held.values())
+        with self._acked_lock:
+            acked = set(self._acked)
+        items = {item.id: item for item in rows if item.id not in acked}
+        items.update((item.id, item) for item in held if item.id not in acked)
+        return [items[key] for key in sorted(items)]
 
     def remove(self, item_id: int) -> None:
-        """Forget a message the broker acknowledged; removing an unknown id is a no-op."""
-        with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+        """Forget a message the broker acknowledged; removing an unknown id is a no-op. Never blocks on I/O."""
+        with self._acked_lock:
+            self._acked.add(item_id)
+        self._wake.set()
 
     def __len__(self) -> int:
+        """Messages not yet acknowledged; counted in SQLite, not read out (the counters ask every snapshot)."""
+        with self._acked_lock:
+            acked = set(self._acked)
+        if len(acked) > 500 or self._db is None:  # a long-failing disk: rare enough to read them all
+            return len(self.pending())
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            if self._db is None:
+                return len(self.pending())
+            marks = ",".join("?" * len(acked))
+            try:
+                stored = self._db.execute(f"SELECT COUNT(*) FROM outbox WHERE id NOT IN ({marks})",
+                                          tuple(acked)).fetchone()[0]
+            except sqlite3.Error:
+                return len(self.pending())
+            return int(stored) + sum(1 for item_id in self._held if item_id not in acked)
+
+    @property
+    def held(self) -> int:
+        """Messages kept in memory only, because the disk failed."""
+        with self._lock:
+            return len(self._held)
+
+    # -- the writer thread ------------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait(RETRY_S)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Delete acknowledged messages and store held ones (the writer thread does this every RETRY_S)."""
+        with self._lock:
+            self._store_held()
+            with self._acked_lock:
+                acked = set(self._acked)
+            if not acked:
+                return
+            for item_id in acked:
+                self._held.pop(item_id, None)
+            if self._db is None:
+                return
+            try:
+                with self._transaction():
+                    self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in acked])
+            except sqlite3.Error as error:
+                if _damaged(error):
+                    self._recover(error)
+                return  # the disk refuses even deletes: they stay marked and are retried
+            with self._acked_lock:
+                self._acked -= acked
 
     def close(self) -> None:
+        self._closed.set()
+        self._wake.set()
+        if self._writer.is_alive() and self._writer is not threading.current_thread():
+            self._writer.join(5)
         with self._lock:
-            self._db.close()
+            self.flush()
+            if self._held:
+                log.error("%s: %d alert(s) could not be stored and are lost with this process", self.path,
+                          len(self._held))
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def __enter__(self) -> Outbox:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error (the connection runs in autocommit mode)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        if kind is None:
+            self.db.execute("COMMIT")
+            return
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction is active after some errors
+
+
+def _salvage(path: Path) -> list[OutboxItem]:
+    """Every row that can still be read from a damaged outbox, oldest first."""
+    rows: dict[int, OutboxItem] = {}
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error:
+        return []
+    try:
+        last = 0
+        try:
+            for row in db.execute(f"SELECT {_COLUMNS} FROM outbox ORDER BY id"):
+                rows[row[0]] = _item(row)
+                last = row[0]
+            return list(rows.values())
+        except sqlite3.Error:
+            pass  # the scan stopped at a damaged page: look up the ids beyond it one by one
+        highest = last + SALVAGE_UNKNOWN_END
+        for query in ("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'", "SELECT MAX(id) FROM outbox"):
+            try:
+                found = db.execute(query).fetchone()
+            except sqlite3.Error:
+                continue
+            if found and found[0] is not None:
+                highest = max(int(found[0]), last)
+                break
+        for item_id in range(last + 1, min(highest, last + SALVAGE_PROBES) + 1):
+            try:
+                row = db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (item_id,)).fetchone()
+            except sqlite3.Error:
+                continue
+            if row is not None:
+                rows[row[0]] = _item(row)
+    finally:
+        db.close()
+    return [rows[key] for key in sorted(rows)]

@@ -8,7 +8,7 @@ import json
 from importlib import resources
 from typing import Any
 
-NAMES = ("alert", "state", "telemetry", "status")
+NAMES = ("alert", "state", "telemetry", "status", "health")
 
 
 def load_schema(name: str) -> dict[str, Any]:

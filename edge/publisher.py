@@ -2,7 +2,8 @@
 
 Topics under `{prefix}/{device_id}/` follow Home Assistant's conventions: `status` is the retained
 availability ("online", and "offline" as the last will), `state` the retained health state, `alert` one
-QoS 1 event per state transition, `telemetry` one QoS 0 record per snapshot.
+QoS 1 event per state transition, `telemetry` one QoS 0 record per snapshot, `health` the retained
+agent-level faults (edge/health.py).
 
 Why paho's own queue is not trusted with alerts: paho keeps unacknowledged QoS 1 messages in memory only
 and re-sends them after a reconnect, so a restart of the agent loses them, and a message published while
@@ -12,6 +13,12 @@ and the outbox is re-published in order, and an alert leaves the outbox only in 
 the broker's PUBACK. The session is clean on every connect (we subscribe to nothing, and a persistent
 session would only make the broker hold state the outbox already holds). The price is an occasional
 duplicate after a reconnect (an alert whose PUBACK was lost); consumers de-duplicate by the alert's `id`.
+
+A refusal is not an acknowledgement. On MQTT 5 the broker answers a publish it will not deliver (e.g. its
+ACL denies the topic) with a PUBACK reason code >= 0x80: the alert then stays in the outbox, a `broker`
+health fault is raised, and it is re-sent with back-off (and on every reconnect) until the broker takes
+it. MQTT 3.1.1 cannot tell: its PUBACK has no reason code, and Mosquitto acknowledges a denied publish as
+if it had delivered it, so over 3.1.1 a refused alert is lost without a trace. Use protocol "5".
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.health import Health
 from edge.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,8 @@ log = logging.getLogger(__name__)
 ONLINE = b"online"
 OFFLINE = b"offline"
 PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+REFUSED_RETRY_MIN_S = 10.0  # a refused alert is re-sent after this, doubling up to REFUSED_RETRY_MAX_S
+REFUSED_RETRY_MAX_S = 600.0
 
 
 class PublisherError(ValueError):
@@ -66,12 +76,32 @@ class Topics:
     state: str
     alert: str
     telemetry: str
+    health: str
 
 
 def topics(prefix: str, device_id: str) -> Topics:
     base = f"{prefix}/{device_id}"
     return Topics(status=f"{base}/status", state=f"{base}/state", alert=f"{base}/alert",
-                  telemetry=f"{base}/telemetry")
+                  telemetry=f"{base}/telemetry", health=f"{base}/health")
+
+
+def drop_in_flight(client: mqtt.Client) -> None:
+    """Forget paho's unacknowledged QoS >= 1 messages (the outbox re-sends the ones that matter)."""
+    drop = getattr(client, "drop_out_messages", None)
+    if drop is not None:  # paho >= 2.2
+        drop()
+        return
+    # paho 2.0 and 2.1 have no public call for it: these are the two lines 2.2's drop_out_messages runs.
+    with client._out_message_mutex:
+        client._out_messages.clear()
+
+
+@dataclass
+class _Refused:
+    """An alert the broker refused: when to try again, and how long to wait after that."""
+
+    due: float  # time.monotonic()
+    delay: float
 
 
 def read_password(path: str | Path) -> str:
@@ -104,20 +134,30 @@ def _paho_log(client: mqtt.Client, userdata: Any, level: int, text: str) -> None
 class Publisher:
     """Publishes the agent's messages; alerts go through the outbox and survive outages and restarts."""
 
-    def __init__(self, config: MqttConfig, outbox: Outbox) -> None:
+    def __init__(self, config: MqttConfig, outbox: Outbox, health: Health | None = None) -> None:
         if config.protocol not in PROTOCOLS:
             raise PublisherError(f"mqtt.protocol: expected \"5\" or \"3.1.1\", got {config.protocol!r}")
         self.config = config
         self.outbox = outbox
+        self.health = health
         self.topics = topics(config.topic_prefix, config.device_id)
         # _send_lock orders alert publishing against the flush in on_connect. _ack_lock guards the mid map
         # and is never held while calling into paho: on_publish runs with paho's message mutex held.
         self._send_lock = threading.Lock()
         self._ack_lock = threading.Condition()
-        self._in_flight: dict[int, int | None] = {}  # paho mid -> outbox id (None: not an outbox message)
-        self._early_acks: set[int] = set()  # PUBACKs that beat the registration of their mid
+        # paho mid -> (outbox id, or None for a message that is not in the outbox; topic)
+        self._in_flight: dict[int, tuple[int | None, str]] = {}
+        self._early_acks: dict[int, mqtt.ReasonCode] = {}  # PUBACKs that beat the registration of their mid
+        self._refused_topics: set[str] = set()  # non-alert topics the broker refused (logged once each)
         self._online = False
         self._last_state: bytes | None = None
+        self._last_health: bytes | None = None
+        self._refused: dict[int, _Refused] = {}  # outbox id -> retry plan; guarded by _ack_lock
+        self._health_lock = threading.Lock()
+        self._unsent_health: bytes | None = None  # the latest report, until the housekeeping thread takes it
+        self._housekeeping = threading.Event()  # wakes the housekeeping thread early
+        self._stopping = threading.Event()
+        self._retrier: threading.Thread | None = None
         self._outage_started: float | None = None  # set while an outage is going on (it was logged once)
         self._failed_attempts = 0
         self._dropped_telemetry = 0
@@ -158,6 +198,8 @@ class Publisher:
         kwargs: dict[str, Any] = {"clean_start": True} if self.config.protocol == "5" else {}
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive, **kwargs)
         self._client.loop_start()
+        self._retrier = threading.Thread(target=self._housekeep, name="mqtt-housekeeping", daemon=True)
+        self._retrier.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Give in-flight alerts `timeout` seconds, announce "offline", disconnect. Unsent alerts stay stored."""
@@ -171,6 +213,10 @@ class Publisher:
                     pass  # the connection went away meanwhile; the last will says "offline" instead
         with self._send_lock:
             self._online = False
+        self._stopping.set()
+        self._housekeeping.set()
+        if self._retrier is not None:
+            self._retrier.join(5)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -191,6 +237,16 @@ class Publisher:
             self._last_state = data
             if self._online:
                 self._send(self.topics.state, data, 1, True, None)
+
+    def publish_health(self, payload: dict[str, Any]) -> None:
+        """Retained QoS 1, like the state: only the latest report matters, sent again on every connect.
+
+        Faults are found with other locks held (the outbox's, paho's on a refusal), so this only hands the
+        report to the housekeeping thread, which sends it: no lock-order inversion, no deadlock.
+        """
+        with self._health_lock:
+            self._unsent_health = encode(payload)
+        self._housekeeping.set()
 
     def publish_telemetry(self, payload: dict[str, Any]) -> bool:
         """QoS 0, fire and forget: dropped (and counted) while offline. Returns whether it was sent."""
@@ -224,17 +280,51 @@ class Publisher:
         """Hand a message to paho and remember which outbox item its mid stands for. Caller holds _send_lock."""
         info = self._client.publish(topic, data, qos=qos, retain=retain)
         with self._ack_lock:
-            if info.mid in self._early_acks:
-                self._early_acks.discard(info.mid)
-                self._acknowledged(item_id)
+            early = self._early_acks.pop(info.mid, None)
+            if early is not None:
+                self._settle(item_id, topic, early)
             else:
-                self._in_flight[info.mid] = item_id
+                self._in_flight[info.mid] = (item_id, topic)
 
     def _acknowledged(self, item_id: int | None) -> None:
         """Caller holds _ack_lock."""
         if item_id is not None:
             self.outbox.remove(item_id)
+            if self._refused.pop(item_id, None) is not None and not self._refused and self.health is not None:
+                self.health.clear("broker")
             self._ack_lock.notify_all()
+
+    def _housekeep(self) -> None:
+        """The publisher's own thread: sends health reports, re-sends refused alerts when due."""
+        while not self._stopping.is_set():
+            self._housekeeping.wait(0.5)
+            self._housekeeping.clear()
+            with self._health_lock:
+                report, self._unsent_health = self._unsent_health, None
+            if report is not None:
+                with self._send_lock:
+                    self._last_health = report
+                    if self._online:
+                        self._send(self.topics.health, report, 1, True, None)
+            self._retry_refused()
+
+    def _retry_refused(self) -> None:
+        """Re-send refused alerts whose back-off expired (a reconnect re-sends them all anyway)."""
+        now = time.monotonic()
+        with self._ack_lock:
+            due = {item_id for item_id, plan in self._refused.items() if plan.due <= now}
+            for item_id in due:
+                plan = self._refused[item_id]
+                plan.due = now + plan.delay
+                plan.delay = min(plan.delay * 2, REFUSED_RETRY_MAX_S)
+        if not due:
+            return
+        with self._send_lock:
+            if not self._online:
+                return
+            for item in self.outbox.pending():
+                if item.id in due:
+                    self._send(item.topic, item.payload, item.qos, item.retain, item.id)
 
     # -- state -------------------------------------------------------------------------------------------
     @property
@@ -276,7 +366,7 @@ class Publisher:
         with self._send_lock:
             # Whatever paho still holds from the previous connection is also in the outbox (alerts) or
             # superseded (state); re-sending it from paho too would duplicate and could reorder.
-            client.drop_out_messages()
+            drop_in_flight(client)
             with self._ack_lock:
                 self._in_flight.clear()
                 self._early_acks.clear()
@@ -286,6 +376,8 @@ class Publisher:
                 self._send(item.topic, item.payload, item.qos, item.retain, item.id)
             if self._last_state is not None:
                 self._send(self.topics.state, self._last_state, 1, True, None)
+            if self._last_health is not None:
+                self._send(self.topics.health, self._last_health, 1, True, None)
             for topic, payload in self._retained.items():
                 self._send(topic, payload, 1, True, None)
             for topic in self._listeners:
@@ -326,14 +418,32 @@ class Publisher:
                     properties: Any) -> None:
         with self._ack_lock:
             if mid not in self._in_flight:
-                self._early_acks.add(mid)
+                self._early_acks[mid] = reason
                 return
-            item_id = self._in_flight.pop(mid)
-            if reason.is_failure:
-                # A refusal (e.g. the ACL denies the topic) is permanent: re-sending forever helps nobody.
-                log.error("MQTT broker %s refused message %d on its topic: %s; dropped", self._where(),
-                          item_id if item_id is not None else mid, reason)
+            item_id, topic = self._in_flight.pop(mid)
+            self._settle(item_id, topic, reason)
+
+    def _settle(self, item_id: int | None, topic: str, reason: mqtt.ReasonCode) -> None:
+        """The broker's answer to one publish. Caller holds _ack_lock."""
+        if not reason.is_failure:
             self._acknowledged(item_id)
+            return
+        user = self.config.username or "anonymous"
+        if item_id is None:  # state, health, discovery: superseded by the next one, but somebody should know
+            if topic not in self._refused_topics:
+                self._refused_topics.add(topic)
+                log.warning("broker %s refused a publish on %s (%s): check the broker's ACL for user %s",
+                            self._where(), topic, reason, user)
+            return
+        # A refused alert is not a delivered one: it stays in the outbox and is tried again later.
+        plan = self._refused.setdefault(item_id, _Refused(0.0, REFUSED_RETRY_MIN_S))
+        plan.due = time.monotonic() + plan.delay
+        message = (f"broker {self._where()} refused alerts on {topic} ({reason}); {len(self._refused)} alert(s) "
+                   f"kept in the outbox and retried: check the broker's ACL for user {user}")
+        if self.health is not None:
+            self.health.fault("broker", message)  # only hands the report over: safe under our locks
+        else:
+            log.error("%s", message)
 
     def _where(self) -> str:
         return f"{self.config.host}:{self.config.port}"

@@ -4,24 +4,32 @@ very pipeline that will score it (`cm-train fit RECORDER_DIR` reads them like an
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from edge.config import RecorderConfig
+from edge.health import Health
 from edge.snapshot import Snapshot
 from firmware_bridge.ims import IMS_SCALE, format_timestamp, list_ims_files, write_ims_file
 
 log = logging.getLogger(__name__)
+RECORDING_MODE = 0o640
 
 
 class Recorder:
-    def __init__(self, config: RecorderConfig) -> None:
+    def __init__(self, config: RecorderConfig, health: Health | None = None) -> None:
         self.config = config
+        self.health = health
         self.quota_bytes = int(config.quota_mb * 1024 * 1024)
-        config.directory.mkdir(parents=True, exist_ok=True)
-        self._files = [f.path for f in list_ims_files(config.directory)]  # oldest first
-        self._bytes = sum(path.stat().st_size for path in self._files)
+        try:
+            config.directory.mkdir(parents=True, exist_ok=True)
+            self._files = [f.path for f in list_ims_files(config.directory)]  # oldest first
+            self._bytes = sum(path.stat().st_size for path in self._files)
+        except OSError as error:  # e.g. the directory is a file: no recordings, but the agent runs and says so
+            self._files, self._bytes = [], 0
+            self._report(f"{config.directory}: cannot use the recorder directory ({error.strerror})")
         self._last_us: int | None = None
 
     def save(self, snapshot: Snapshot) -> None:
@@ -32,7 +40,16 @@ class Recorder:
         if not np.isclose(snapshot.scale, IMS_SCALE):
             # IMS files hold thousandths of a g: rescale other sensors' counts to that unit.
             counts = np.clip(np.rint(counts * (snapshot.scale / IMS_SCALE)), -32768, 32767).astype(np.int16)
-        path = write_ims_file(self.config.directory, self._free_name(snapshot.capture_time_us), counts)
+        try:
+            path = write_ims_file(self.config.directory, self._free_name(snapshot.capture_time_us), counts)
+            # Readable by the agent's group (a training user copying them), by nobody else.
+            os.chmod(path, RECORDING_MODE)
+        except OSError as error:  # a full or read-only disk costs recordings, never the agent
+            self._report(f"{self.config.directory}: cannot write a recording ({error.strerror}); retried at the "
+                         f"next one")
+            return
+        if self.health is not None:
+            self.health.clear("storage", source="recorder")
         self._last_us = snapshot.capture_time_us
         self._files.append(path)
         self._bytes += path.stat().st_size
@@ -45,6 +62,12 @@ class Recorder:
         while (self.config.directory / format_timestamp(moment)).exists():
             moment += timedelta(seconds=1)
         return moment
+
+    def _report(self, message: str) -> None:
+        if self.health is not None:
+            self.health.fault("storage", message, source="recorder")
+        else:
+            log.error("%s", message)
 
     def _enforce_quota(self) -> None:
         while self._bytes > self.quota_bytes and len(self._files) > 1:

@@ -12,14 +12,17 @@ interpreter where neither has a wheel (edge/numpy_interpreter.py).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.bundle import Bundle
+from edge.bundle import CARD_FILE, Bundle, BundleError
 
 
 INTERPRETERS = ("ai_edge_litert", "tflite_runtime", "numpy")  # the order load_interpreter tries them
@@ -113,8 +116,8 @@ class Scorer:
         expected = (1, self.window, self.channels)
         if tuple(input_detail["shape"]) != expected or tuple(output_detail["shape"]) != expected:
             raise ValueError(
-                f"{model_path or bundle.model_path}: model input/output shape {tuple(input_detail['shape'])}/"
-                f"{tuple(output_detail['shape'])} does not match the card's (1, window, channels) = {expected}"
+                f"{model_path or bundle.model_path}: model input/output shape {tuple(input_detail['shape'].tolist())}/"
+                f"{tuple(output_detail['shape'].tolist())} does not match the card's (1, window, channels) = {expected}"
             )
         self._input_index = input_detail["index"]
         self._output_index = output_detail["index"]
@@ -148,3 +151,30 @@ class Scorer:
         self._interpreter.set_tensor(self._input_index, self._input)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output_index)
+
+
+def check_model(bundle: Bundle) -> None:
+    """Load the bundle's model once and compare its tensors with the card: a BundleError naming the card's
+    keys if they disagree, so `cm-edge --check` catches what would otherwise stop the agent at its first
+    snapshot. (LiteRT prints an INFO line about its CPU delegate when it loads a model: not shown here.)"""
+    card_file = bundle.path / CARD_FILE
+    try:
+        with _quiet_native_stderr():
+            Scorer(bundle)
+    except (ValueError, RuntimeError) as error:
+        detail = " ".join(str(error).split())  # one line, whatever the interpreter's message looks like
+        raise BundleError(f"{card_file}: feature_spec.window/feature_spec.channels or model_file: {detail}") from None
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to nowhere for the duration (the interpreter writes to it from C++)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -219,13 +219,16 @@ def install(root: Path, arch: Arch, tarball: Path) -> None:
     if cached.exists():
         print(f"    dependencies cached: {cached}")
         run("tar", "-xf", cached, "-C", root)
-        on_device(root, arch, "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "/src")
+        # Built in pip's isolated environment: the venv's own setuptools (Debian's 66) has no bdist_wheel.
+        on_device(root, arch, "pip", "install", "--quiet", "--no-deps", "/src")
     else:
         venv = ["python3", "-m", "venv", *(["--system-site-packages"] if arch.system_numpy else []), "/opt/cm-edge/venv"]
         on_device(root, arch, *venv)
         on_device(root, arch, "pip", "install", "--quiet", "/src[edge]", *TEST_EXTRAS)
         partial = cached.with_suffix(".tar.partial")
         run("tar", "-cf", partial, "-C", root, "opt/cm-edge/venv")
+        for stale in CACHE.glob(f"venv-{arch.name}-*.tar"):  # made for an older pyproject.toml
+            stale.unlink()
         partial.rename(cached)
     on_device(root, arch, "pip", "check")
     report = on_device(root, arch, "python", "-c", (

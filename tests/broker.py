@@ -220,6 +220,7 @@ class Subscriber:
         self.granted: list[int] = []
         self._topics = [topics] if isinstance(topics, str) else topics
         self._changed = threading.Condition()
+        self.protocol = protocol  # (paho 2.0.0's Client.protocol property recurses forever)
         clean_session = None if protocol == mqtt.MQTTv5 else not persistent
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
                                   clean_session=clean_session)
@@ -235,7 +236,7 @@ class Subscriber:
         self.port = port
 
     def start(self, timeout: float = 10.0) -> Subscriber:
-        if self.client.protocol == mqtt.MQTTv5 and self.persistent:
+        if self.protocol == mqtt.MQTTv5 and self.persistent:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = 3600
             self.client.connect(HOST, self.port, keepalive=30, clean_start=False, properties=properties)

@@ -86,7 +86,7 @@ def test_a_continuous_boot_time_stream_is_dated_by_the_agent_scored_at_the_cards
             # Home Assistant, starting later, finds the discovery configs retained on the broker.
             with Subscriber(broker.port, "homeassistant/#") as home_assistant:
                 counters = json.loads(subscriber.on(f"{TOPIC}/telemetry")[-1])["counters"]
-                entities = 3 + 4 + len(counters)  # health, problem, score; 4 channels; the counters
+                entities = 4 + 4 + len(counters)  # health, problem, agent_problem, score; 4 channels; the counters
                 assert home_assistant.wait_for(lambda s: len(s.messages) >= entities, 15)
                 discovery = list(home_assistant.messages)
             assert chain.agent.poll() is None
@@ -120,7 +120,8 @@ def test_a_continuous_boot_time_stream_is_dated_by_the_agent_scored_at_the_cards
     configs = {m.topic: json.loads(m.payload) for m in discovery}
     assert all(m.retain for m in discovery) and len(configs) == entities
     kinds = {config["unique_id"].removeprefix(f"cm_{DEVICE}_") for config in configs.values()}
-    assert {"health", "problem", "score", "feature_bearing1", "feature_bearing4", "counter_crc_errors"} <= kinds
+    assert {"health", "problem", "agent_problem", "score", "feature_bearing1", "feature_bearing4",
+            "counter_crc_errors"} <= kinds
     for topic, config in configs.items():
         assert topic.startswith("homeassistant/") and topic.endswith("/config")
         assert config["unique_id"] and config["device"]["identifiers"] == [f"cm-edge-{DEVICE}"]

@@ -4,20 +4,21 @@ subscriber. Every payload is validated against its JSON Schema.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from broker import Mosquitto, Subscriber
+from broker import Mosquitto, Subscriber, eventually
 from trained import make_synthetic_run, shared_bundle
 
 from edge.bundle import load_bundle
@@ -109,6 +110,18 @@ def chain(tmp_path, broker, bundle) -> Iterator[Chain]:
     if chain.agent is not None and chain.agent.poll() is None:
         chain.agent.kill()
         chain.agent.wait()
+
+
+def stored_alerts(chain: Chain) -> int:
+    """Alerts committed to the agent's outbox (read-only, beside the running agent; WAL allows it)."""
+    path = chain.tmp_path / "outbox.sqlite"
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM outbox WHERE topic = ?", (f"{TOPIC}/alert",)).fetchone()[0]
+        except sqlite3.OperationalError:  # the table is not created yet
+            return 0
 
 
 def payloads(subscriber: Subscriber, kind: str) -> list[dict]:
@@ -212,7 +225,8 @@ def test_broker_restart_mid_replay_delays_alerts_but_loses_none(reference, chain
         assert subscriber.wait_for(lambda s: len(s.on(f"{TOPIC}/telemetry")) >= 20, 60), chain.agent_log()
         broker.stop()
         replayer.join(120)
-        time.sleep(1.0)  # the agent scores the last snapshots while the broker is still down
+        # The agent scores the last snapshots while the broker is still down: every alert waits in the outbox.
+        assert eventually(lambda: stored_alerts(chain) >= len(reference["alerts"]), 60), chain.agent_log()
         assert subscriber.on(f"{TOPIC}/alert") == []
         broker.start()
         expected = len(reference["alerts"])
@@ -230,7 +244,8 @@ def test_agent_killed_with_pending_alerts_publishes_them_after_restart(reference
     broker.stop()  # the alerts of the whole run pile up in the outbox
     chain.start_agent()
     assert chain.replay(run_dir).returncode == 0
-    time.sleep(1.0)
+    # Kill it only once every alert of the run is committed: the point is that committed alerts survive.
+    assert eventually(lambda: stored_alerts(chain) >= len(reference["alerts"]), 60), chain.agent_log()
     chain.agent.send_signal(signal.SIGKILL)
     chain.agent.wait()
     broker.start()

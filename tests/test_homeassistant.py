@@ -59,8 +59,10 @@ def test_discovery_configs_are_retained_complete_and_sent_again_when_home_assist
     assert by_id[f"cm_{DEVICE}_problem"]["device_class"] == "problem"
     assert by_id[f"cm_{DEVICE}_score"]["state_topic"] == ours.state
     assert by_id[f"cm_{DEVICE}_feature_bearing_2"]["value_template"] == '{{ value_json.features["bearing 2"] }}'
-    counters = [c for c in by_id.values() if c.get("entity_category") == "diagnostic"]
-    assert sorted(c["unique_id"] for c in counters) == sorted(f"cm_{DEVICE}_counter_{n}" for n in COUNTERS)
+    diagnostic = [c["unique_id"] for c in by_id.values() if c.get("entity_category") == "diagnostic"]
+    assert sorted(diagnostic) == sorted([f"cm_{DEVICE}_agent_problem"] + [f"cm_{DEVICE}_counter_{n}" for n in COUNTERS])
+    agent = by_id[f"cm_{DEVICE}_agent_problem"]
+    assert agent["state_topic"] == agent["json_attributes_topic"] == ours.health and agent["device_class"] == "problem"
 
 
 def test_templates_read_the_agents_payloads():
@@ -71,5 +73,14 @@ def test_templates_read_the_agents_payloads():
     assert render("health", state) == "sensor_fault" and render("problem", state) == "ON"
     assert render("problem", {"state": "normal"}) == "OFF"
     assert render("score", state) == "None"  # Home Assistant shows "None" as unknown
+    from edge.health import Health
+
+    health = Health(DEVICE)
+    assert render("agent_problem", health.payload()) == "OFF"
+    health.fault("storage", "outbox.sqlite: cannot store (database or disk is full)")
+    report = health.payload()
+    assert render("agent_problem", report) == "ON"
+    attributes = jinja2.Template(found["agent_problem"]["json_attributes_template"]).render(value_json=report)
+    assert json.loads(attributes)["storage"]["message"] == "outbox.sqlite: cannot store (database or disk is full)"
     telemetry = {"features": {"bearing1": 0.07, "bearing 2": 0.08}, "counters": {"crc_errors": 3}}
     assert render("feature_bearing_2", telemetry) == "0.08" and render("counter_crc_errors", telemetry) == "3"

@@ -1,8 +1,11 @@
 """The outbox keeps every alert, in order, until it is removed; across restarts and SIGKILL."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.health import Health
 from edge.outbox import Outbox, OutboxError, OutboxItem
 
 
@@ -101,15 +105,130 @@ def test_every_add_that_returned_survives_sigkill(tmp_path: Path) -> None:
     assert stored[:len(confirmed)] == confirmed  # at most the add in progress may be extra
 
 
-def test_unusable_file_is_reported_with_its_path(tmp_path: Path) -> None:
+def test_a_directory_is_refused_with_its_path(tmp_path: Path) -> None:
+    with pytest.raises(OutboxError, match=f"{tmp_path}: cannot open the outbox database: it is a directory"):
+        Outbox(tmp_path)
+
+
+def test_the_outbox_file_is_private(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        outbox.add("cm/pi/alert", b"x")
+        for suffix in ("", "-wal", "-shm"):
+            assert stat.S_IMODE(os.stat(f"{outbox.path}{suffix}").st_mode) == 0o600, suffix
+
+
+def fill(path: Path, count: int, size: int = 300) -> list[bytes]:
+    payloads = [f"alert {n:05d} ".encode() + bytes([65 + n % 26]) * size for n in range(count)]
+    with Outbox(path) as outbox:
+        for payload in payloads:
+            outbox.add("cm/pi/alert", payload)
+    return payloads
+
+
+def corrupt_page(path: Path, page: int, page_size: int = 4096) -> bytes:
+    """Overwrite one page with noise, as a failing SD card does; returns the file as it was."""
+    original = path.read_bytes()
+    with path.open("r+b") as file:
+        file.seek((page - 1) * page_size)
+        file.write(os.urandom(page_size))
+    return original
+
+
+def page_of(path: Path, table: str) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+
+
+def test_a_damaged_file_is_moved_aside_and_every_readable_alert_is_requeued(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    payloads = fill(path, 200)
+    with sqlite3.connect(path) as db:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+    assert pages > 10
+    corrupt_page(path, pages // 2)  # a leaf in the middle of the table: its rows are gone
+    damaged = path.read_bytes()
+    health = Health("pi")
+    with Outbox(path, health=health) as outbox:
+        recovered = [item.payload for item in outbox.pending()]
+        later = outbox.add("cm/pi/alert", b"after")
+        assert [i.payload for i in outbox.pending()][-1] == b"after" and later > 200
+    # Intact rows come back unchanged and in order; at most one page's worth (4096 / 300 bytes) is lost.
+    assert recovered == [p for p in payloads if p in set(recovered)]
+    assert len(payloads) - 14 <= len(recovered) < len(payloads)
+    (aside,) = tmp_path.glob("outbox.sqlite.damaged-*[0-9TZ]")
+    assert aside.read_bytes() == damaged  # kept for inspection, as it was
+    message = health.faults()["storage"].message
+    assert aside.name in message and f"{len(recovered)} stored message(s) recovered" in message
+    with Outbox(path) as reopened:  # the fresh file is sound and holds them
+        assert [i.payload for i in reopened.pending()] == recovered + [b"after"]
+
+
+def test_damage_outside_the_alerts_loses_none_of_them(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    payloads = fill(path, 50)
+    corrupt_page(path, page_of(path, "sqlite_sequence"))
+    with Outbox(path, health=Health("pi")) as outbox:
+        assert [item.payload for item in outbox.pending()] == payloads
+        assert outbox.recovered
+
+
+def test_a_file_that_is_not_a_database_is_replaced_not_fatal(tmp_path: Path) -> None:
     bogus = tmp_path / "outbox.sqlite"
     bogus.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(OutboxError, match=str(bogus)):
-        Outbox(bogus)
-    with pytest.raises(OutboxError, match="cannot open"):
-        Outbox(tmp_path)  # a directory
+    with Outbox(bogus) as outbox:
+        outbox.add("t", b"x")
+        assert len(outbox) == 1
+    (aside,) = tmp_path.glob("outbox.sqlite.damaged-*[0-9TZ]")
+    assert aside.read_bytes() == b"this is not a database" * 100
+
+
+FULL_DISK = """
+import json, resource, sys
+from edge.health import Health
+from edge.outbox import Outbox
+path = sys.argv[1]
+health = Health("pi")
+outbox = Outbox(path, health=health)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))  # the disk is full from here on
+ids = [outbox.add("cm/pi/alert", b"%05d" % n + b"x" * 2000) for n in range(100)]
+report = {"held": outbox.held, "pending": len(outbox), "fault": health.faults()["storage"].message}
+outbox.remove(ids[0])  # acknowledged while still held in memory
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space again
+outbox.flush()
+report |= {"held_after": outbox.held, "faults_after": list(health.faults())}
+outbox.close()
+print(json.dumps(report))
+"""
+
+
+def test_a_full_disk_holds_alerts_in_memory_and_stores_them_once_it_has_room(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["held"] > 0 and report["pending"] == 100
+    assert "held in memory" in report["fault"] and str(path) in report["fault"]
+    assert report["held_after"] == 0 and report["faults_after"] == []
+    with Outbox(path) as outbox:  # every alert is on disk now, in order, but the acknowledged one
+        assert [item.payload[:5] for item in outbox.pending()] == [b"%05d" % n for n in range(1, 100)]
 
 
 def test_bad_qos_is_refused(tmp_path: Path) -> None:
     with Outbox(tmp_path / "outbox.sqlite") as outbox, pytest.raises(ValueError, match="qos"):
         outbox.add("t", b"x", qos=3)
+
+
+def test_an_acknowledgement_never_waits_for_the_disk(tmp_path: Path) -> None:
+    """paho's network thread calls remove(): it must return while a write (an fsync) holds the database."""
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        item_id = outbox.add("cm/pi/alert", b"x")
+        with outbox._lock:  # what a slow add or delete on an SD card looks like to other threads
+            remover = threading.Thread(target=outbox.remove, args=(item_id,))
+            remover.start()
+            remover.join(5)
+            assert not remover.is_alive()
+        assert outbox.pending() == []
+        outbox.flush()
+    with Outbox(tmp_path / "outbox.sqlite") as reopened:
+        assert len(reopened) == 0  # and the writer deleted it for good

@@ -19,6 +19,7 @@ from broker import Mosquitto, Subscriber, eventually, write_password_file
 
 from edge import messages
 from edge.detector import State, Transition
+from edge.health import Health
 from edge.outbox import Outbox
 from edge.payloads import validate
 from edge.publisher import MqttConfig, Publisher, PublisherError, topics
@@ -323,3 +324,79 @@ def test_the_schemas_reject_payloads_consumers_could_not_rely_on(name: str, payl
         validate(name, payload | change)
     with pytest.raises(jsonschema.ValidationError):
         validate("status", "maybe")
+
+
+def refusing_broker(broker: Mosquitto, tmp_path: Path, alerts_allowed: bool) -> None:
+    """Anonymous clients may publish below cm/pi-1/, but the ACL denies the alert topic unless allowed."""
+    acl = tmp_path / f"acl-{alerts_allowed}"
+    grants = ["status", "state", "telemetry", "health", "probe"] + (["alert"] if alerts_allowed else [])
+    acl.write_text("".join(f"topic readwrite cm/{DEVICE}/{name}\n" for name in grants))
+    broker.config = f"listener {{port}} 127.0.0.1\nallow_anonymous true\nacl_file {acl}\n"
+
+
+def test_a_refused_alert_stays_stored_raises_a_health_fault_and_is_delivered_once_allowed(
+        broker: Mosquitto, tmp_path: Path, outbox: Outbox, started) -> None:
+    broker.stop()
+    refusing_broker(broker, tmp_path, alerts_allowed=False)
+    broker.start()
+    reports: list[dict] = []
+    health = Health(DEVICE, on_change=reports.append)
+    payloads = [alert(n) for n in range(3)]
+    publisher = started(Publisher(config(broker), outbox, health=health))
+    health.on_change = lambda report: (reports.append(report), publisher.publish_health(report))
+    assert eventually(lambda: publisher.connected)
+    with Subscriber(broker.port, f"cm/{DEVICE}/#") as subscriber:
+        for payload in payloads:
+            publisher.publish_alert(payload)
+        assert eventually(lambda: "broker" in health.faults())
+        # The fault reaches consumers on the retained health topic; the alerts stay in the outbox.
+        assert subscriber.wait_for(lambda s: any(json.loads(p)["problem"] for p in s.on(T.health)))
+        report = json.loads(subscriber.on(T.health)[-1])
+        validate("health", report)
+        assert "refused" in report["faults"]["broker"]["message"] and "Not authorized" in report["faults"]["broker"]["message"]
+        assert publisher.pending() == 3 and [json.loads(i.payload)["id"] for i in outbox.pending()] == \
+            [p["id"] for p in payloads]
+        assert not subscriber.on(T.alert)
+    # The operator fixes the ACL and restarts the broker: the kept alerts go out, the fault clears.
+    broker.stop()
+    refusing_broker(broker, tmp_path, alerts_allowed=True)
+    broker.start()
+    with Subscriber(broker.port, T.alert) as subscriber:
+        assert publisher.wait_for_flush(20)
+        assert subscriber.wait_for(lambda s: set(alert_ids(s)) == {p["id"] for p in payloads})
+        assert first_occurrences(alert_ids(subscriber)) == [p["id"] for p in payloads]
+    assert eventually(lambda: "broker" not in health.faults())
+    assert reports[-1]["problem"] is False
+
+
+def test_over_mqtt_3_1_1_a_refusal_looks_like_a_delivery(broker: Mosquitto, tmp_path: Path, outbox: Outbox,
+                                                         started) -> None:
+    """Why the docs say to use MQTT 5: a 3.1.1 PUBACK carries no reason code, so nothing can be kept."""
+    broker.stop()
+    refusing_broker(broker, tmp_path, alerts_allowed=False)
+    broker.start()
+    with Subscriber(broker.port, f"cm/{DEVICE}/#") as subscriber:
+        publisher = started(Publisher(config(broker, "3.1.1"), outbox, health=Health(DEVICE)))
+        assert eventually(lambda: publisher.connected)
+        publisher.publish_alert(alert(1))
+        assert publisher.wait_for_flush(10)  # "acknowledged"
+        assert subscriber.publish_acked(f"cm/{DEVICE}/probe", b"")
+        assert not subscriber.on(T.alert) and not publisher.health.faults()
+
+
+def test_the_health_report_is_retained_and_sent_again_after_a_reconnect(broker: Mosquitto, outbox: Outbox,
+                                                                        started) -> None:
+    health = Health(DEVICE)
+    publisher = started(Publisher(config(broker), outbox, health=health))
+    health.on_change = publisher.publish_health
+    health.fault("clock", "the wall clock reads 1970-01-01: not synchronised")
+    broker.stop()  # the report raised while offline is sent on connect
+    health.fault("storage", "outbox.sqlite: cannot store (database or disk is full)", source="outbox")
+    broker.start()
+    with Subscriber(broker.port, T.health) as subscriber:
+        assert subscriber.wait_for(lambda s: s.on(T.health) and
+                                   set(json.loads(s.on(T.health)[-1])["faults"]) == {"clock", "storage"})
+        validate("health", json.loads(subscriber.on(T.health)[-1]))
+    with Subscriber(broker.port, T.health) as late:  # Home Assistant starting later still sees it
+        assert late.wait_for(lambda s: len(s.messages) == 1) and late.messages[0].retain
+        assert json.loads(late.messages[0].payload)["problem"] is True

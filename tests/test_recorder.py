@@ -1,6 +1,7 @@
 """The recorder keeps snapshots as IMS files that the trainer reads back exactly, within a disk quota."""
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,13 @@ def test_other_scales_are_stored_in_thousandths_of_a_g(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_counts(ims.path, expected_rows=None), snap.counts.astype(np.int32) * 2)
 
 
+def test_recordings_are_readable_by_the_group_only(tmp_path: Path) -> None:
+    recorder = Recorder(RecorderConfig(enabled=True, directory=tmp_path, quota_mb=100, interval_s=600))
+    recorder.save(snapshot(0, T0))
+    (ims,) = list_ims_files(tmp_path)
+    assert stat.S_IMODE(ims.path.stat().st_mode) == 0o640
+
+
 def test_a_repeated_capture_time_never_overwrites_a_recording(tmp_path: Path) -> None:
     # A sensor that restarted (or a restarted agent) can date a snapshot to a second already on disk.
     first = snapshot(0, T0)
@@ -69,3 +77,15 @@ def test_a_repeated_capture_time_never_overwrites_a_recording(tmp_path: Path) ->
     np.testing.assert_array_equal(read_counts(files[0].path, expected_rows=None), first.counts)
     np.testing.assert_array_equal(read_counts(files[1].path, expected_rows=None), again.counts)
     assert files[1].timestamp.timestamp() * 1e6 == T0 + 1_000_000  # moved on by one second
+
+
+def test_a_recorder_directory_that_is_a_file_costs_recordings_not_the_agent(tmp_path: Path) -> None:
+    from edge.health import Health
+
+    blocker = tmp_path / "recordings"
+    blocker.write_text("not a directory\n")
+    health = Health("pump-7")
+    recorder = Recorder(RecorderConfig(enabled=True, directory=blocker, quota_mb=100, interval_s=0), health)
+    recorder.save(snapshot(0, T0))  # reported, not raised
+    assert "cannot" in health.faults()["storage"].message and str(blocker) in health.faults()["storage"].message
+    assert blocker.read_text() == "not a directory\n"

@@ -56,6 +56,8 @@ class RecordingPublisher:
         self.telemetry.append(payload)
         return True
 
+    def publish_health(self, payload: dict[str, Any]) -> None: ...
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -37,6 +37,7 @@ def deploy_config(passwd: Path, tls: TlsFiles) -> str:
         "password_file /etc/mosquitto/cm.passwd": f"password_file {passwd}",
         "acl_file /etc/mosquitto/cm.acl": f"acl_file {DEPLOY / 'acl'}",
         "\nlistener 1883\n": "\nlistener {port} 127.0.0.1\n",
+        "\npersistence true\n": "\npersistence true\npersistence_location {directory}/\n",
         "listener 8883": "listener {tls_port} 127.0.0.1",
         "cafile /etc/mosquitto/certs/ca.crt": f"cafile {tls.ca}",
         "certfile /etc/mosquitto/certs/server.crt": f"certfile {tls.server_cert}",
@@ -220,6 +221,67 @@ path = "{tmp_path / 'outbox.sqlite'}"
     for payload in reader.on(PI1.telemetry):
         validate("telemetry", json.loads(payload))
     assert USERS["pi-1"] not in log.read_text()  # the secret never reaches the journal
+
+
+def plain_publisher(secured: Secured, device: str, outbox: Outbox, **overrides: object) -> Publisher:
+    settings = dict(host="127.0.0.1", port=secured.broker.port, device_id=device, username=device,
+                    password_file=str(secured.secrets[device]), reconnect_min=0.2, reconnect_max=0.2)
+    return Publisher(MqttConfig(**(settings | overrides)), outbox)
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311])
+def test_another_devices_credentials_cannot_take_over_the_agents_session(secured: Secured, tmp_path: Path,
+                                                                         protocol: int) -> None:
+    with subscriber(secured, "homeassistant", PI1.status) as reader, Outbox(tmp_path / "outbox.sqlite") as outbox:
+        agent = plain_publisher(secured, "pi-1", outbox)
+        agent.start()
+        try:
+            assert reader.wait_for(lambda s: s.on(PI1.status)[-1:] == [b"online"])
+            before = len(reader.on(PI1.status))  # (a retained "offline" of an earlier test may come first)
+            for _ in range(3):  # pi-2's password, pi-1's client id: before, this kicked the agent off
+                intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cm-edge-pi-1", protocol=protocol)
+                intruder.username_pw_set("pi-2", USERS["pi-2"])
+                connected: list[mqtt.ReasonCode] = []
+                intruder.on_connect = lambda c, u, flags, reason, props: connected.append(reason)
+                intruder.connect(HOST, secured.broker.port)
+                intruder.loop_start()
+                assert eventually(lambda: bool(connected)) and not connected[0].is_failure  # it is a valid user
+                intruder.publish(PI1.status, b"offline", qos=1, retain=True).wait_for_publish(5)
+                intruder.disconnect()
+                intruder.loop_stop()
+            # The agent's session is untouched: one connection, never dropped, its availability never flipped.
+            assert reader.publish_acked("cm/homeassistant-probe", b"") is not None
+            assert agent.connected and agent.failed_attempts == 0
+            assert reader.on(PI1.status)[before:] == []
+        finally:
+            agent.stop()
+
+
+def test_an_offline_consumer_gets_a_whole_backlog_of_alerts_after_an_outage(secured: Secured, tmp_path: Path) -> None:
+    """3,000 alerts flushed while Home Assistant is away: the deploy config queues them all (default: 1,000)."""
+    count = 3000
+    consumer = Subscriber(secured.broker.port, PI1.alert, username="homeassistant", password=USERS["homeassistant"],
+                          client_id="homeassistant", persistent=True).start()
+    consumer.stop()  # offline, its session (and queue) kept by the broker
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        ids = []
+        for n in range(count):  # the alerts an outage left in the agent's outbox
+            alert = dict(ALERT, id=f"00000000-0000-4000-8000-{n:012d}")
+            outbox.add(PI1.alert, json.dumps(alert).encode())
+            ids.append(alert["id"])
+        agent = plain_publisher(secured, "pi-1", outbox)
+        agent.start()
+        try:
+            assert agent.wait_for_flush(120)
+        finally:
+            agent.stop()
+    consumer = Subscriber(secured.broker.port, PI1.alert, username="homeassistant", password=USERS["homeassistant"],
+                          client_id="homeassistant", persistent=True).start()
+    try:
+        assert consumer.wait_for(lambda s: len(s.on(PI1.alert)) >= count, 60), len(consumer.on(PI1.alert))
+        assert [json.loads(p)["id"] for p in consumer.on(PI1.alert)] == ids
+    finally:
+        consumer.stop()
 
 
 def test_under_the_deploy_acl_a_device_announces_itself_to_home_assistant(secured: Secured, tmp_path: Path) -> None:
