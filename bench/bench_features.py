@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from figures import figure
 
 from edge.bearing import PRESETS
 from edge.features import FeatureConfig, FeatureExtractor, mean_abs
-from figures import figure
 from firmware_bridge.recording import open_recording
 
 REPO = Path(__file__).resolve().parents[1]

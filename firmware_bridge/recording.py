@@ -28,7 +28,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +44,10 @@ _FEMTO_NAME = re.compile(r"acc_(\d+)\.csv")
 _CWRU_VARIABLE = re.compile(r"X\d+_([A-Za-z]+)_time")
 _SNAPSHOT_SUFFIXES = (".csv", ".tsv", ".txt", ".npy")
 _INT16_MAX = 32767
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # FEMTO records the time of day only; snapshots are dated on this (arbitrary, fixed) day so that runs
 # replay and train deterministically. A run that passes midnight moves on to the next day.
-FEMTO_DATE = datetime(2012, 1, 1, tzinfo=timezone.utc)
+FEMTO_DATE = datetime(2012, 1, 1, tzinfo=UTC)
 
 
 class RecordingError(ValueError):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from signals import defect_signal
 
 from edge.bearing import PRESETS
 from edge.bundle import load_bundle
@@ -17,7 +18,6 @@ from edge.payloads import validate
 from edge.pipeline import Pipeline
 from edge.snapshot import Snapshot
 from firmware_bridge.recording import open_recording
-from signals import defect_signal
 
 pytestmark = pytest.mark.slow
 

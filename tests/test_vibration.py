@@ -7,12 +7,12 @@ import math
 
 import numpy as np
 import pytest
+from signals import defect_signal, to_counts
 
 from edge.bearing import PRESETS, BearingGeometry, parse_bearing
 from edge.bundle import BundleError, FeatureSpec, ModelCard, Scaler
 from edge.detector import DetectorSettings
 from edge.features import VIBRATION_FEATURES, FeatureConfig, FeatureExtractor, mean_abs
-from signals import defect_signal, to_counts
 
 RATE = 20_000
 N = 20_480
