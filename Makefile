@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench install system-deps pi-deps pi-check clean lowest
+.PHONY: demo test bench install system-deps pi-deps pi-check clean lowest lint
 
 install: $(STAMP)
 
@@ -27,9 +27,14 @@ system-deps:
 	   $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	 fi
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q -ra
 	$(MAKE) --no-print-directory lowest
+
+# ruff and mypy, configured in pyproject.toml: kept clean by every `make test`.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The lowest versions pyproject.toml allows for the `edge` extra (what a Pi may end up with), in a venv of
 # their own, running the tests of the device side that need no TensorFlow: a floor is a tested promise.

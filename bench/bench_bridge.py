@@ -6,13 +6,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import serial
-
 from figures import figure
+
 from firmware_bridge.frame import FrameDecoder, encode
 from firmware_bridge.ims import IMS_SNAPSHOT_SAMPLES, list_ims_files, write_ims_file
 from firmware_bridge.replay import replay
@@ -81,7 +81,7 @@ def _ims_dir(scratch: Path) -> tuple[Path, str]:
             if list_ims_files(root):
                 return root, "real IMS files"
     rng = np.random.default_rng(2)
-    start = datetime(2003, 10, 22, 12, 6, 24, tzinfo=timezone.utc)
+    start = datetime(2003, 10, 22, 12, 6, 24, tzinfo=UTC)
     for k in range(6):
         counts = rng.normal(0, 100, size=(IMS_SNAPSHOT_SAMPLES, 8)).round().astype(np.int16)
         write_ims_file(scratch, start + timedelta(minutes=10 * k), counts)

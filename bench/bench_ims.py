@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from figures import figure
+
 from firmware_bridge.ims import list_ims_files, read_counts
 from firmware_bridge.synth import generate
 

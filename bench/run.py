@@ -26,7 +26,6 @@ import bench_seed  # noqa: E402
 from figures import row  # noqa: E402
 
 
-
 def figures(tree: dict, prefix: str = "") -> dict[str, dict]:
     """Every {median, min, max} figure in a nested result, by dotted name."""
     found = {}

@@ -18,20 +18,19 @@ import time
 from dataclasses import replace
 from typing import Protocol
 
+from edge import messages, preflight
 from edge.bundle import Bundle, BundleError, load_bundle
 from edge.cadence import Cadence
 from edge.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
 from edge.clock import StreamClock, TimeSource, plausible, unsynchronised
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.detector import DetectorSettings, State, Transition
-from edge.health import Health, Watch
-from edge import messages
 from edge.guard import FrameGuard, Throttle, escape
+from edge.health import Health, Watch
 from edge.homeassistant import Discovery, entities
 from edge.messages import ModelRef, Reading
 from edge.outbox import Outbox, OutboxError
 from edge.pipeline import MISSING_DATA, Pipeline
-from edge import preflight
 from edge.publisher import Publisher, PublisherError
 from edge.recorder import Recorder
 from edge.runtime import check_model

@@ -11,7 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from edge.publisher import MqttConfig
 
@@ -150,12 +150,12 @@ class _Reader:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.fail(name, value, KIND_NAMES[kind])
-        if kind is float and not math.isfinite(value):  # inf thresholds would switch alarms off silently
+        if isinstance(value, float) and not math.isfinite(value):  # inf thresholds would switch alarms off silently
             raise self.fail(name, value, "a finite number")
         return value
 
     def text(self, table: dict[str, Any], key: str, default: str | None = None, *, name: str,
-             required: bool = False) -> str | None:
+             required: bool = False) -> Any:
         """A string that must say something: an empty path, port or id is never what was meant."""
         value = self.get(table, key, str, default, name=name, required=required)
         if value is not None and not value.strip():
@@ -205,6 +205,13 @@ class _Reader:
             raise self.fail("outbox.path", str(path), "a file path (the outbox is created there), not a directory")
         return path
 
+    @overload
+    def relative(self, value: str) -> Path: ...
+    @overload
+    def relative(self, value: None) -> None: ...
+    @overload
+    def relative(self, value: str | None) -> Path | None: ...
+
     def relative(self, value: str | None) -> Path | None:
         """Relative paths are relative to the config file, so a config and its bundle can travel together."""
         if value is None:
@@ -232,7 +239,7 @@ class _Reader:
         protocol = str(table.get("protocol", "5"))
         if protocol not in ("5", "3.1.1"):
             raise self.fail("mqtt.protocol", table.get("protocol"), "\"5\" or \"3.1.1\"")
-        files = {}
+        files: dict[str, Any] = {}
         for key in ("password_file", "tls_ca", "tls_cert", "tls_key"):
             value = self.relative(self.get(table, key, str, name=f"mqtt.{key}"))
             if value is not None and not value.is_file():

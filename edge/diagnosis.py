@@ -60,7 +60,7 @@ def diagnose(line_hz: np.ndarray, prominence: np.ndarray, channels: Sequence[str
     runner_up = float(others.max()) if others.size else 0.0
     clear = best >= MIN_PROMINENCE and best >= MIN_MARGIN * runner_up
     kind = KINDS[DEFECTS[column]] if clear else UNKNOWN
-    return Defect(kind, float(line_hz[channel, column]), channels[channel], best)
+    return Defect(kind, float(line_hz[channel, column]), channels[int(channel)], best)
 
 
 def zone(velocity_mm_s: float, group: str = "2-rigid") -> str:

@@ -14,9 +14,9 @@ The .tflite flatbuffer is read with the `tflite` package (the schema's generated
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-import math
 from pathlib import Path
 from typing import Any
 

@@ -185,7 +185,8 @@ class Publisher:
                 raise PublisherError(f"{files}: cannot load the TLS certificates: {error}") from None
             client.tls_insecure_set(config.tls_insecure)
         client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
-        client.reconnect_delay_set(config.reconnect_min, config.reconnect_max)
+        # paho annotates whole seconds but computes with any number; tests reconnect within 0.2 s.
+        client.reconnect_delay_set(config.reconnect_min, config.reconnect_max)  # type: ignore[arg-type]
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect

@@ -24,7 +24,6 @@ import numpy as np
 
 from edge.bundle import CARD_FILE, Bundle, BundleError
 
-
 INTERPRETERS = ("ai_edge_litert", "tflite_runtime", "numpy")  # the order load_interpreter tries them
 INTERPRETER_ENV = "CM_INTERPRETER"  # names one of INTERPRETERS to use that one only
 

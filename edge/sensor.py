@@ -49,7 +49,7 @@ def check_counts(counts: np.ndarray, channel_names: Sequence[str], limits: Senso
 
 def check_features(
     features: np.ndarray,
-    healthy_min: Sequence[float],
+    healthy_min: Sequence[float] | np.ndarray,
     channel_names: Sequence[str],
     limits: SensorLimits = SensorLimits(),
 ) -> str | None:

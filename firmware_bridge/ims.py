@@ -12,7 +12,7 @@ import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -57,7 +57,8 @@ def parse_timestamp(name: str | os.PathLike[str]) -> datetime:
     if match is None:
         raise ImsFormatError(name, expected)
     try:
-        return datetime(*(int(part) for part in match.groups()), tzinfo=timezone.utc)
+        year, month, day, hour, minute, second = (int(part) for part in match.groups())
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError as error:
         raise ImsFormatError(name, f"{expected}: {error}") from None
 
@@ -65,7 +66,7 @@ def parse_timestamp(name: str | os.PathLike[str]) -> datetime:
 def format_timestamp(timestamp: datetime) -> str:
     """The IMS file name for a capture time; a naive datetime is taken as UTC (IMS names carry no zone)."""
     if timestamp.tzinfo is not None:
-        timestamp = timestamp.astimezone(timezone.utc)
+        timestamp = timestamp.astimezone(UTC)
     return timestamp.strftime("%Y.%m.%d.%H.%M.%S")
 
 

@@ -34,7 +34,7 @@ import tty
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -45,7 +45,7 @@ from firmware_bridge.frame import FLAG_BOOT_TIME, MAX_PAYLOAD, encode
 from firmware_bridge.recording import FORMATS, Recording, open_recording, parse_channel_list
 
 _U32 = 2**32
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _POLL_S = 0.1
 WRITE_TIMEOUT_S = 10.0
 DEFAULT_BAUDRATE = 2_000_000  # carries 4 channels at 20 kHz (PROTOCOL.md §6); ptys and USB CDC ignore it

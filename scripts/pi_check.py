@@ -118,7 +118,7 @@ def require_binfmt(arch: Arch) -> None:
     if not entry.exists() or "enabled" not in entry.read_text():
         run("update-binfmts", "--enable", f"qemu-{arch.qemu}")
     text = entry.read_text() if entry.exists() else ""
-    if "enabled" not in text or "F" not in next((l for l in text.splitlines() if l.startswith("flags:")), ""):
+    if "enabled" not in text or "F" not in next((line for line in text.splitlines() if line.startswith("flags:")), ""):
         raise CheckFailed(f"{entry}: expected an enabled qemu-{arch.qemu} entry with flag F (Debian's "
                           f"qemu-user-static), got: {text or 'missing'}")
 
@@ -263,11 +263,10 @@ def model_outputs(bundles: Path, kind: str | None) -> dict[str, object]:
     """Raw int8 outputs on fixed inputs for every handed-in bundle, and the shared bundle's scores on its run.
 
     kind None: the interpreter edge.runtime picks on this machine."""
-    import numpy as np
 
     sys.path.insert(0, str(REPO / "tests"))
-    from trained import run_features
     from test_numpy_interpreter import int8_inputs, raw_outputs, score_windows
+    from trained import run_features
 
     from edge.bundle import load_bundle
     from edge.runtime import Scorer, load_interpreter

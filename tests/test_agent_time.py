@@ -53,7 +53,7 @@ def test_boot_relative_time_is_anchored_and_re_anchored_after_a_sensor_restart(t
     decoder = FrameDecoder()
     files = list_ims_files(shared_run())[:8]
     sequence = 0
-    for boot, snapshots in ((0, files[:5]), (1, files[5:])):  # the sensor restarts after five snapshots
+    for snapshots in (files[:5], files[5:]):  # the sensor restarts after five snapshots
         boot_us = 3_000_000  # each boot starts its clock and sample index at zero; 3 s after reset, say
         for number, ims in enumerate(snapshots):
             counts = read_counts(ims.path)

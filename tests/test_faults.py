@@ -14,7 +14,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import signal
 import sqlite3
 import subprocess

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from firmware_bridge.frame import (HEADER, MAX_PAYLOAD, Frame, FrameDecoder, FrameType, encode, encode_status,
-                                   max_wire_length)
+from firmware_bridge.frame import HEADER, MAX_PAYLOAD, Frame, FrameDecoder, FrameType, encode, encode_status, max_wire_length
 
 FIELDS = dict(first_sample=0, capture_time_us=1_066_824_384_000_000, sample_rate_hz=20_000, scale=0.001)
 FUZZ = settings(max_examples=150, deadline=None)

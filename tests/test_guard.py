@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from edge.guard import CHANNELS, SAMPLE_RATE, SCALE, FrameGuard, Throttle, escape
 import numpy as np
 
+from edge.guard import CHANNELS, SAMPLE_RATE, SCALE, FrameGuard, Throttle, escape
 from firmware_bridge.frame import Frame, FrameHeader, FrameType
 
 

@@ -23,8 +23,8 @@ from trained import make_synthetic_run, shared_bundle
 
 from edge.bundle import load_bundle
 from edge.payloads import validate
-from firmware_bridge.ims import list_ims_files, read_counts
 from firmware_bridge.frame import encode_status
+from firmware_bridge.ims import list_ims_files, read_counts
 from firmware_bridge.replay import PtyPort, frames_for_file, replay
 
 BIN = Path(sys.executable).parent

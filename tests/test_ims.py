@@ -1,7 +1,7 @@
 """The IMS file format: real files read exactly, written files read back bit for bit, bad files named precisely."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ def test_real_files_are_listed_in_time_order_with_utc_timestamps(ims_dir: Path) 
     files = list_ims_files(ims_dir)
     assert len(files) == 12
     assert files[0].path.name == FIRST_REAL
-    assert files[0].timestamp == datetime(2003, 10, 22, 12, 6, 24, tzinfo=timezone.utc)
+    assert files[0].timestamp == datetime(2003, 10, 22, 12, 6, 24, tzinfo=UTC)
     stamps = [f.timestamp for f in files]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
     assert all(f.timestamp.utcoffset() == timedelta(0) for f in files)
@@ -73,7 +73,7 @@ def test_write_read_round_trip_is_exact_over_the_whole_int16_range(tmp_path: Pat
     rng = np.random.default_rng(3)
     counts = rng.integers(-32768, 32768, size=(IMS_SNAPSHOT_SAMPLES, 4), dtype=np.int16)
     counts[:4] = [[-32768, 32767, 0, -1], [1, -999, 1000, -1000], [9, -10, 10000, -10000], [0, 0, 0, 0]]
-    when = datetime(2004, 2, 12, 10, 32, 39, tzinfo=timezone.utc)
+    when = datetime(2004, 2, 12, 10, 32, 39, tzinfo=UTC)
     path = write_ims_file(tmp_path, when, counts)
     assert path.name == "2004.02.12.10.32.39"
     assert path.read_bytes().startswith(b"-32.768\t32.767\t0.000\t-0.001\n0.001\t-0.999\t1.000\t-1.000\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,7 @@ def test_files_are_ims_shaped_and_spaced_by_the_interval(tmp_path: Path) -> None
     start = "2004.02.12.10.32.39"
     paths = generate(tmp_path, files=3, fail_bearing=4, seed=1, interval_minutes=5, start=start)
     stamps = [f.timestamp for f in list_ims_files(tmp_path)]
-    assert stamps[0] == datetime(2004, 2, 12, 10, 32, 39, tzinfo=timezone.utc)
+    assert stamps[0] == datetime(2004, 2, 12, 10, 32, 39, tzinfo=UTC)
     assert np.diff(stamps).tolist() == [timedelta(minutes=5)] * 2
     counts = read_counts(paths[0])
     assert counts.shape == (IMS_SNAPSHOT_SAMPLES, 4)

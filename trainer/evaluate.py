@@ -14,15 +14,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from edge import diagnosis  # noqa: E402
-from edge.bundle import Bundle, ModelCard, check_channels, load_bundle  # noqa: E402
-from edge.detector import State  # noqa: E402
-from edge.messages import iso_time  # noqa: E402
-from edge.scoring import StreamScorer, score_stream  # noqa: E402
-from trainer.dataset import Dataset, load_dataset, parse_time  # noqa: E402
+from edge import diagnosis
+from edge.bundle import Bundle, ModelCard, check_channels, load_bundle
+from edge.detector import State
+from edge.messages import iso_time
+from edge.scoring import StreamScorer, score_stream
+from trainer.dataset import Dataset, load_dataset, parse_time
 
 
 @dataclass(frozen=True)
@@ -270,9 +270,8 @@ def _hours(delta: np.timedelta64) -> float:
 
 
 def _top_channel(names: tuple[str, ...], trace: Trace, row: int | None) -> str | None:
-    if row is None or trace.top_channels[row] is None:
-        return None
-    return names[trace.top_channels[row]]
+    top = None if row is None else trace.top_channels[row]
+    return None if top is None else names[top]
 
 
 def plot(dataset: Dataset, bundle: Bundle, trace: Trace, train_until: np.datetime64 | None,

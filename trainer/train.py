@@ -21,10 +21,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edge.bearing import BearingGeometry
 from edge.bundle import FLOAT_MODEL_FILE, INT8_MODEL_FILE, Bundle, FeatureSpec, ModelCard, Scaler, file_sha256, write_card
 from edge.cadence import training_interval_s
 from edge.detector import DetectorSettings
-from edge.bearing import BearingGeometry
 from edge.features import FEATURE_SET
 from edge.messages import iso_time
 from edge.runtime import Score, Scorer
@@ -248,7 +248,7 @@ def _export(model: keras.Model, scaler: Scaler, fit_windows: np.ndarray, dataset
     calibration_scores = streamed_scores(bundle, int8, dataset, calibration_rows)
     limits = calibrate.thresholds(options.threshold_rule, fit_scores, calibration_scores, int(rows.size))
     splits = labelled_splits(dataset, in_training)
-    if splits is not None and options.threshold_rule == "calibration":
+    if splits is not None and dataset.labels is not None and options.threshold_rule == "calibration":
         validation, _ = splits
         limits = calibrate.best_f1(streamed_scores(bundle, int8, dataset, validation),
                                    dataset.labels[validation], options.target_precision, limits.basis)
