@@ -24,6 +24,7 @@ Formats (`--format`, auto-detected when unambiguous):
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -391,17 +392,29 @@ def _open_femto(path: Path, channels: Sequence[str | int] | None, rate: int | No
             raise RecordingError(files[number], f"expected {len(first)} rows (as in {files[0].name}), found {len(table)}")
         return table
 
-    k = scale_exponent(max(peak(table_of(n)[:, picked]) for n in range(len(files))))
+    return _file_per_snapshots(path, "femto", files, table_of, tuple(names[c - 1] for c in columns), columns, picked,
+                               sample_rate, length, per_file, times)
+
+
+def _file_per_snapshots(path: Path, kind: str, files: list[Path], table_of: Callable[[int], np.ndarray],
+                        names: tuple[str, ...], columns: tuple[int, ...], picked: list[int], rate: int, length: int,
+                        per_file: int, stamps: list[datetime]) -> Recording:
+    """A recording of files each holding `per_file` snapshots of `length` rows (FEMTO, CSV/NPY folders).
+
+    The scale is chosen over every file first (one scale per recording); reading then parses each file once
+    for all its snapshots, since snapshots are read in order.
+    """
+    k = scale_exponent(max(peak(table_of(n)[: per_file * length, picked]) for n in range(len(files))))
+    parsed = functools.lru_cache(maxsize=1)(table_of)
 
     def read(index: int) -> RecordedSnapshot:
         number, part = divmod(index, per_file)
-        counts, scale = quantize(table_of(number)[part * length:(part + 1) * length, picked], k)
-        stamp = times[number] + _offset(part * length, sample_rate)
-        return RecordedSnapshot(counts, scale, sample_rate, stamp, _where(files[number], part, length, per_file))
+        counts, scale = quantize(parsed(number)[part * length:(part + 1) * length, picked], k)
+        stamp = stamps[number] + _offset(part * length, rate)
+        return RecordedSnapshot(counts, scale, rate, stamp, _where(files[number], part, length, per_file))
 
-    all_times = tuple(t + _offset(part * length, sample_rate) for t in times for part in range(per_file))
-    return Recording(path, "femto", tuple(names[c - 1] for c in columns), columns, scale_for(k), sample_rate, length,
-                     all_times, read)
+    times = tuple(t + _offset(part * length, rate) for t in stamps for part in range(per_file))
+    return Recording(path, kind, names, columns, scale_for(k), rate, length, times, read)
 
 
 def _femto_table(path: Path, columns: int | None = None) -> np.ndarray:
@@ -542,17 +555,8 @@ def _open_csv(path: Path, channels: Sequence[str | int] | None, rate: int | None
                                                 f"(as {files[0].name}), found {table.shape[0]} of {table.shape[1]}")
         return table
 
-    k = scale_exponent(max(peak(table_of(n)[: per_file * length, picked]) for n in range(len(files))))
-
-    def read(index: int) -> RecordedSnapshot:
-        number, part = divmod(index, per_file)
-        counts, scale = quantize(table_of(number)[part * length:(part + 1) * length, picked], k)
-        stamp = stamps[number] + _offset(part * length, rate)
-        return RecordedSnapshot(counts, scale, rate, stamp, _where(files[number], part, length, per_file))
-
-    times = tuple(t + _offset(part * length, rate) for t in stamps for part in range(per_file))
-    return Recording(path, "csv", tuple(names[c - 1] for c in columns), columns, scale_for(k), rate, length, times,
-                     read)
+    return _file_per_snapshots(path, "csv", files, table_of, tuple(names[c - 1] for c in columns), columns, picked,
+                               rate, length, per_file, stamps)
 
 
 def _snapshot_values(path: Path) -> tuple[np.ndarray, tuple[str, ...] | None]:
