@@ -146,10 +146,12 @@ class Agent:
     def resume(self) -> None:
         checkpoint = load_checkpoint(self.checkpoint_path, self.model.id, self.health)
         if checkpoint is not None:
-            self.pipeline.detector.resume(checkpoint.state, checkpoint.health, checkpoint.reason)
+            channels = self.pipeline.channels
+            driver = channels.index(checkpoint.driver) if checkpoint.driver in channels else None
+            self.pipeline.detector.resume(checkpoint.state, checkpoint.health, checkpoint.reason, driver)
             self._since_us = checkpoint.since_us
-            log.info("resuming in state %s (bearing %s) since %s", checkpoint.state, checkpoint.health,
-                     messages.iso_time(checkpoint.since_us))
+            log.info("resuming in state %s (bearing %s) since %s%s", checkpoint.state, checkpoint.health,
+                     messages.iso_time(checkpoint.since_us), f", raised by {checkpoint.driver}" if checkpoint.driver else "")
 
     def run(self, stop: threading.Event) -> int:
         self.watch.check(self.link.stats)
@@ -315,8 +317,9 @@ class Agent:
         self.publisher.publish_state(messages.state(self.config.device_id, reading, self._since_us, channels, self.model))
         # After the outbox commit: a crash in between costs at most a repeated alert, never a lost one.
         detector = self.pipeline.detector
+        driver = None if detector.driver is None else channels[detector.driver]
         save_checkpoint(self.checkpoint_path, Checkpoint(self.model.id, detector.state, detector.health,
-                                                         detector.reason, self._since_us), self.health)
+                                                         detector.reason, self._since_us, driver), self.health)
         log.log(logging.WARNING if transition.state != State.NORMAL else logging.INFO,
                 "%s -> %s at %s (score %s, top channel %s%s)", transition.previous_state, transition.state,
                 alert["timestamp"], alert["score"], alert["top_channel"],

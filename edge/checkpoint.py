@@ -35,6 +35,7 @@ class Checkpoint:
     health: State
     reason: str | None
     since_us: int
+    driver: str | None = None  # the channel that raised the warning or alarm; absent in older checkpoints
 
 
 class CheckpointError(ValueError):
@@ -62,7 +63,10 @@ def parse_checkpoint(raw: Any) -> Checkpoint:
     since = raw["since_us"]
     if isinstance(since, bool) or not isinstance(since, int) or not 0 <= since <= MAX_TIME_US:
         raise CheckpointError(f"since_us: expected microseconds since 1970 up to the year 9999, got {since!r}")
-    return Checkpoint(raw["model_id"], State(raw["state"]), State(raw["health"]), raw["reason"], since)
+    driver = raw.get("driver")
+    if driver is not None and (not isinstance(driver, str) or not driver):
+        raise CheckpointError(f"driver: expected null or a channel name, got {driver!r}")
+    return Checkpoint(raw["model_id"], State(raw["state"]), State(raw["health"]), raw["reason"], since, driver)
 
 
 def load_checkpoint(path: Path, model_id: str, health: Health | None = None) -> Checkpoint | None:

@@ -76,15 +76,16 @@ class Detector:
         """The bearing's state, which a sensor fault hides but does not change."""
         return self._health
 
-    def resume(self, state: State, health: State, reason: str | None) -> None:
-        """Continue from the state saved before a restart: no false all-clear, no repeated alert.
+    def resume(self, state: State, health: State, reason: str | None, driver: int | None = None) -> None:
+        """Continue from the state saved before a restart: no false all-clear, no repeated alert, and the
+        same bearing named (`driver`) until another channel raises k of n.
 
         The k-of-n history starts empty, so an alarm holds until `clear_after` quiet snapshots clear it.
-        The driving channel is not saved: it is known again once the channel raises k of n.
         """
         if health == State.SENSOR_FAULT:
             raise ValueError("health: expected normal, warning or alarm, got sensor_fault")
         self._state, self._health, self.reason = state, health, reason
+        self.driver = driver if health != State.NORMAL else None
 
     def update(self, score: float | None, fault: str | None = None,
                channel_scores: np.ndarray | None = None) -> Transition | None:

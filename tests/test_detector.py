@@ -1,6 +1,7 @@
 """The detector's promises: debounced raise, hysteresis on clear, sensor faults as their own state."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edge.detector import Detector, DetectorSettings, State
@@ -72,6 +73,17 @@ def test_resumed_alarm_neither_repeats_nor_clears_early():
     transitions = [detector.update(s) for s in [3.0, 3.0, 3.0, 0.5, 0.5, 0.5]]
     assert transitions == [None] * 6 and detector.state == State.ALARM
     assert detector.update(0.5).state == State.NORMAL  # the 4th quiet snapshot (clear_after=4)
+
+
+def test_a_resumed_alarm_names_its_saved_bearing_until_another_raises_k_of_n():
+    detector = Detector(SETTINGS)
+    detector.resume(State.ALARM, State.ALARM, None, driver=2)
+    # Below the alarm threshold everywhere, channel 0 the loudest: still bearing 2's alarm, not one snapshot's arg-max.
+    detector.update(1.5, channel_scores=np.array([1.5, 0.2, 1.2]))
+    assert detector.state == State.ALARM and detector.driver == 2
+    for _ in range(SETTINGS.k):
+        detector.update(3.0, channel_scores=np.array([3.0, 0.2, 0.4]))
+    assert detector.driver == 0  # channel 0 raised k of n itself
 
 
 def test_resumed_sensor_fault_returns_to_the_saved_bearing_state():

@@ -71,7 +71,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def drive_agent(tmp_path: Path, run_dir: Path, bundle: Path) -> RecordingPublisher:
+def drive_agent(tmp_path: Path, run_dir: Path, bundle: Path, files: slice = slice(None),
+                stop_at_alarm: bool = False) -> tuple[RecordingPublisher, int]:
+    """The agent, in-process, on the run's files (a slice of them); returns what it published and how many
+    files it took. Its outbox and checkpoint live in tmp_path, so a second call is the agent restarted."""
     config = tmp_path / "edge.toml"
     config.write_text(f'device_id = "unit"\n[serial]\nport = "loop://"\n[model]\nbundle = "{bundle}"\n[mqtt]\nhost = "127.0.0.1"\n'
                       f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n')
@@ -80,7 +83,8 @@ def drive_agent(tmp_path: Path, run_dir: Path, bundle: Path) -> RecordingPublish
     agent = Agent(loaded, load_bundle(bundle), outbox=Outbox(tmp_path / "outbox.sqlite"), publisher=publisher)  # type: ignore[arg-type]
     decoder = FrameDecoder()
     first_sample = 0
-    for number, ims_file in enumerate(list_ims_files(run_dir)):
+    taken = 0
+    for number, ims_file in enumerate(list_ims_files(run_dir)[files]):
         counts = read_counts(ims_file.path)
         capture = int(ims_file.timestamp.timestamp() * 1_000_000)
         for wire in frames_for_file(counts, first_sample=first_sample, sequence=number * 100, capture_time_us=capture,
@@ -88,13 +92,16 @@ def drive_agent(tmp_path: Path, run_dir: Path, bundle: Path) -> RecordingPublish
             for frame in decoder.feed(wire):
                 agent.on_frame(frame)
         first_sample += len(counts)
+        taken += 1
+        if stop_at_alarm and any(a["state"] == "alarm" for a in publisher.alerts):
+            break
     agent.outbox.close()
-    return publisher
+    return publisher, taken
 
 
 def test_the_agent_and_cm_train_evaluate_give_identical_states_and_scores(tmp_path: Path, run_dir: Path) -> None:
     bundle = shared_bundle()
-    published = drive_agent(tmp_path, run_dir, bundle)
+    published, _ = drive_agent(tmp_path, run_dir, bundle)
     trace = run_detector(load_dataset(run_dir), load_bundle(bundle))
     telemetry = published.telemetry
     assert len(telemetry) == len(trace.states) == len(list_ims_files(run_dir))
@@ -110,6 +117,21 @@ def test_the_agent_and_cm_train_evaluate_give_identical_states_and_scores(tmp_pa
     alarm = next(a for a in published.alerts if a["state"] == "alarm")
     names = load_bundle(bundle).card.feature_spec.channels
     assert alarm["top_channel"] == names[trace.top_channels[[str(s) for s in trace.states].index("alarm")]]
+
+
+def test_a_restarted_agent_names_the_bearing_that_raised_the_alarm_before_it_scores_again(tmp_path: Path,
+                                                                                         run_dir: Path) -> None:
+    bundle = shared_bundle()
+    before, taken = drive_agent(tmp_path, run_dir, bundle, stop_at_alarm=True)
+    (alarm,) = [a for a in before.alerts if a["state"] == "alarm"]
+    after, _ = drive_agent(tmp_path, run_dir, bundle, files=slice(taken, taken + 3))
+    assert after.alerts == []  # the alarm holds: nothing new to announce
+    window = load_bundle(bundle).card.feature_spec.window
+    # While the window refills there is no score to take an arg-max of: the saved driver names the bearing.
+    assert [t["score"] for t in after.telemetry[:window - 1]] == [None] * (window - 1)
+    assert [t["state"] for t in after.telemetry] == ["alarm"] * 3
+    assert [s["top_channel"] for s in after.states] == [alarm["top_channel"]] * len(after.states)
+    assert after.states and alarm["top_channel"] == "bearing3"
 
 
 def test_window_fills_before_scoring_and_restarts_after_a_fault() -> None:
