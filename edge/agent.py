@@ -29,7 +29,7 @@ from edge.guard import FrameGuard, Throttle, escape
 from edge.health import Health, Watch
 from edge.homeassistant import Discovery, entities
 from edge.messages import ModelRef, Reading
-from edge.outbox import Outbox, OutboxError
+from edge.outbox import Outbox, OutboxError, holder
 from edge.pipeline import MISSING_DATA, Pipeline
 from edge.publisher import Publisher, PublisherError
 from edge.recorder import Recorder
@@ -130,12 +130,13 @@ class Agent:
         self._bytes_dropped = 0
         self.model = ModelRef(bundle.card.id, bundle.card.model_sha256)
         self.health = Health(config.device_id)
-        self.outbox = outbox or Outbox(config.outbox_path, health=self.health)
-        self.publisher = publisher or Publisher(config.mqtt, self.outbox, health=self.health)
+        # `is None`, not `or`: an empty Outbox is falsy (len 0), and the one passed in must be the one used.
+        self.outbox = outbox if outbox is not None else Outbox(config.outbox_path, health=self.health)
+        self.publisher = publisher if publisher is not None else Publisher(config.mqtt, self.outbox, health=self.health)
         self.health.on_change = self.publisher.publish_health
         self.watch = Watch(self.health)
         self.recorder = Recorder(config.recorder, self.health) if config.recorder.enabled else None
-        self.link = link or SerialLink(config.serial.port, baudrate=config.serial.baudrate)
+        self.link = link if link is not None else SerialLink(config.serial.port, baudrate=config.serial.baudrate)
         self.checkpoint_path = checkpoint_path(config.outbox_path)
         self._since_us: int | None = None
         self.resume()
@@ -353,13 +354,17 @@ def check(path: str, config: AgentConfig, bundle: Bundle, offline: bool) -> int:
     interval = snapshot_interval_s(config, bundle)
     for note in preflight.notes(config, bundle, interval):
         log.warning("%s", note)
-    found = preflight.problems(config, offline)
+    running = holder(config.outbox_path)  # the agent itself: its port and its broker session are not ours to take
+    found = preflight.problems(config, offline or running is not None)
     for problem in found:
         log.error("%s: %s", path, problem)
     if found:
         return 2
     spec = bundle.card.feature_spec
     skipped = " (serial port and broker not tried: --offline)" if offline else ""
+    if running is not None and not offline:
+        skipped = (f" (serial port and broker not tried: the agent is running (pid {running or 'unknown'}); opening its "
+                   "port and logging in as it would take them from it: its health topic reports both)")
     print(f"{path}: OK: device {config.device_id}, bundle {bundle.path} ({len(spec.channels)} channels "
           f"at {spec.sample_rate_hz} Hz, snapshots of {spec.snapshot_samples}, window {spec.window}), "
           f"scoring {f'one snapshot per {interval:g} s' if interval else 'every snapshot'}, "
@@ -371,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cm-edge", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="the agent's TOML config, e.g. /etc/cm/edge.toml")
     parser.add_argument("--check", action="store_true",
-                        help="validate the config and the bundle, open the serial port, log in to the broker, check "
-                             "the paths the agent writes, then exit")
+                        help="validate the config and the bundle, open the serial port, log in to the broker (not while "
+                             "the agent runs), check the paths the agent writes, then exit")
     parser.add_argument("--offline", action="store_true", help="with --check: skip the serial port and the broker")
     args = parser.parse_args(argv)
     # journald adds its own timestamps; stdout keeps the agent free of log files on a read-only system.

@@ -11,6 +11,10 @@ The storage itself may fail, and then the outbox holds on rather than giving up:
   error later: it is moved aside for inspection (`outbox.sqlite.damaged-<time>`), every row that can still
   be read is re-queued into a fresh file, and the fault says how many.
 
+One outbox, one agent: the outbox holds an exclusive lock on `<outbox>.lock` (with the holder's pid) while
+it is open. A second agent on the same path would publish the first one's alerts twice and share its
+session; it is refused at start, and `cm-edge --check` uses the lock to tell that the agent is running.
+
 Removals (the broker's PUBACKs, on paho's network thread) only mark the id; the writer thread deletes the
 marked rows in batches, so the network thread never waits for an fsync. A removal lost to a power cut
 costs a duplicate after the restart, which consumers de-duplicate by the alert's id; never a lost alert.
@@ -18,6 +22,7 @@ costs a duplicate after the restart, which consumers de-duplicate by the alert's
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -54,6 +59,27 @@ _DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
 
 class OutboxError(RuntimeError):
     """The outbox path cannot be used at all (e.g. it is a directory); the message names it."""
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def holder(path: str | Path) -> int | None:
+    """The pid of the process that has the outbox at `path` open (0 if it did not say), or None."""
+    try:
+        descriptor = os.open(lock_path(Path(path)), os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: no agent has used this outbox yet
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        text = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else 0
+    else:
+        return None
+    finally:
+        os.close(descriptor)  # also releases the probe's lock
 
 
 @dataclass(frozen=True)
@@ -101,10 +127,35 @@ class Outbox:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise OutboxError(f"{self.path}: cannot create the outbox directory: {error.strerror}") from None
+        self._claim = self._take_claim()
         with self._lock:
             self._open(check=True)
         self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
         self._writer.start()
+
+    def _take_claim(self) -> int | None:
+        """The exclusive lock on `<outbox>.lock`, or OutboxError naming the pid that holds it. A disk that
+        refuses the lock file (read-only, full) does not stop the agent: it runs unclaimed and says so."""
+        path = lock_path(self.path)
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            log.warning("%s: cannot create the lock file (%s): a second agent on this outbox would not be refused",
+                        path, error.strerror)
+            return None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip()
+            os.close(descriptor)
+            raise OutboxError(f"{self.path}: in use by another agent (pid {pid or 'unknown'}): one agent per "
+                              "outbox; stop that one, or give this one its own [outbox] path") from None
+        try:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the lock holds without the pid; only the message of a refused second agent is poorer
+        return descriptor
 
     # -- opening, checking, recovering -----------------------------------------------------------------
     def _open(self, check: bool) -> bool:
@@ -345,6 +396,9 @@ class Outbox:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if self._claim is not None:
+                os.close(self._claim)  # releases the lock
+                self._claim = None
 
     def __enter__(self) -> Outbox:
         return self

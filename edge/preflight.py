@@ -1,7 +1,8 @@
 """`cm-edge --check`: find whatever would stop the agent at start, before systemd starts it.
 
 Beyond the config and the bundle (checked by loading them), it opens the serial port, connects and
-authenticates to the broker (both skipped with --offline), checks that every path the agent writes
+authenticates to the broker (both skipped with --offline, and while the agent runs: the outbox lock says
+so, and a second login with the agent's credentials would take its session), checks that every path the agent writes
 (outbox and checkpoint, recorder) can be written, and explains the scoring cadence when the config's
 interval differs from the one the model was trained on.
 """

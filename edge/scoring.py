@@ -44,7 +44,7 @@ class StreamScorer:
         card = bundle.card
         self.channels = card.feature_spec.channels
         self.healthy_min = np.asarray(card.healthy_min, dtype=np.float64)
-        self.scorer = scorer or Scorer(bundle)
+        self.scorer = scorer if scorer is not None else Scorer(bundle)
         self.detector = Detector(settings or card.detector)
         self.limits = limits
         self._window: deque[np.ndarray] = deque(maxlen=self.scorer.window)

@@ -423,3 +423,32 @@ def test_another_devices_credentials_cannot_take_over_the_agents_session(tmp_pat
         assert reader.on(f"{TOPIC}/status")[-1:] == [b"online"] and b"offline" not in reader.on(f"{TOPIC}/status")
         assert "lost the connection" not in agent.log and agent.running()
     assert agent.stop() == 0
+
+
+def test_config_check_while_the_agent_runs_leaves_its_session_alone_and_a_second_agent_is_refused(tmp_path, bundle,
+                                                                                                   agents):
+    users = {DEVICE: "pump-7 secret", "homeassistant": "ha secret"}
+    secret = tmp_path / "mqtt.secret"
+    secret.write_text(users[DEVICE] + "\n")
+    # Under the deploy config the broker's client id is the username: a second login as pump-7 takes the
+    # agent's session, whatever client id it asks for.
+    with deploy_broker(tmp_path, users) as broker, \
+            Subscriber(broker.port, f"{TOPIC}/#", username="homeassistant", password=users["homeassistant"]) as reader:
+        agent = Agent(tmp_path, broker, bundle, mqtt_extra=f'username = "{DEVICE}"\npassword_file = "{secret}"')
+        controller, sensor = os.openpty()  # a serial port that is there, as on a Pi with its sensor plugged in
+        agent.tty.symlink_to(os.ttyname(sensor))
+        agents.append(agent.start())
+        assert reader.wait_for(lambda s: s.on(f"{TOPIC}/status")[-1:] == [b"online"], 30), agent.log
+        check = subprocess.run([BIN / "cm-edge", "--config", agent.config, "--check"], capture_output=True, text=True,
+                               timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert f"the agent is running (pid {agent.process.pid})" in check.stdout
+        second = subprocess.run([BIN / "cm-edge", "--config", agent.config], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2
+        assert f"in use by another agent (pid {agent.process.pid})" in second.stdout
+        assert reader.publish_acked("cm/homeassistant/probe", b"") is not None
+        assert b"offline" not in reader.on(f"{TOPIC}/status")
+        assert "lost the connection" not in agent.log and agent.running()
+    assert agent.stop() == 0
+    os.close(controller)
+    os.close(sensor)

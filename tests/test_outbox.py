@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge.health import Health
-from edge.outbox import Outbox, OutboxError, OutboxItem
+from edge.outbox import Outbox, OutboxError, OutboxItem, holder
 
 
 def test_items_come_back_in_insertion_order_with_their_fields(tmp_path: Path) -> None:
@@ -232,3 +232,22 @@ def test_an_acknowledgement_never_waits_for_the_disk(tmp_path: Path) -> None:
         outbox.flush()
     with Outbox(tmp_path / "outbox.sqlite") as reopened:
         assert len(reopened) == 0  # and the writer deleted it for good
+
+
+def test_one_outbox_one_agent_a_second_process_is_refused_naming_the_first(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    assert holder(path) is None  # never used
+    first = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom edge.outbox import Outbox\n"
+                              f"o = Outbox({str(path)!r})\nprint('open', flush=True)\nsys.stdin.read()\no.close()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None and first.stdout.readline() == "open\n"
+        assert holder(path) == first.pid
+        with pytest.raises(OutboxError, match=rf"outbox.sqlite: in use by another agent \(pid {first.pid}\)"):
+            Outbox(path)
+    finally:
+        first.communicate("", timeout=30)
+    assert holder(path) is None  # closed: free again
+    with Outbox(path) as outbox:
+        outbox.add("cm/pi/alert", b"{}")
+    assert stat.S_IMODE((tmp_path / "outbox.sqlite.lock").stat().st_mode) == 0o600
