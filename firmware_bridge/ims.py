@@ -34,7 +34,8 @@ _TAB, _NL, _MINUS, _DOT = 9, 10, 45, 46
 
 
 class ImsFormatError(ValueError):
-    """A malformed IMS file or name; the message starts with "<path>:<line>: " (line when known)."""
+    """A malformed IMS file or name (and, as recording.RecordingError, a malformed file of any format); the
+    message starts with "<path>:<line>: " (line when known)."""
 
     def __init__(self, path: str | os.PathLike[str], message: str, line: int | None = None) -> None:
         where = f"{path}:{line}" if line is not None else f"{path}"

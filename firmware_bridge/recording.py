@@ -51,14 +51,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FEMTO_DATE = datetime(2012, 1, 1, tzinfo=UTC)
 
 
-class RecordingError(ValueError):
-    """A file that cannot be read as the declared format; the message starts with "<path>[:<line>]: "."""
-
-    def __init__(self, path: str | os.PathLike[str], message: str, line: int | None = None) -> None:
-        where = f"{path}:{line}" if line is not None else f"{path}"
-        super().__init__(f"{where}: {message}")
-        self.path = Path(path)
-        self.line = line
+# One error for a file that cannot be read, whatever its format: an IMS file's is a recording's error.
+# The message starts with "<path>[:<line>]: ".
+RecordingError = ims.ImsFormatError
 
 
 @dataclass(frozen=True)

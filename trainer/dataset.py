@@ -136,7 +136,7 @@ def load_recording(
     try:
         recording = open_recording(path, format=format, channels=channels, sample_rate_hz=sample_rate_hz,
                                    snapshot_samples=snapshot_samples)
-    except (RecordingError, ims.ImsFormatError) as error:
+    except RecordingError as error:
         raise DatasetError(str(error)) from None
     if not len(recording):
         raise DatasetError(f"{path}: no snapshots in this recording")
@@ -162,7 +162,7 @@ def load_recording(
             scales.add(snapshot.scale)
             if (i + 1) % 200 == 0 or i + 1 == len(recording):
                 print(f"features: {i + 1}/{len(recording)} snapshots", file=sys.stderr, flush=True)
-    except (RecordingError, ims.ImsFormatError) as error:
+    except RecordingError as error:
         raise DatasetError(str(error)) from None
     stamps = np.array([np.datetime64(t.replace(tzinfo=None), "ms") for t in recording.times])
     return Dataset(
