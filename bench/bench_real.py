@@ -8,6 +8,11 @@ Numbers, not assertions (the tests check behaviour; this says how well it works)
   (1.1 x the healthy maximum of the per-channel mean absolute value, alarm on 3 of 5).
 - IMS: the healthy sample (12 snapshots) with the vibration set: trained on the first 10 (the calibration
   floor), nothing raised.
+- indicators: how early the FEMTO data allows any alarm at all. For every vibration-set feature and every
+  acceleration band (log energy, bands up to Nyquist) of each channel, the moment its 1-minute rolling
+  median leaves the range it had over the first 30% for good (above its maximum or below its minimum, to the
+  end of the run): the lead time of an ideal single-indicator alarm picked with hindsight, with no false
+  episode. A bound for the detector's numbers, not a detector.
 Writes bench/real_results.json and prints a table.
 """
 from __future__ import annotations
@@ -136,13 +141,69 @@ def ims(scratch: Path) -> dict:
             "iso_zones_worst": report.get("iso_zones", {}).get("worst")}
 
 
+BANDS_HZ = (0, 100, 200, 400, 800, 1200, 1600, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000, 12800)
+ROLLING = 6  # snapshots: one minute at FEMTO's 10 s
+
+
+def _departure(values: np.ndarray, training: int) -> tuple[int | None, str]:
+    """First row from which the rolling median stays beyond the training span's range to the end, and which side."""
+    rolled = np.array([np.median(values[max(0, i - ROLLING + 1):i + 1]) for i in range(len(values))])
+    healthy = rolled[ROLLING:training]  # the first minute is not a full median yet
+    best: tuple[int | None, str] = (None, "")
+    for side, beyond in (("above", rolled > healthy.max()), ("below", rolled < healthy.min())):
+        inside = np.flatnonzero(~beyond[training:])
+        start = training + (int(inside[-1]) + 1 if inside.size else 0)
+        if start < len(values) and (best[0] is None or start < best[0]):
+            best = (start, side)
+    return best
+
+
+def indicators(scratch: Path) -> dict:
+    from firmware_bridge.recording import open_recording
+    from trainer.dataset import load_dataset
+
+    results: dict = {}
+    for run, rpm in FEMTO_RUNS.items():
+        source = DATA / "femto" / run
+        dataset = load_dataset(source, feature_set="vibration", bearing=PRESETS["pronostia"], shaft_rpm=rpm)
+        recording = open_recording(source)
+        training = int(round(0.3 * len(dataset)))
+        frequencies = np.fft.rfftfreq(recording.snapshot_samples, 1 / recording.sample_rate_hz)
+        bands = []
+        for snapshot in recording.snapshots():
+            x = snapshot.counts.astype(np.float64) * snapshot.scale
+            power = np.abs(np.fft.rfft(x - x.mean(axis=0), axis=0)) ** 2
+            bands.append([np.log10(power[(frequencies >= low) & (frequencies < high)].sum(axis=0) + 1e-12)
+                          for low, high in zip(BANDS_HZ[:-1], BANDS_HZ[1:])])
+        band_energy = np.array(bands)  # (snapshots, bands, channels)
+        names = dataset.feature_config.names
+        candidates = {}
+        for c, channel in enumerate(dataset.channels):
+            for f, name in enumerate(names):
+                candidates[f"{channel} {name}"] = dataset.features[:, c * len(names) + f]
+            for b, (low, high) in enumerate(zip(BANDS_HZ[:-1], BANDS_HZ[1:])):
+                candidates[f"{channel} band {low}-{high} Hz"] = band_energy[:, b, c]
+        end = dataset.timestamps[-1]
+        found = []
+        for label, values in candidates.items():
+            start, side = _departure(values, training)
+            if start is not None:
+                minutes = float((end - dataset.timestamps[start]) / np.timedelta64(1, "s")) / 60
+                found.append({"indicator": label, "side": side, "minutes_before_end": round(minutes, 1),
+                              "vibration_feature": " band " not in label})
+        found.sort(key=lambda entry: -entry["minutes_before_end"])
+        features_only = [entry for entry in found if entry["vibration_feature"]]
+        results[run] = {"best": found[:6], "best_vibration_feature": features_only[0] if features_only else None}
+    return results
+
+
 def main(argv: list[str]) -> int:
-    wanted = argv or ["cwru", "femto", "ims"]
-    suites = {"cwru": cwru, "femto": femto, "ims": ims}
+    wanted = argv or ["cwru", "femto", "ims", "indicators"]
+    suites = {"cwru": cwru, "femto": femto, "ims": ims, "indicators": indicators}
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
         for name in wanted:
-            if not (DATA / name).is_dir():
+            if not (DATA / ("femto" if name == "indicators" else name)).is_dir():
                 print(f"{name}: {DATA / name} not found, skipped", file=sys.stderr)
                 continue
             print(f"running {name} ...", file=sys.stderr, flush=True)
@@ -172,6 +233,16 @@ def print_table(results: dict) -> None:
                       f"{e['minutes_before_end']} min before the end, defect {e['defect_at_last_episode']}")
     if "ims" in results:
         print(f"IMS healthy sample, vibration set: {results['ims']}")
+    if "indicators" in results:
+        print("FEMTO indicators: minutes before the end from which a 1-minute rolling median stays beyond its range "
+              "over the first 30% (hindsight, no false episode)")
+        for run, entry in results["indicators"].items():
+            best = ", ".join(f"{e['indicator']} {e['side']} {e['minutes_before_end']}" for e in entry["best"])
+            feature = entry["best_vibration_feature"]
+            print(f"  {run}: {best}")
+            if feature:
+                print(f"    best vibration-set feature: {feature['indicator']} {feature['side']} "
+                      f"{feature['minutes_before_end']} min")
 
 
 if __name__ == "__main__":
