@@ -149,7 +149,7 @@ class Agent:
         if checkpoint is not None:
             channels = self.pipeline.channels
             driver = channels.index(checkpoint.driver) if checkpoint.driver in channels else None
-            self.pipeline.detector.resume(checkpoint.state, checkpoint.health, checkpoint.reason, driver)
+            self.pipeline.resume(checkpoint.state, checkpoint.health, checkpoint.reason, driver, checkpoint.zone)
             self._since_us = checkpoint.since_us
             log.info("resuming in state %s (bearing %s) since %s%s", checkpoint.state, checkpoint.health,
                      messages.iso_time(checkpoint.since_us), f", raised by {checkpoint.driver}" if checkpoint.driver else "")
@@ -319,8 +319,9 @@ class Agent:
         # After the outbox commit: a crash in between costs at most a repeated alert, never a lost one.
         detector = self.pipeline.detector
         driver = None if detector.driver is None else channels[detector.driver]
+        zone = None if self.pipeline.zone is None else self.pipeline.zone.health
         save_checkpoint(self.checkpoint_path, Checkpoint(self.model.id, detector.state, detector.health,
-                                                         detector.reason, self._since_us, driver), self.health)
+                                                         detector.reason, self._since_us, driver, zone), self.health)
         log.log(logging.WARNING if transition.state != State.NORMAL else logging.INFO,
                 "%s -> %s at %s (score %s, top channel %s%s)", transition.previous_state, transition.state,
                 alert["timestamp"], alert["score"], alert["top_channel"],

@@ -36,6 +36,7 @@ class Checkpoint:
     reason: str | None
     since_us: int
     driver: str | None = None  # the channel that raised the warning or alarm; absent in older checkpoints
+    zone: State | None = None  # [machine] zone_alarm: the zone detector's state; absent when it is off
 
 
 class CheckpointError(ValueError):
@@ -66,7 +67,11 @@ def parse_checkpoint(raw: Any) -> Checkpoint:
     driver = raw.get("driver")
     if driver is not None and (not isinstance(driver, str) or not driver):
         raise CheckpointError(f"driver: expected null or a channel name, got {driver!r}")
-    return Checkpoint(raw["model_id"], State(raw["state"]), State(raw["health"]), raw["reason"], since, driver)
+    zone = raw.get("zone")
+    if zone is not None and zone not in BEARING_STATES:
+        raise CheckpointError(f"zone: expected null or one of {', '.join(BEARING_STATES)}, got {zone!r}")
+    return Checkpoint(raw["model_id"], State(raw["state"]), State(raw["health"]), raw["reason"], since, driver,
+                      None if zone is None else State(zone))
 
 
 def load_checkpoint(path: Path, model_id: str, health: Health | None = None) -> Checkpoint | None:

@@ -47,6 +47,17 @@ class Pipeline:
     def detector(self) -> Detector:
         return self.core.detector
 
+    def resume(self, state: State, health: State, reason: str | None, driver: int | None = None,
+               zone: State | None = None) -> None:
+        """Continue from the agent's checkpoint: the learned detector's state and, with zone_alarm, the zone
+        detector's, so a zone alarm neither clears falsely nor is announced again after a restart."""
+        self.detector.resume(state, health, reason, driver)
+        self._published = state
+        if self.zone is not None and zone is not None:
+            self.zone.resume(zone, zone, None)
+            if state != State.SENSOR_FAULT and _RANK[zone] > _RANK[state]:
+                self._published = zone
+
     def process(self, snapshot: Snapshot) -> tuple[Reading, Transition | None]:
         analysis = self.extractor.analyse(snapshot.counts, snapshot.scale)
         features = analysis.features

@@ -19,7 +19,8 @@ GOOD = {"model_id": MODEL, "state": "sensor_fault", "health": "alarm", "reason":
 
 def test_a_saved_checkpoint_loads_back_exactly_and_is_private(tmp_path: Path) -> None:
     path = tmp_path / "outbox.detector.json"
-    checkpoint = Checkpoint(MODEL, State.SENSOR_FAULT, State.ALARM, "dropout:bearing3", GOOD["since_us"], "bearing3")
+    checkpoint = Checkpoint(MODEL, State.SENSOR_FAULT, State.ALARM, "dropout:bearing3", GOOD["since_us"], "bearing3",
+                            State.WARNING)
     assert save_checkpoint(path, checkpoint)
     assert load_checkpoint(path, MODEL) == checkpoint
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -29,7 +30,7 @@ def test_a_checkpoint_from_before_the_driver_was_saved_still_loads(tmp_path: Pat
     path = tmp_path / "outbox.detector.json"
     path.write_text(json.dumps(GOOD))
     loaded = load_checkpoint(path, MODEL)
-    assert loaded is not None and loaded.health == State.ALARM and loaded.driver is None
+    assert loaded is not None and loaded.health == State.ALARM and loaded.driver is None and loaded.zone is None
 
 
 @pytest.mark.parametrize("text, key", [
@@ -42,6 +43,7 @@ def test_a_checkpoint_from_before_the_driver_was_saved_still_loads(tmp_path: Pat
     (json.dumps(GOOD | {"reason": 3}), "reason"),
     (json.dumps(GOOD | {"model_id": None}), "model_id"),
     (json.dumps(GOOD | {"driver": 3}), "driver"),
+    (json.dumps(GOOD | {"zone": "sensor_fault"}), "zone"),
     (json.dumps({k: v for k, v in GOOD.items() if k != "state"}), "state: missing"),
     (json.dumps([GOOD]), "expected a JSON object"),
     ('{"model_id": "ims1-2024', "Unterminated string"),

@@ -124,3 +124,9 @@ def test_zone_alarm_stands_beside_the_learned_score(machine: tuple[Path, Path]) 
     assert with_zone[-1][0].defect is not None  # an alarm carries a defect object, whatever raised it
     without = run(Pipeline(bundle, deaf))
     assert {reading.state for reading, _ in without} == {State.NORMAL} and all(t is None for _, t in without)
+    # Restarted from the agent's checkpoint (learned detector normal, zone alarm): still in alarm from the first
+    # snapshot, and no second alarm announced.
+    resumed = Pipeline(bundle, deaf, iso_group="2-rigid", zone_alarm=True)
+    resumed.resume(State.NORMAL, State.NORMAL, None, zone=State.ALARM)
+    after = run(resumed)
+    assert [reading.state for reading, _ in after] == [State.ALARM] * 6 and all(t is None for _, t in after)
