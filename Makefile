@@ -27,8 +27,13 @@ system-deps:
 	   $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	 fi
 
+# The suite runs in parallel (pytest-xdist). Most tests wait on real processes, a broker, ptys or a real-time
+# stream, so three workers keep two cores busy. Each module runs whole on one worker (its fixtures are set up
+# once), the slow ones first (tests/conftest.py) so that the long runs start at once. TEST_WORKERS=0 runs
+# the suite serially; one test alone: .venv/bin/python -m pytest tests/test_link.py::test_loop_url
+TEST_WORKERS ?= 3
 test: $(STAMP) system-deps lint
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 	$(MAKE) --no-print-directory lowest
 
 # ruff and mypy, configured in pyproject.toml: kept clean by every `make test`.

@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real IMS sample lives, and a scratch directory per test."""
+"""Shared fixtures: where the real IMS sample lives, and where tests/trained.py keeps what it trains."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,39 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest -n the workers already keep every core busy: TensorFlow's and OpenBLAS's own thread pools
+    # on top would only spin against the other workers. Set before numpy or TensorFlow loads (both read these
+    # once), and passed on to the agents and trainers the tests start.
+    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Whole modules in turn: those with slow tests first, then those that mostly wait, then the others, larger
+    ones first. `make test` hands each module to one xdist worker in this order (--dist loadscope
+    --no-loadscope-reorder): the long runs start at once, the waiting overlaps other modules' computing, small
+    modules fill the cores at the end, and a module's fixtures are set up once."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def order(tests: list[pytest.Item]) -> tuple[int, int]:
+        marks = {mark.name for test in tests for mark in test.iter_markers()}
+        return (0, 0) if "slow" in marks else (1, 0) if "waits" in marks else (2, -len(tests))
+
+    items[:] = [item for tests in sorted(modules.values(), key=order) for item in tests]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _trained_once_per_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """tests/trained.py trains each of its bundles once for the whole run: under pytest-xdist every worker's
+    base temp directory sits in the run's own (the parent), which they all share; a new run starts empty."""
+    import trained  # here, not at the top: numpy must load after the thread settings above
+
+    base = tmp_path_factory.getbasetemp()
+    trained.share_in(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
 
 
 def _ims_root() -> Path | None:

@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import HOST, Mosquitto, Subscriber, eventually, write_password_file
 from paho.mqtt.enums import CallbackAPIVersion
-from trained import make_synthetic_run, shared_bundle
+from trained import shared_bundle, shared_dropout_run
 
 from edge.payloads import validate
 from firmware_bridge.ims import list_ims_files, read_counts, write_ims_file
@@ -38,11 +38,13 @@ TOPIC = f"cm/{DEVICE}"
 CYCLES = 3  # healthy x3, dropout x3: two alerts per cycle (the last dropout ends with healthy x3)
 TRANSITION = re.compile(r"cm-edge: (\w+) -> (\w+) at (\S+) ")
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def fault_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """IMS files alternating healthy snapshots and dropouts of bearing 3, ten minutes apart."""
-    source = make_synthetic_run(tmp_path_factory.mktemp("source") / "run", files=140, dropout_at_end=True)
+    source = shared_dropout_run()
     files = list_ims_files(source)
     healthy, dropout = read_counts(files[0].path), read_counts(files[-1].path)
     run = tmp_path_factory.mktemp("faults") / "run"

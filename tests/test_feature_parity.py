@@ -18,6 +18,8 @@ from firmware_bridge.link import SerialLink
 from firmware_bridge.replay import replay
 from trainer.dataset import load_dataset
 
+pytestmark = pytest.mark.waits
+
 
 def served_features(source: Path, tty: Path, length: int, expected: int, config: FeatureConfig = FeatureConfig(),
                     **options: Any) -> tuple[np.ndarray, set[float]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from broker import Mosquitto, Subscriber
 from test_hil import BIN, DEVICE, TOPIC, Chain
-from trained import make_bundle, make_synthetic_run
+from trained import make_bundle, shared_run
 
 from edge.bundle import load_bundle
 from edge.payloads import validate
@@ -29,11 +29,13 @@ INTERVAL_S = 2.0  # spacing of the recorded files, hence the card's cadence
 STREAM_S = 30.0
 SNAPSHOT_S = ROWS / 20_000
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory) -> Path:
     """A synthetic run cut to short snapshots taken every 2 s."""
-    full = make_synthetic_run(tmp_path_factory.mktemp("full") / "run")
+    full = shared_run()
     run = tmp_path_factory.mktemp("short") / "run"
     run.mkdir()
     files = list_ims_files(full)

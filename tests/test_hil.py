@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from broker import Mosquitto, Subscriber, eventually
-from trained import make_synthetic_run, shared_bundle
+from trained import shared_bundle, shared_dropout_run
 
 from edge.bundle import load_bundle
 from edge.payloads import validate
@@ -32,11 +32,13 @@ DEVICE = "pump-7"
 FILES = 140  # the run shared_bundle() was fitted on (its healthy first half), plus a sensor dropout at the end
 TOPIC = f"cm/{DEVICE}"
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir() -> Path:
     # Same seed and length as the shared bundle's training run; the dropout only changes the last 3 files.
-    return make_synthetic_run(tmp_path_factory.mktemp("run") / "run", files=FILES, dropout_at_end=True)
+    return shared_dropout_run()
 
 
 @pytest.fixture(scope="module")

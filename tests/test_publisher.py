@@ -24,6 +24,8 @@ from edge.outbox import Outbox
 from edge.payloads import validate
 from edge.publisher import MqttConfig, Publisher, PublisherError, topics
 
+pytestmark = pytest.mark.waits
+
 DEVICE = "pi-1"
 T = topics("cm", DEVICE)
 CHANNELS = ("bearing1", "bearing2", "bearing3", "bearing4")

@@ -15,6 +15,8 @@ from firmware_bridge.ims import IMS_SNAPSHOT_SAMPLES, list_ims_files, parse_time
 from firmware_bridge.link import SerialLink
 from firmware_bridge.replay import ReplaySummary, frames_for_file, parse_speed, replay
 
+pytestmark = pytest.mark.waits
+
 FRAMES_PER_FILE = IMS_SNAPSHOT_SAMPLES // 256
 CM_REPLAY = Path(sys.executable).with_name("cm-replay")
 WAIT_S = 60.0  # safety net only

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from trained import make_synthetic_run, shared_bundle
+from trained import shared_bundle, shared_dropout_run
 
 from edge.agent import Agent
 from edge.bundle import load_bundle
@@ -62,7 +62,10 @@ class RecordingPublisher:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared bundle's run to failure, with a stuck sensor mid-run and a dropout at the end."""
-    run = make_synthetic_run(tmp_path_factory.mktemp("run") / "run", dropout_at_end=True)
+    run = tmp_path_factory.mktemp("run") / "run"
+    run.mkdir()
+    for ims in list_ims_files(shared_dropout_run()):
+        (run / ims.path.name).symlink_to(ims.path)
     stuck = list_ims_files(run)[FLAT_AT]
     counts = read_counts(stuck.path)
     counts[:, 1] = counts[0, 1]

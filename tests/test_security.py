@@ -18,6 +18,8 @@ from edge.outbox import Outbox
 from edge.payloads import validate
 from edge.publisher import MqttConfig, Publisher, PublisherError, topics
 
+pytestmark = pytest.mark.waits
+
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
 USERS = {"pi-1": "pi-1 secret", "pi-2": "pi-2 secret", "homeassistant": "ha secret"}
 PI1 = topics("cm", "pi-1")

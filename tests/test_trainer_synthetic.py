@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trained import RUN_FILES, make_synthetic_run, shared_bundle, shared_run
+from trained import RUN_FILES, make_synthetic_run, shared_bundle, shared_dropout_run, shared_run
 
 from edge.bundle import load_bundle
 from edge.runtime import Scorer
@@ -58,7 +58,7 @@ def test_lead_time_is_measured_to_the_failure_time(tmp_path: Path, report: dict)
 
 
 def test_dead_sensor_at_the_end_is_a_sensor_fault_not_healthy(tmp_path: Path) -> None:
-    run = make_synthetic_run(tmp_path / "run", dropout_at_end=True)
+    run = shared_dropout_run()
     assert main(["evaluate", str(shared_bundle()), str(run), "--out", str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["sensor_fault_snapshots"] == 3

@@ -1,8 +1,10 @@
 """Small trained bundles for tests: a synthetic run to failure and a bundle fitted on its healthy part.
 
 Used by the trainer's tests and the agent's. Training goes through the same function as `cm-train fit`
-(trainer.train.fit), with few epochs so a bundle takes seconds. `shared_run()` and `shared_bundle()`
-build one run and one bundle per test process and reuse them.
+(trainer.train.fit), with few epochs so a bundle takes seconds. `shared_run()`, `shared_bundle()` and the
+other helpers below make each run and bundle once per pytest run: conftest.py points `share_in()` at a
+directory every xdist worker of the run sees; the first worker to ask makes it under a file lock, the others
+wait for it and reuse it. A new pytest run makes them afresh, so a trainer change always reaches the tests.
 
 On a device without the trainer (`make pi-check`), CM_TEST_BUNDLES names a directory where these were made
 beforehand on the workstation (`python tests/trained.py DIR`): the helpers then hand those out instead of
@@ -11,11 +13,13 @@ training.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,23 +63,63 @@ def make_bundle(run_dir: str | Path, out_dir: str | Path, **options: object) -> 
     return fit(run_dir, FitOptions(out=Path(out_dir), **{**FAST_FIT, **options}))
 
 
+_shared_root: Path | None = None
+
+
+def share_in(directory: Path) -> None:
+    """Make and find the runs and bundles in `directory`, shared by every process of one pytest run."""
+    global _shared_root
+    _shared_root = directory / "trained"
+    _shared_root.mkdir(parents=True, exist_ok=True)
+
+
 @functools.cache
-def _scratch() -> Path:
+def _private_scratch() -> Path:
+    """Outside pytest (`python tests/trained.py DIR`): a directory of this process, removed at its exit."""
     path = Path(tempfile.mkdtemp(prefix="cm-trained-"))
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
 
+def _scratch() -> Path:
+    return _shared_root or _private_scratch()
+
+
+def _made_once(name: str, make: Callable[[Path], object]) -> Path:
+    """`_scratch() / name`, made by `make(path)` unless a process of this run made it already.
+
+    flock, not a marker file alone: a worker that asks while another is still training waits for it rather
+    than training too, and a worker that died halfway releases the lock and leaves no marker, so the next
+    one starts over instead of using half a bundle.
+    """
+    root = _scratch()
+    path, done = root / name, root / f"{name}.done"
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            make(path)
+            done.touch()
+    return path
+
+
 @functools.cache
 def shared_run() -> Path:
-    """One synthetic run to failure (bearing 3) per test process."""
-    return _handed_in("run") or make_synthetic_run(_scratch() / "run")
+    """One synthetic run to failure (bearing 3) per pytest run."""
+    return _handed_in("run") or _made_once("run", make_synthetic_run)
 
 
 @functools.cache
 def shared_bundle() -> Path:
-    """One bundle fitted on the healthy first half of `shared_run()` per test process."""
-    return _handed_in("bundle") or make_bundle(shared_run(), _scratch() / "bundle")
+    """One bundle fitted on the healthy first half of `shared_run()` per pytest run."""
+    return _handed_in("bundle") or _made_once("bundle", lambda path: make_bundle(shared_run(), path))
+
+
+@functools.cache
+def shared_dropout_run() -> Path:
+    """`shared_run()` with bearing 3's sensor dropping out in its last three files (cm-synth --dropout-at-end);
+    the files before are the same. Read-only: a test that changes a file links the others into its own folder."""
+    return _made_once("dropout-run", lambda path: make_synthetic_run(path, dropout_at_end=True))
 
 
 def run_features(run_dir: Path) -> np.ndarray:
@@ -98,11 +142,12 @@ def write_feature_table(path: Path, channels: int, rows: int = 48, seed: int = 0
 def table_bundle(channels: int, window: int) -> Path:
     """A bundle of `channels` input columns and window `window`, fitted (few epochs) on a features table."""
     name = f"table-c{channels}-w{window}"
-    handed = _handed_in(name)
-    if handed:
-        return handed
-    table = write_feature_table(_scratch() / f"{name}.csv", channels, seed=channels * 10 + window)
-    return make_bundle(table, _scratch() / name, epochs=3, train_fraction=0.6)
+
+    def make(path: Path) -> None:
+        table = write_feature_table(_scratch() / f"{name}.csv", channels, seed=channels * 10 + window)
+        make_bundle(table, path, epochs=3, train_fraction=0.6)
+
+    return _handed_in(name) or _made_once(name, make)
 
 
 @functools.cache
@@ -110,12 +155,11 @@ def vibration_bundle() -> Path:
     """A bundle with the `vibration` feature set (4 channels x 10 features = 40 model columns), on a short run."""
     from edge.bearing import PRESETS
 
-    handed = _handed_in("vibration")
-    if handed:
-        return handed
-    run = make_synthetic_run(_scratch() / "vibration-run", files=40)
-    return make_bundle(run, _scratch() / "vibration", feature_set="vibration", bearing=PRESETS["6205-2rs"],
-                       shaft_rpm=2000.0, epochs=3)
+    def make(path: Path) -> None:
+        run = _made_once("vibration-run", lambda run: make_synthetic_run(run, files=40))
+        make_bundle(run, path, feature_set="vibration", bearing=PRESETS["6205-2rs"], shaft_rpm=2000.0, epochs=3)
+
+    return _handed_in("vibration") or _made_once("vibration", make)
 
 
 def hand_out(directory: Path) -> None:
