@@ -36,10 +36,11 @@ test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 	$(MAKE) --no-print-directory lowest
 
-# ruff and mypy, configured in pyproject.toml: kept clean by every `make test`.
+# ruff, mypy and the import layers (lint-imports), configured in pyproject.toml: kept clean by every `make test`.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The lowest versions pyproject.toml allows for the `edge` extra (what a Pi may end up with), in a venv of
 # their own, running the tests of the device side that need no TensorFlow: a floor is a tested promise.

@@ -18,9 +18,9 @@ sys.path.insert(0, str(REPO / "tests"))  # the test suite's Mosquitto launcher a
 from broker import Mosquitto, Subscriber  # noqa: E402
 from figures import figure, row  # noqa: E402
 
-from edge.bundle import load_bundle  # noqa: E402
-from edge.pipeline import Pipeline  # noqa: E402
-from edge.snapshot import Snapshot  # noqa: E402
+from edge.ingest.snapshot import Snapshot  # noqa: E402
+from edge.model.bundle import load_bundle  # noqa: E402
+from edge.scoring.pipeline import Pipeline  # noqa: E402
 from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, list_ims_files, read_counts  # noqa: E402
 from firmware_bridge.replay import PtyPort, frames_for_file  # noqa: E402
 from firmware_bridge.synth import generate  # noqa: E402

@@ -1,7 +1,7 @@
 """Detection quality on runs to failure: does the alarm come early, name the right bearing, and never cry wolf?
 
 Synthetic: cm-synth runs (several seeds, every bearing failing at least once), each trained on its first
-third with `cm-train fit`'s defaults and scored with `cm-train evaluate`'s trace (edge.scoring). Per run:
+third with `cm-train fit`'s defaults and scored with `cm-train evaluate`'s trace (edge.scoring.stream). Per run:
 - the bearing named when the debounced alarm is first raised (must be the failing one);
 - false episodes: warning or alarm episodes that start on a healthy snapshot (cm-synth's plan says which
   snapshots carry no defect signal at all);
@@ -35,8 +35,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from figures import figure  # noqa: E402
 
-from edge.bundle import load_bundle  # noqa: E402
-from edge.detector import State  # noqa: E402
+from edge.model.bundle import load_bundle  # noqa: E402
+from edge.scoring.detector import State  # noqa: E402
 from firmware_bridge.synth import generate, plan_run  # noqa: E402
 
 FILES = 150  # 25 h at 10 min: a third (50 snapshots, 8 h) to train on

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from figures import figure
 
-from edge.bearing import PRESETS
-from edge.features import FeatureConfig, FeatureExtractor, mean_abs
+from edge.model.bearing import PRESETS
+from edge.model.features import FeatureConfig, FeatureExtractor, mean_abs
 from firmware_bridge.recording import open_recording
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from figures import figure
 
-from edge.outbox import Outbox
+from edge.mqtt.outbox import Outbox
 
 ALERTS = 200
 PAYLOAD = b'{"id":"6f1c2b9e-8a53-4c1e-9a0e-3d2f8f0f3b7a","state":"alarm"}' * 6  # about an alert's size

@@ -29,10 +29,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge.bearing import PRESETS  # noqa: E402
-from edge.bundle import load_bundle  # noqa: E402
-from edge.detector import State  # noqa: E402
-from edge.diagnosis import diagnose  # noqa: E402
+from edge.model.bearing import PRESETS  # noqa: E402
+from edge.model.bundle import load_bundle  # noqa: E402
+from edge.scoring.detector import State  # noqa: E402
+from edge.scoring.diagnosis import diagnose  # noqa: E402
 
 DATA = Path(os.environ.get("CM_SHARED_DATA", REPO.parent / "shared" / "data"))
 CWRU_RPM = 1796.0

@@ -1,4 +1,4 @@
-"""Per-snapshot cost of the edge path (features + int8 model + detector through edge.runtime), and the import
+"""Per-snapshot cost of the edge path (features + int8 model + detector through edge.model.runtime), and the import
 time and resident memory of a process that only scores: `python bench/bench_runtime.py [repeats] [BUNDLE]`.
 The same per-snapshot figures with the pure-numpy interpreter (what 32-bit Pi OS runs), and how many of its
 int8 outputs equal LiteRT's on the same inputs.
@@ -29,10 +29,10 @@ CHILD = r"""
 import json, resource, sys, time
 started = time.perf_counter()
 import numpy as np
-from edge.bundle import load_bundle
-from edge.detector import Detector
-from edge.features import snapshot_features
-from edge.runtime import Scorer
+from edge.model.bundle import load_bundle
+from edge.scoring.detector import Detector
+from edge.model.features import snapshot_features
+from edge.model.runtime import Scorer
 imported = time.perf_counter() - started
 bundle = load_bundle(sys.argv[1])
 scorer = Scorer(bundle)
@@ -65,8 +65,8 @@ def snapshots(count: int) -> np.ndarray:
 
 @contextlib.contextmanager
 def interpreter(kind: str | None):
-    """Scorers made inside use this interpreter (edge.runtime's CM_INTERPRETER); None: the default order."""
-    from edge.runtime import INTERPRETER_ENV
+    """Scorers made inside use this interpreter (edge.model.runtime's CM_INTERPRETER); None: the default order."""
+    from edge.model.runtime import INTERPRETER_ENV
 
     before = os.environ.pop(INTERPRETER_ENV, None)
     if kind:
@@ -81,8 +81,8 @@ def interpreter(kind: str | None):
 
 def numpy_equals_litert(bundle_path: Path, count: int = 2000) -> dict:
     """Raw int8 outputs of the numpy interpreter against LiteRT's on the same random and saturating inputs."""
-    from edge.bundle import load_bundle
-    from edge.runtime import load_interpreter
+    from edge.model.bundle import load_bundle
+    from edge.model.runtime import load_interpreter
 
     model = load_bundle(bundle_path).model_path
     interpreters = [load_interpreter(model, kind=kind) for kind in ("ai_edge_litert", "numpy")]
@@ -102,10 +102,10 @@ def numpy_equals_litert(bundle_path: Path, count: int = 2000) -> dict:
 
 
 def per_snapshot_ms(bundle_path: Path, repeats: int) -> list[float]:
-    from edge.bundle import load_bundle
-    from edge.detector import Detector
-    from edge.features import snapshot_features
-    from edge.runtime import Scorer
+    from edge.model.bundle import load_bundle
+    from edge.model.features import snapshot_features
+    from edge.model.runtime import Scorer
+    from edge.scoring.detector import Detector
 
     bundle = load_bundle(bundle_path)
     scorer = Scorer(bundle)
@@ -125,8 +125,8 @@ def per_snapshot_ms(bundle_path: Path, repeats: int) -> list[float]:
 
 
 def model_only_ms(bundle_path: Path, repeats: int) -> list[float]:
-    from edge.bundle import load_bundle
-    from edge.runtime import Scorer
+    from edge.model.bundle import load_bundle
+    from edge.model.runtime import Scorer
 
     bundle = load_bundle(bundle_path)
     scorer = Scorer(bundle)

@@ -8,34 +8,31 @@ when it persists.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import queue
-import signal
-import sys
 import threading
 import time
 from dataclasses import replace
 from typing import Protocol
 
-from edge import messages, preflight
-from edge.bundle import Bundle, BundleError, load_bundle
-from edge.cadence import Cadence
 from edge.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
-from edge.clock import StreamClock, TimeSource, plausible, unsynchronised
-from edge.config import AgentConfig, ConfigError, load_config
-from edge.detector import DetectorSettings, State, Transition
-from edge.guard import FrameGuard, Throttle, escape
-from edge.health import Health, Watch
-from edge.homeassistant import Discovery, entities
-from edge.messages import ModelRef, Reading
-from edge.outbox import Outbox, OutboxError, holder
-from edge.pipeline import MISSING_DATA, Pipeline
-from edge.publisher import Publisher, PublisherError
+from edge.config import AgentConfig
+from edge.ingest.cadence import Cadence
+from edge.ingest.clock import StreamClock, TimeSource, iso_time, plausible, unsynchronised
+from edge.ingest.guard import FrameGuard, Throttle, escape
+from edge.ingest.snapshot import Snapshot, SnapshotAssembler
+from edge.model.bundle import Bundle, DetectorSettings
+from edge.mqtt import payloads
+from edge.mqtt.health import Health, Watch
+from edge.mqtt.homeassistant import Discovery, entities
+from edge.mqtt.outbox import Outbox
+from edge.mqtt.payloads import ModelRef
+from edge.mqtt.publisher import Publisher
 from edge.recorder import Recorder
-from edge.runtime import check_model
-from edge.sensor import SensorLimits
-from edge.snapshot import Snapshot, SnapshotAssembler
+from edge.scoring.detector import State, Transition
+from edge.scoring.pipeline import Pipeline
+from edge.scoring.reading import Reading
+from edge.scoring.sensor import MISSING_DATA, SensorLimits
 from firmware_bridge.frame import Frame, FrameType
 from firmware_bridge.link import SerialLink
 
@@ -52,10 +49,6 @@ class Clock(Protocol):
     def time(self) -> float: ...
 
 
-class MismatchError(ValueError):
-    """The bundle does not fit the config or the sensor's frames."""
-
-
 def _put(frames: queue.Queue[Frame | None], item: Frame | None, stop: threading.Event) -> bool:
     """Hand a frame to the scoring loop; give up once the agent stops (the loop no longer takes any)."""
     while not stop.is_set():
@@ -65,26 +58,6 @@ def _put(frames: queue.Queue[Frame | None], item: Frame | None, stop: threading.
         except queue.Full:
             continue
     return False
-
-
-def check_bundle_against_config(config: AgentConfig, bundle: Bundle) -> None:
-    spec = bundle.card.feature_spec
-    if not spec.sample_rate_hz or not spec.snapshot_samples:
-        raise MismatchError(f"the bundle {bundle.path} was trained on a features table: it has no sample rate or "
-                            f"snapshot length, so it cannot score raw frames; train it on IMS-format files "
-                            f"(an IMS directory or the recorder's output)")
-    expected = config.sensor
-    pairs = [("channels", expected.channels, spec.channels),
-             ("sample_rate_hz", expected.sample_rate_hz, spec.sample_rate_hz),
-             ("snapshot_samples", expected.snapshot_samples, spec.snapshot_samples)]
-    for key, configured, carded in pairs:
-        if configured is not None and configured != carded:
-            raise MismatchError(f"{config.path}: sensor.{key} is {_show(configured)} but the bundle "
-                                f"{bundle.path} was trained for {_show(carded)}")
-
-
-def _show(value: object) -> str:
-    return ", ".join(value) if isinstance(value, tuple) else str(value)
 
 
 def detector_settings(config: AgentConfig, bundle: Bundle) -> DetectorSettings:
@@ -152,7 +125,7 @@ class Agent:
             self.pipeline.resume(checkpoint.state, checkpoint.health, checkpoint.reason, driver, checkpoint.zone)
             self._since_us = checkpoint.since_us
             log.info("resuming in state %s (bearing %s) since %s%s", checkpoint.state, checkpoint.health,
-                     messages.iso_time(checkpoint.since_us), f", raised by {checkpoint.driver}" if checkpoint.driver else "")
+                     iso_time(checkpoint.since_us), f", raised by {checkpoint.driver}" if checkpoint.driver else "")
 
     def run(self, stop: threading.Event) -> int:
         self.watch.check(self.link.stats)
@@ -306,16 +279,16 @@ class Agent:
             # The retained state carries the latest score at the telemetry cadence, not only transitions.
             if self._since_us is None:
                 self._since_us = reading.capture_time_us
-            self.publisher.publish_state(messages.state(self.config.device_id, reading, self._since_us, channels, self.model))
-        self.publisher.publish_telemetry(messages.telemetry(self.config.device_id, reading, channels, self.counters(),
+            self.publisher.publish_state(payloads.state(self.config.device_id, reading, self._since_us, channels, self.model))
+        self.publisher.publish_telemetry(payloads.telemetry(self.config.device_id, reading, channels, self.counters(),
                                                             time_source=self.time_source))
 
     def publish_transition(self, reading: Reading, transition: Transition) -> None:
         channels = self.pipeline.channels
-        alert = messages.alert(self.config.device_id, transition, reading, channels, self.thresholds, self.model)
+        alert = payloads.alert(self.config.device_id, transition, reading, channels, self.thresholds, self.model)
         self.publisher.publish_alert(alert)
         self._since_us = reading.capture_time_us
-        self.publisher.publish_state(messages.state(self.config.device_id, reading, self._since_us, channels, self.model))
+        self.publisher.publish_state(payloads.state(self.config.device_id, reading, self._since_us, channels, self.model))
         # After the outbox commit: a crash in between costs at most a repeated alert, never a lost one.
         detector = self.pipeline.detector
         driver = None if detector.driver is None else channels[detector.driver]
@@ -337,70 +310,3 @@ class Agent:
             "frames_rejected": sum(self.guard.rejected.values()), "frames_duplicate": self.guard.duplicates,
             "status_frames": self.status_frames, "snapshots_skipped": self.cadence.skipped,
         }
-
-
-def prepare(config_path: str) -> tuple[AgentConfig, Bundle]:
-    config = load_config(config_path)
-    bundle = load_bundle(config.bundle)
-    check_bundle_against_config(config, bundle)
-    try:
-        detector_settings(config, bundle)
-    except ValueError as error:  # an override that does not fit the card's other settings
-        raise ConfigError(f"{config.path}: [detector] with the bundle's settings: {error}") from None
-    check_model(bundle)  # the model file itself, as the agent will load it
-    return config, bundle
-
-
-def check(path: str, config: AgentConfig, bundle: Bundle, offline: bool) -> int:
-    interval = snapshot_interval_s(config, bundle)
-    for note in preflight.notes(config, bundle, interval):
-        log.warning("%s", note)
-    running = holder(config.outbox_path)  # the agent itself: its port and its broker session are not ours to take
-    found = preflight.problems(config, offline or running is not None)
-    for problem in found:
-        log.error("%s: %s", path, problem)
-    if found:
-        return 2
-    spec = bundle.card.feature_spec
-    skipped = " (serial port and broker not tried: --offline)" if offline else ""
-    if running is not None and not offline:
-        skipped = (f" (serial port and broker not tried: the agent is running (pid {running or 'unknown'}); opening its "
-                   "port and logging in as it would take them from it: its health topic reports both)")
-    print(f"{path}: OK: device {config.device_id}, bundle {bundle.path} ({len(spec.channels)} channels "
-          f"at {spec.sample_rate_hz} Hz, snapshots of {spec.snapshot_samples}, window {spec.window}), "
-          f"scoring {f'one snapshot per {interval:g} s' if interval else 'every snapshot'}, "
-          f"port {config.serial.port}, broker {config.mqtt.host}:{config.mqtt.port}{skipped}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cm-edge", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="the agent's TOML config, e.g. /etc/cm/edge.toml")
-    parser.add_argument("--check", action="store_true",
-                        help="validate the config and the bundle, open the serial port, log in to the broker (not while "
-                             "the agent runs), check the paths the agent writes, then exit")
-    parser.add_argument("--offline", action="store_true", help="with --check: skip the serial port and the broker")
-    args = parser.parse_args(argv)
-    # journald adds its own timestamps; stdout keeps the agent free of log files on a read-only system.
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config, bundle = prepare(args.config)
-    except (ConfigError, BundleError, MismatchError) as error:
-        log.error("%s", error)
-        return 2
-    logging.getLogger().setLevel(config.log_level)
-    if args.check:
-        return check(args.config, config, bundle, args.offline)
-    try:
-        agent = Agent(config, bundle)
-    except (PublisherError, OutboxError) as error:
-        log.error("%s", error)
-        return 2  # the unit's RestartPreventExitStatus: a broken setup is not fixed by restarting
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    return agent.run(stop)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

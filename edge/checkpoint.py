@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.detector import State
-from edge.health import Health
+from edge.mqtt.health import Health
+from edge.scoring.detector import State
 
 log = logging.getLogger(__name__)
 

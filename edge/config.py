@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
-from edge.publisher import MqttConfig
-
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # it becomes an MQTT topic level: no '/', '+', '#'
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -40,6 +38,25 @@ class SensorConfig:
     stale_after_s: float | None = None  # no complete snapshot for this long: missing data (off when unset)
     snapshot_interval_s: float | None = None  # score one snapshot per interval of stream time; None: the card's
     full_scale_g: float | None = None  # the accelerometer's range; clipping is judged against it (None: int16)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str
+    device_id: str
+    port: int = 1883
+    topic_prefix: str = "cm"
+    client_id: str | None = None  # default: cm-edge-{device_id}
+    username: str | None = None
+    password_file: str | None = None  # the secret is read from this file, never from the config itself
+    tls_ca: str | None = None  # TLS is on when tls_ca or tls_cert is set
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_insecure: bool = False  # skip the host name check (self-signed broker certs addressed by IP)
+    keepalive: int = 30
+    protocol: str = "5"  # "5" or "3.1.1"
+    reconnect_min: float = 1.0  # seconds; paho doubles the delay after each failed attempt up to reconnect_max
+    reconnect_max: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,7 @@ class MachineConfig:
     """The machine the sensor is on (vibration feature set): speed, ISO 20816 group, optional zone alarm."""
 
     shaft_rpm: float | None = None  # overrides the card's shaft speed: the envelope lines move with it
-    iso_group: str = "2-rigid"  # edge.diagnosis.ISO_GROUPS: zone boundaries of the velocity RMS
+    iso_group: str = "2-rigid"  # edge.scoring.diagnosis.ISO_GROUPS: zone boundaries of the velocity RMS
     zone_alarm: bool = False  # an alarm from the ISO zone (D) beside the learned score
 
 
@@ -314,7 +331,7 @@ class _Reader:
         return DetectorOverrides(**values)
 
     def machine(self) -> MachineConfig:
-        from edge.diagnosis import ISO_GROUPS  # the zone boundaries live with the diagnosis
+        from edge.scoring.diagnosis import ISO_GROUPS  # the zone boundaries live with the diagnosis
 
         table = self.section("machine", {"shaft_rpm", "iso_group", "zone_alarm"})
         group = self.get(table, "iso_group", str, MachineConfig.iso_group, name="machine.iso_group")

@@ -16,10 +16,10 @@ import paho.mqtt.client as mqtt
 import serial
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.bundle import Bundle
-from edge.clock import unsynchronised
-from edge.config import AgentConfig
-from edge.publisher import PROTOCOLS, MqttConfig, PublisherError, read_password
+from edge.config import AgentConfig, MqttConfig
+from edge.ingest.clock import unsynchronised
+from edge.model.bundle import Bundle
+from edge.mqtt.publisher import PROTOCOLS, PublisherError, read_password
 
 BROKER_TIMEOUT_S = 10.0
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from edge.config import RecorderConfig
-from edge.health import Health
-from edge.snapshot import Snapshot
+from edge.ingest.snapshot import Snapshot
+from edge.mqtt.health import Health
 from firmware_bridge.ims import IMS_SCALE, format_timestamp, list_ims_files, write_ims_file
 
 log = logging.getLogger(__name__)

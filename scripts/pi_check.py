@@ -262,14 +262,14 @@ def hand_out_bundles(handoff: Path, log: Path) -> None:
 def model_outputs(bundles: Path, kind: str | None) -> dict[str, object]:
     """Raw int8 outputs on fixed inputs for every handed-in bundle, and the shared bundle's scores on its run.
 
-    kind None: the interpreter edge.runtime picks on this machine."""
+    kind None: the interpreter edge.model.runtime picks on this machine."""
 
     sys.path.insert(0, str(REPO / "tests"))
     from test_numpy_interpreter import int8_inputs, raw_outputs, score_windows
     from trained import run_features
 
-    from edge.bundle import load_bundle
-    from edge.runtime import Scorer, load_interpreter
+    from edge.model.bundle import load_bundle
+    from edge.model.runtime import Scorer, load_interpreter
 
     results: dict[str, object] = {}
     for bundle_dir in sorted(p for p in bundles.iterdir() if (p / "model_card.json").exists()):
@@ -301,7 +301,7 @@ def compare_outputs(x86: dict, device: dict) -> list[str]:
 
 
 def timing(bundle: Path, repeats: int = 5) -> dict[str, float]:
-    """Median per-snapshot ms (features, model, detector) with the interpreter edge.runtime picks."""
+    """Median per-snapshot ms (features, model, detector) with the interpreter edge.model.runtime picks."""
     import statistics
 
     sys.path.insert(0, str(REPO / "bench"))

@@ -11,9 +11,9 @@ from test_scoring import RecordingPublisher
 from trained import shared_bundle, shared_run
 
 from edge.agent import Agent
-from edge.bundle import load_bundle
 from edge.config import load_config
-from edge.outbox import Outbox
+from edge.model.bundle import load_bundle
+from edge.mqtt.outbox import Outbox
 from firmware_bridge.frame import FLAG_BOOT_TIME, FrameDecoder
 from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, list_ims_files, read_counts
 from firmware_bridge.replay import frames_for_file

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.cadence import Cadence, training_interval_s
+from edge.ingest.cadence import Cadence, training_interval_s
 
 S = 1_000_000
 T0 = 1_700_000_000 * S

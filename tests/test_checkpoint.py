@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from edge.detector import State, Transition
-from edge.health import Health
-from edge.messages import alert_id
+from edge.mqtt.health import Health
+from edge.mqtt.payloads import alert_id
+from edge.scoring.detector import State, Transition
 
 MODEL = "ims1-20240101"
 GOOD = {"model_id": MODEL, "state": "sensor_fault", "health": "alarm", "reason": "dropout:bearing3",

@@ -1,7 +1,7 @@
 """Dating frames: a sensor's wall clock is used as is; boot-relative or implausible time is anchored."""
 from __future__ import annotations
 
-from edge.clock import StreamClock, TimeSource, unsynchronised
+from edge.ingest.clock import StreamClock, TimeSource, unsynchronised
 from firmware_bridge.frame import FLAG_BOOT_TIME, FrameHeader, FrameType
 
 NOW = 1_795_000_000_000_000  # 2026-11, µs

@@ -73,7 +73,7 @@ def test_not_toml_is_reported_with_the_file(tmp_path):
 
 def test_cm_edge_check_exits_nonzero_on_a_bad_config(tmp_path):
     path = write(tmp_path, GOOD.replace("port = 1883", "port = -1"))
-    result = subprocess.run([sys.executable, "-m", "edge.agent", "--config", str(path), "--check"],
+    result = subprocess.run([sys.executable, "-m", "edge.cli", "--config", str(path), "--check"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "mqtt.port" in result.stdout + result.stderr

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.detector import Detector, DetectorSettings, State
+from edge.model.bundle import DetectorSettings
+from edge.scoring.detector import Detector, State
 
 SETTINGS = DetectorSettings(warning_threshold=1.0, alarm_threshold=2.0, k=3, n=5, clear_after=4, fault_after=2)
 

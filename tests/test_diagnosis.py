@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from signals import defect_signal, to_counts
 
-from edge.bearing import PRESETS
-from edge.diagnosis import MIN_PROMINENCE, diagnose, zone, zones
-from edge.features import VIBRATION_FEATURES, FeatureConfig, FeatureExtractor
+from edge.model.bearing import PRESETS
+from edge.model.features import VIBRATION_FEATURES, FeatureConfig, FeatureExtractor
+from edge.scoring.diagnosis import MIN_PROMINENCE, diagnose, zone, zones
 
 RATE, N, RPM = 20_000, 20_480, 1800.0
 BEARING = PRESETS["6205-2rs"]

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from signals import defect_signal
 
-from edge.bearing import PRESETS
-from edge.bundle import load_bundle
-from edge.detector import State
-from edge.messages import ModelRef, alert, telemetry
-from edge.payloads import validate
-from edge.pipeline import Pipeline
-from edge.snapshot import Snapshot
+from edge.ingest.snapshot import Snapshot
+from edge.model.bearing import PRESETS
+from edge.model.bundle import load_bundle
+from edge.mqtt.payloads import ModelRef, alert, telemetry
+from edge.mqtt.schemas import validate
+from edge.scoring.detector import State
+from edge.scoring.pipeline import Pipeline
 from firmware_bridge.recording import open_recording
 
 pytestmark = pytest.mark.slow
@@ -99,7 +99,7 @@ def test_report_episodes_carry_the_defect_and_the_zones(machine: tuple[Path, Pat
 def test_zone_alarm_stands_beside_the_learned_score(machine: tuple[Path, Path]) -> None:
     """[machine] zone_alarm: velocity in zone D raises an alarm (debounced k of n) even when the learned
     score stays low; off by default, the same snapshots raise nothing."""
-    from edge.detector import DetectorSettings
+    from edge.model.bundle import DetectorSettings
 
     bundle = load_bundle(machine[1])
     deaf = DetectorSettings(warning_threshold=1e9, alarm_threshold=1e9)  # the learned detector never fires

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.bearing import PRESETS
-from edge.diagnosis import diagnose
-from edge.features import FeatureConfig, FeatureExtractor
+from edge.model.bearing import PRESETS
+from edge.model.features import FeatureConfig, FeatureExtractor
+from edge.scoring.diagnosis import diagnose
 from firmware_bridge.recording import open_recording
 
 EXTRACT = FeatureExtractor(FeatureConfig("vibration", 48_000, PRESETS["6205-2rs"], 1796.0))

@@ -29,7 +29,7 @@ from broker import HOST, Mosquitto, Subscriber, eventually, write_password_file
 from paho.mqtt.enums import CallbackAPIVersion
 from trained import shared_bundle, shared_dropout_run
 
-from edge.payloads import validate
+from edge.mqtt.schemas import validate
 from firmware_bridge.ims import list_ims_files, read_counts, write_ims_file
 
 BIN = Path(sys.executable).parent

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.bearing import PRESETS
-from edge.features import FeatureConfig, FeatureExtractor
-from edge.snapshot import SnapshotAssembler
+from edge.ingest.snapshot import SnapshotAssembler
+from edge.model.bearing import PRESETS
+from edge.model.features import FeatureConfig, FeatureExtractor
 from firmware_bridge.ims import list_ims_files
 from firmware_bridge.link import SerialLink
 from firmware_bridge.replay import replay

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.features import mean_abs, snapshot_features
+from edge.model.features import mean_abs, snapshot_features
 
 
 def test_mean_abs_is_the_exact_integer_mean_times_the_scale():

@@ -20,8 +20,8 @@ from broker import Mosquitto, Subscriber
 from test_hil import BIN, DEVICE, TOPIC, Chain
 from trained import make_bundle, shared_run
 
-from edge.bundle import load_bundle
-from edge.payloads import validate
+from edge.model.bundle import load_bundle
+from edge.mqtt.schemas import validate
 from firmware_bridge.ims import list_ims_files, read_counts, write_ims_file
 
 ROWS = 2048  # samples per snapshot: 0.1 s at 20 kHz

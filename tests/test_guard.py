@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from edge.guard import CHANNELS, SAMPLE_RATE, SCALE, FrameGuard, Throttle, escape
+from edge.ingest.guard import CHANNELS, SAMPLE_RATE, SCALE, FrameGuard, Throttle, escape
 from firmware_bridge.frame import Frame, FrameHeader, FrameType
 
 
@@ -46,7 +46,7 @@ def test_a_resent_frame_is_a_duplicate_but_a_new_one_is_not():
 
 def test_rejections_are_logged_at_most_a_few_times_a_minute(caplog):
     guard = FrameGuard(4, 20_000, None, "ttyX")
-    with caplog.at_level(logging.WARNING, logger="edge.guard"):
+    with caplog.at_level(logging.WARNING, logger="edge.ingest.guard"):
         for _ in range(1000):
             guard.check(header(channels=2))
     assert len(caplog.records) == 5 and guard.rejected[CHANNELS] == 1000

@@ -21,8 +21,8 @@ import pytest
 from broker import Mosquitto, Subscriber, eventually
 from trained import shared_bundle, shared_dropout_run
 
-from edge.bundle import load_bundle
-from edge.payloads import validate
+from edge.model.bundle import load_bundle
+from edge.mqtt.schemas import validate
 from firmware_bridge.frame import encode_status
 from firmware_bridge.ims import list_ims_files, read_counts
 from firmware_bridge.replay import PtyPort, frames_for_file, replay

@@ -8,9 +8,10 @@ import jinja2
 import pytest
 from broker import Mosquitto, Subscriber
 
-from edge.homeassistant import Discovery, entities
-from edge.outbox import Outbox
-from edge.publisher import MqttConfig, Publisher, topics
+from edge.config import MqttConfig
+from edge.mqtt.homeassistant import Discovery, entities
+from edge.mqtt.outbox import Outbox
+from edge.mqtt.publisher import Publisher, topics
 
 DEVICE = "pump-7"
 CHANNELS = ("bearing1", "bearing 2")
@@ -73,7 +74,7 @@ def test_templates_read_the_agents_payloads():
     assert render("health", state) == "sensor_fault" and render("problem", state) == "ON"
     assert render("problem", {"state": "normal"}) == "OFF"
     assert render("score", state) == "None"  # Home Assistant shows "None" as unknown
-    from edge.health import Health
+    from edge.mqtt.health import Health
 
     health = Health(DEVICE)
     assert render("agent_problem", health.payload()) == "OFF"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from trained import TABLE_SHAPES, run_features, shared_bundle, shared_run, table_bundle, vibration_bundle
 
-from edge.bundle import load_bundle
-from edge.numpy_interpreter import NumpyInterpreter, UnsupportedModelError
-from edge.runtime import INTERPRETER_ENV, Scorer, load_interpreter
+from edge.model.bundle import load_bundle
+from edge.model.numpy_interpreter import NumpyInterpreter, UnsupportedModelError
+from edge.model.runtime import INTERPRETER_ENV, Scorer, load_interpreter
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ BLOCK_LITERT = (
 
 def test_load_interpreter_falls_back_to_numpy_without_litert() -> None:
     code = BLOCK_LITERT + (
-        "from edge.runtime import load_interpreter\n"
+        "from edge.model.runtime import load_interpreter\n"
         f"print(type(load_interpreter({str(load_bundle(shared_bundle()).model_path)!r})).__name__)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.health import Health
-from edge.outbox import Outbox, OutboxError, OutboxItem, holder
+from edge.mqtt.health import Health
+from edge.mqtt.outbox import Outbox, OutboxError, OutboxItem, holder
 
 
 def test_items_come_back_in_insertion_order_with_their_fields(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_concurrent_adds_and_removes_lose_nothing(tmp_path: Path) -> None:
 
 CHILD = """
 import sys
-from edge.outbox import Outbox
+from edge.mqtt.outbox import Outbox
 outbox = Outbox(sys.argv[1])
 n = 0
 while True:
@@ -184,8 +184,8 @@ def test_a_file_that_is_not_a_database_is_replaced_not_fatal(tmp_path: Path) -> 
 
 FULL_DISK = """
 import json, resource, sys
-from edge.health import Health
-from edge.outbox import Outbox
+from edge.mqtt.health import Health
+from edge.mqtt.outbox import Outbox
 path = sys.argv[1]
 health = Health("pi")
 outbox = Outbox(path, health=health)
@@ -237,7 +237,7 @@ def test_an_acknowledgement_never_waits_for_the_disk(tmp_path: Path) -> None:
 def test_one_outbox_one_agent_a_second_process_is_refused_naming_the_first(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite"
     assert holder(path) is None  # never used
-    first = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom edge.outbox import Outbox\n"
+    first = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom edge.mqtt.outbox import Outbox\n"
                               f"o = Outbox({str(path)!r})\nprint('open', flush=True)\nsys.stdin.read()\no.close()"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

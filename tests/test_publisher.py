@@ -17,12 +17,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import Mosquitto, Subscriber, eventually, write_password_file
 
-from edge import messages
-from edge.detector import State, Transition
-from edge.health import Health
-from edge.outbox import Outbox
-from edge.payloads import validate
-from edge.publisher import MqttConfig, Publisher, PublisherError, topics
+from edge.config import MqttConfig
+from edge.mqtt import payloads as messages
+from edge.mqtt.health import Health
+from edge.mqtt.outbox import Outbox
+from edge.mqtt.publisher import Publisher, PublisherError, topics
+from edge.mqtt.schemas import validate
+from edge.scoring.detector import State, Transition
 
 pytestmark = pytest.mark.waits
 
@@ -182,8 +183,8 @@ def test_offline_start_drops_telemetry_but_delivers_state_and_alerts(broker: Mos
 
 CHILD = """
 import json, sys, time
-from edge.outbox import Outbox
-from edge.publisher import MqttConfig, Publisher
+from edge.mqtt.outbox import Outbox
+from edge.mqtt.publisher import MqttConfig, Publisher
 port, outbox_path, protocol = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 publisher = Publisher(MqttConfig(host="127.0.0.1", port=port, device_id="pi-1", protocol=protocol,
                                  reconnect_min=0.2, reconnect_max=0.2), Outbox(outbox_path))
@@ -291,17 +292,17 @@ def test_outages_are_logged_once_and_secrets_never(broker: Mosquitto, tmp_path: 
     assert eventually(lambda: publisher.failed_attempts >= 3)
     broker.start()
     assert eventually(lambda: publisher.connected)
-    warnings = [r for r in caplog.records if r.name == "edge.publisher" and r.levelno >= logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "edge.mqtt.publisher" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "cannot connect" in warnings[0].getMessage()
 
     caplog.clear()
     refused = started(Publisher(config(broker, username=DEVICE, password_file=str(bad), client_id="other"), outbox))
     assert eventually(lambda: refused.failed_attempts >= 3)
     assert not refused.connected
-    errors = [r for r in caplog.records if r.name == "edge.publisher" and r.levelno >= logging.WARNING]
+    errors = [r for r in caplog.records if r.name == "edge.mqtt.publisher" and r.levelno >= logging.WARNING]
     assert len(errors) == 1 and "refused" in errors[0].getMessage()
 
-    assert any(r.name.startswith("edge.publisher.paho") for r in caplog.records)  # paho's debug log is captured
+    assert any(r.name.startswith("edge.mqtt.publisher.paho") for r in caplog.records)  # paho's debug log is captured
     assert secret not in caplog.text
 
 

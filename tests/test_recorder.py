@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.config import RecorderConfig
+from edge.ingest.snapshot import Snapshot
 from edge.recorder import Recorder
-from edge.snapshot import Snapshot
 from firmware_bridge.ims import list_ims_files, read_counts
 
 T0 = 1_076_582_000_000_000  # 2004-02-12 10:33:20 UTC, in µs
@@ -80,7 +80,7 @@ def test_a_repeated_capture_time_never_overwrites_a_recording(tmp_path: Path) ->
 
 
 def test_a_recorder_directory_that_is_a_file_costs_recordings_not_the_agent(tmp_path: Path) -> None:
-    from edge.health import Health
+    from edge.mqtt.health import Health
 
     blocker = tmp_path / "recordings"
     blocker.write_text("not a directory\n")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import Bundle, FeatureSpec, ModelCard, Scaler
-from edge.detector import DetectorSettings, State
+from edge.model.bundle import Bundle, DetectorSettings, FeatureSpec, ModelCard, Scaler
+from edge.scoring.detector import State
 from trainer import calibrate
 from trainer.dataset import Dataset, DatasetError
 from trainer.evaluate import Trace, _axis, build_report, plot

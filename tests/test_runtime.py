@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from trained import shared_bundle, shared_run
 
-from edge.bundle import CARD_FILE, BundleError, ModelCard, load_bundle
-from edge.runtime import Scorer, load_interpreter
-from edge.scoring import StreamScorer, score_stream
+from edge.model.bundle import CARD_FILE, BundleError, ModelCard, load_bundle
+from edge.model.runtime import Scorer, load_interpreter
+from edge.scoring.stream import StreamScorer, score_stream
 from trainer.dataset import load_dataset
 
 pytestmark = pytest.mark.slow
@@ -124,7 +124,7 @@ def test_a_card_without_references_keeps_the_mean_score(tmp_path: Path) -> None:
 def test_edge_scores_without_tensorflow() -> None:
     code = (
         "import sys, numpy as np\n"
-        "from edge.bundle import load_bundle\nfrom edge.runtime import Scorer\n"
+        "from edge.model.bundle import load_bundle\nfrom edge.model.runtime import Scorer\n"
         f"b = load_bundle({str(shared_bundle())!r})\ns = Scorer(b)\n"
         "print(s.score(np.tile(b.card.scaler.maximum, (s.window, 1))).score)\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'pandas', 'matplotlib')]\n"

@@ -1,4 +1,4 @@
-"""The streaming-scoring core (edge.scoring): one set of rules for the agent, `cm-train evaluate` and training.
+"""The streaming-scoring core (edge.scoring.stream): one set of rules for the agent, `cm-train evaluate` and training.
 
 The parity test drives the real Agent in-process (frames decoded by the real codec, the real Pipeline and
 Outbox; only the MQTT publisher is a recorder, because what is compared is what the agent would publish)
@@ -14,11 +14,12 @@ import pytest
 from trained import shared_bundle, shared_dropout_run
 
 from edge.agent import Agent
-from edge.bundle import load_bundle
 from edge.config import load_config
-from edge.detector import State
-from edge.outbox import Outbox
-from edge.scoring import MISSING_DATA, StreamScorer, score_stream, unbroken_runs
+from edge.model.bundle import load_bundle
+from edge.mqtt.outbox import Outbox
+from edge.scoring.detector import State
+from edge.scoring.sensor import MISSING_DATA
+from edge.scoring.stream import StreamScorer, score_stream, unbroken_runs
 from firmware_bridge.frame import FrameDecoder
 from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, list_ims_files, read_counts, write_ims_file
 from firmware_bridge.replay import frames_for_file
@@ -29,7 +30,7 @@ FLAT_AT = 60  # a snapshot in the healthy part whose bearing 2 sensor is stuck
 
 
 class RecordingPublisher:
-    """Stands in for edge.publisher.Publisher: keeps what the agent hands over instead of sending it."""
+    """Stands in for edge.mqtt.publisher.Publisher: keeps what the agent hands over instead of sending it."""
 
     dropped_telemetry = 0
 

@@ -14,9 +14,10 @@ import pytest
 from broker import HOST, Mosquitto, Subscriber, TlsFiles, eventually, free_port, make_test_ca, write_password_file
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.outbox import Outbox
-from edge.payloads import validate
-from edge.publisher import MqttConfig, Publisher, PublisherError, topics
+from edge.config import MqttConfig
+from edge.mqtt.outbox import Outbox
+from edge.mqtt.publisher import Publisher, PublisherError, topics
+from edge.mqtt.schemas import validate
 
 pytestmark = pytest.mark.waits
 
@@ -288,7 +289,7 @@ def test_an_offline_consumer_gets_a_whole_backlog_of_alerts_after_an_outage(secu
 
 def test_under_the_deploy_acl_a_device_announces_itself_to_home_assistant(secured: Secured, tmp_path: Path) -> None:
     """Discovery configs are accepted for the device's own entities and reach Home Assistant's user."""
-    from edge.homeassistant import Discovery, entities
+    from edge.mqtt.homeassistant import Discovery, entities
 
     config = MqttConfig(host="127.0.0.1", port=secured.broker.tls_port, device_id="pi-1", username="pi-1",
                         password_file=str(secured.secrets["pi-1"]), tls_ca=str(secured.tls.ca))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.sensor import SensorLimits, check_counts, check_features
+from edge.scoring.sensor import SensorLimits, check_counts, check_features
 
 NAMES = ["bearing1", "bearing2", "bearing3", "bearing4"]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.snapshot import SnapshotAssembler
+from edge.ingest.snapshot import SnapshotAssembler
 from firmware_bridge.frame import FrameDecoder, encode
 
 RATE = 20_000

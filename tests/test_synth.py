@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.features import snapshot_features
+from edge.model.features import snapshot_features
 from firmware_bridge.ims import IMS_SCALE, IMS_SNAPSHOT_SAMPLES, list_ims_files, read_counts
 from firmware_bridge.synth import generate, plan_run, snapshot
 

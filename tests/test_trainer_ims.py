@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
-from edge.features import snapshot_features
+from edge.model.bundle import load_bundle
+from edge.model.features import snapshot_features
 from firmware_bridge.ims import IMS_SCALE, list_ims_files, read_counts
 from trainer.cli import main
 from trainer.dataset import load_dataset

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from trained import RUN_FILES, make_synthetic_run, shared_bundle, shared_dropout_run, shared_run
 
-from edge.bundle import load_bundle
-from edge.runtime import Scorer
+from edge.model.bundle import load_bundle
+from edge.model.runtime import Scorer
 from trainer.cli import main
 from trainer.dataset import load_dataset, parse_time
 

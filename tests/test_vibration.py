@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from signals import defect_signal, to_counts
 
-from edge.bearing import PRESETS, BearingGeometry, parse_bearing
-from edge.bundle import BundleError, FeatureSpec, ModelCard, Scaler
-from edge.detector import DetectorSettings
-from edge.features import VIBRATION_FEATURES, FeatureConfig, FeatureExtractor, mean_abs
+from edge.model.bearing import PRESETS, BearingGeometry, parse_bearing
+from edge.model.bundle import BundleError, DetectorSettings, FeatureSpec, ModelCard, Scaler
+from edge.model.features import VIBRATION_FEATURES, FeatureConfig, FeatureExtractor, mean_abs
 
 RATE = 20_000
 N = 20_480

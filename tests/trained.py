@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.features import snapshot_features
+from edge.model.features import snapshot_features
 from firmware_bridge.ims import IMS_SCALE, list_ims_files, read_counts
 from firmware_bridge.synth import generate
 
@@ -153,7 +153,7 @@ def table_bundle(channels: int, window: int) -> Path:
 @functools.cache
 def vibration_bundle() -> Path:
     """A bundle with the `vibration` feature set (4 channels x 10 features = 40 model columns), on a short run."""
-    from edge.bearing import PRESETS
+    from edge.model.bearing import PRESETS
 
     def make(path: Path) -> None:
         run = _made_once("vibration-run", lambda run: make_synthetic_run(run, files=40))

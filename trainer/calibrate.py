@@ -2,7 +2,7 @@
 
 Per channel, the reference is the largest reconstruction error the channel showed on healthy data (the
 fitted span and the held-out span the model never saw); a channel's score is its error divided by that
-reference (edge.runtime), and the snapshot's score is the largest channel score. So every channel is
+reference (edge.model.runtime), and the snapshot's score is the largest channel score. So every channel is
 judged against its own healthy spread, and the thresholds are multiples of "the worst healthy error":
 
 `calibration` (default): warning = WARNING_MARGIN x, alarm = ALARM_MARGIN x the largest healthy score
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.detector import DetectorSettings
+from edge.model.bundle import DetectorSettings
 
 RULES = ("calibration", "seed")
 MIN_HEALTHY = 10  # fewer healthy snapshots in the training span: refused, the thresholds would be guesswork

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from edge.bundle import BundleError
-from edge.diagnosis import ISO_GROUPS
+from edge.model.bundle import BundleError
+from edge.scoring.diagnosis import ISO_GROUPS
 from trainer.calibrate import RULES
 
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _bearing(text: str) -> object:
-    from edge.bearing import parse_bearing
+    from edge.model.bearing import parse_bearing
 
     try:
         return parse_bearing(text)

@@ -2,7 +2,7 @@
 matrix and channel names.
 
 Recordings are read by firmware_bridge.recording as the same int16 counts and scale the replay harness sends
-and passed through edge.features.snapshot_features, so features from files equal features from a replayed
+and passed through edge.model.features.snapshot_features, so features from files equal features from a replayed
 stream bit for bit.
 Tables (the seeds' merged table, labelled fraud tables) are read with pandas; bad cells are errors naming
 file, line and column, and rows with NaN or inf are excluded and reported, never dropped silently.
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from edge.bearing import BearingGeometry
-from edge.features import FEATURE_SET, FeatureConfig, FeatureExtractor
-from edge.sensor import check_counts
+from edge.model.bearing import BearingGeometry
+from edge.model.features import FEATURE_SET, FeatureConfig, FeatureExtractor
+from edge.scoring.sensor import check_counts
 from firmware_bridge import ims
 from firmware_bridge.recording import RecordingError, open_recording, parse_channel_list
 

@@ -1,7 +1,7 @@
 """`cm-train evaluate`: score every snapshot with the int8 model through the edge runtime, run the detector,
 and write report.json and score.png.
 
-The rows go through edge.scoring in order, exactly as the agent's snapshots do: sensor checks (raw counts
+The rows go through edge.scoring.stream in order, exactly as the agent's snapshots do: sensor checks (raw counts
 for IMS directories, a feature far below the healthy range for every input) are faults, neither an alarm
 nor a healthy reading, and a window that contains a faulty snapshot is not scored.
 """
@@ -17,11 +17,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from edge import diagnosis
-from edge.bundle import Bundle, ModelCard, check_channels, load_bundle
-from edge.detector import State
-from edge.messages import iso_time
-from edge.scoring import StreamScorer, score_stream
+from edge.ingest.clock import iso_time
+from edge.model.bundle import Bundle, ModelCard, check_channels, load_bundle
+from edge.scoring import diagnosis
+from edge.scoring.detector import State
+from edge.scoring.stream import StreamScorer, score_stream
 from trainer.dataset import Dataset, load_dataset, parse_time
 
 
@@ -33,11 +33,11 @@ class Trace:
     errors: np.ndarray
     faults: list[str | None]
     states: list[State]
-    top_channels: list[int | None]  # the channel that explains each snapshot's state (edge.scoring)
+    top_channels: list[int | None]  # the channel that explains each snapshot's state (edge.scoring.stream)
 
 
 def run_detector(dataset: Dataset, bundle: Bundle) -> Trace:
-    """Every snapshot through edge.scoring, the agent's own streaming core, in order."""
+    """Every snapshot through edge.scoring.stream, the agent's own streaming core, in order."""
     count = len(dataset)
     steps = score_stream(StreamScorer(bundle), dataset.features, dataset.faults or None)
     channels = len(bundle.card.feature_spec.channels)

@@ -21,14 +21,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from edge.bearing import BearingGeometry
-from edge.bundle import FLOAT_MODEL_FILE, INT8_MODEL_FILE, Bundle, FeatureSpec, ModelCard, Scaler, file_sha256, write_card
-from edge.cadence import training_interval_s
-from edge.detector import DetectorSettings
-from edge.features import FEATURE_SET
-from edge.messages import iso_time
-from edge.runtime import Score, Scorer
-from edge.scoring import StreamScorer, score_stream, unbroken_runs
+from edge.ingest.cadence import training_interval_s
+from edge.ingest.clock import iso_time
+from edge.model.bearing import BearingGeometry
+from edge.model.bundle import (
+    FLOAT_MODEL_FILE,
+    INT8_MODEL_FILE,
+    Bundle,
+    DetectorSettings,
+    FeatureSpec,
+    ModelCard,
+    Scaler,
+    file_sha256,
+    write_card,
+)
+from edge.model.features import FEATURE_SET
+from edge.model.runtime import Score, Scorer
+from edge.scoring.stream import StreamScorer, score_stream, unbroken_runs
 from trainer import calibrate, export
 from trainer.dataset import Dataset, DatasetError, load_dataset
 from trainer.model import build_autoencoder, windows
@@ -46,7 +55,7 @@ class FitOptions:
     format: str | None = None  # recording format; None: detected (see firmware_bridge.recording)
     sample_rate_hz: int | None = None
     snapshot_samples: int | None = None
-    feature_set: str = FEATURE_SET  # see edge/features.py
+    feature_set: str = FEATURE_SET  # see edge/model/features.py
     bearing: BearingGeometry | None = None  # vibration set: --bearing
     shaft_rpm: float | None = None  # vibration set: --shaft-rpm
     label_column: str | None = None
@@ -159,7 +168,7 @@ def training_windows(dataset: Dataset, scaler: Scaler, rows: np.ndarray, window:
 
 
 def streamed(bundle: Bundle, scorer: Scorer, dataset: Dataset, rows: np.ndarray) -> list[Score]:
-    """`rows` scored as the agent would score them (edge.scoring), restarting the window at every gap."""
+    """`rows` scored as the agent would score them (edge.scoring.stream), restarting the window at every gap."""
     return [step.score for run in unbroken_runs(rows)
             for step in score_stream(StreamScorer(bundle, scorer=scorer), dataset.features[run])
             if step.score is not None]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bearing import DEFECTS
+from edge.model.bearing import DEFECTS
 
 KINDS = {"bpfo": "outer_race", "bpfi": "inner_race", "bsf": "rolling_element", "ftf": "cage"}
 UNKNOWN = "unknown"

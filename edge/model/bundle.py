@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.bearing import BearingGeometry
-from edge.detector import DetectorSettings
-from edge.features import FEATURE_SETS, FeatureConfig
+from edge.model.bearing import BearingGeometry
+from edge.model.features import FEATURE_SETS, FeatureConfig
 
 SCHEMA_VERSION = 1
 # Upper bounds that no real sensor reaches: beyond them a card is corrupt, and believing it would make
@@ -38,6 +37,28 @@ class BundleError(ValueError):
 
 
 DEFAULT_FEATURES = ("mean_abs",)  # a card without feature_spec.features predates feature sets
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    warning_threshold: float
+    alarm_threshold: float
+    k: int = 3
+    n: int = 5
+    clear_after: int = 6
+    fault_after: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.warning_threshold <= self.alarm_threshold:
+            raise ValueError(
+                f"thresholds: expected 0 < warning_threshold <= alarm_threshold, "
+                f"got {self.warning_threshold} and {self.alarm_threshold}"
+            )
+        if not 1 <= self.k <= self.n:
+            raise ValueError(f"k and n: expected 1 <= k <= n, got k={self.k}, n={self.n}")
+        for name in ("clear_after", "fault_after"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -122,7 +143,7 @@ class ModelCard:
     model_file: str
     model_sha256: str
     schema_version: int = SCHEMA_VERSION
-    # Per channel, the healthy reconstruction error the channel's score is measured against (edge.runtime).
+    # Per channel, the healthy reconstruction error the channel's score is measured against (edge.model.runtime).
     # None (a card written before per-channel scoring): the score is the mean error over all columns.
     channel_error_reference: tuple[float, ...] | None = None
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MISSING_DATA = "missing_data"  # a snapshot lost: a gap in the sample index, frames that had to be discarded
+
 
 @dataclass(frozen=True)
 class SensorLimits:

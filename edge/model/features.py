@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.bearing import DEFECTS, BearingGeometry
+from edge.model.bearing import DEFECTS, BearingGeometry
 
 FEATURE_SET = "mean_abs"
 VIBRATION = "vibration"

@@ -5,7 +5,7 @@ the last n snapshots, and cleared only after `clear_after` consecutive snapshots
 (hysteresis), so a score hovering near a threshold does not flap. Counting per channel means noise that
 wanders from channel to channel does not add up to an alarm, and the alarm knows which channel raised it
 (`driver`): that is the bearing an alert names, not whichever channel happened to peak on one snapshot.
-Sensor faults are a state of their own: never a healthy reading, never a bearing alarm. edge.scoring feeds
+Sensor faults are a state of their own: never a healthy reading, never a bearing alarm. edge.scoring.stream feeds
 it for the agent, `cm-train evaluate` and training alike.
 """
 from __future__ import annotations
@@ -16,34 +16,14 @@ from enum import StrEnum
 
 import numpy as np
 
+from edge.model.bundle import DetectorSettings
+
 
 class State(StrEnum):
     NORMAL = "normal"
     WARNING = "warning"
     ALARM = "alarm"
     SENSOR_FAULT = "sensor_fault"
-
-
-@dataclass(frozen=True)
-class DetectorSettings:
-    warning_threshold: float
-    alarm_threshold: float
-    k: int = 3
-    n: int = 5
-    clear_after: int = 6
-    fault_after: int = 2
-
-    def __post_init__(self) -> None:
-        if not 0 < self.warning_threshold <= self.alarm_threshold:
-            raise ValueError(
-                f"thresholds: expected 0 < warning_threshold <= alarm_threshold, "
-                f"got {self.warning_threshold} and {self.alarm_threshold}"
-            )
-        if not 1 <= self.k <= self.n:
-            raise ValueError(f"k and n: expected 1 <= k <= n, got k={self.k}, n={self.n}")
-        for name in ("clear_after", "fault_after"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

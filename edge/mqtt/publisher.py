@@ -3,7 +3,7 @@
 Topics under `{prefix}/{device_id}/` follow Home Assistant's conventions: `status` is the retained
 availability ("online", and "offline" as the last will), `state` the retained health state, `alert` one
 QoS 1 event per state transition, `telemetry` one QoS 0 record per snapshot, `health` the retained
-agent-level faults (edge/health.py).
+agent-level faults (edge/mqtt/health.py).
 
 Why paho's own queue is not trusted with alerts: paho keeps unacknowledged QoS 1 messages in memory only
 and re-sends them after a reconnect, so a restart of the agent loses them, and a message published while
@@ -35,8 +35,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.health import Health
-from edge.outbox import Outbox
+from edge.config import MqttConfig
+from edge.mqtt.health import Health
+from edge.mqtt.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +50,6 @@ REFUSED_RETRY_MAX_S = 600.0
 
 class PublisherError(ValueError):
     """The MQTT settings cannot be used (e.g. an unreadable password file); the message names it."""
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    host: str
-    device_id: str
-    port: int = 1883
-    topic_prefix: str = "cm"
-    client_id: str | None = None  # default: cm-edge-{device_id}
-    username: str | None = None
-    password_file: str | None = None  # the secret is read from this file, never from the config itself
-    tls_ca: str | None = None  # TLS is on when tls_ca or tls_cert is set
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_insecure: bool = False  # skip the host name check (self-signed broker certs addressed by IP)
-    keepalive: int = 30
-    protocol: str = "5"  # "5" or "3.1.1"
-    reconnect_min: float = 1.0  # seconds; paho doubles the delay after each failed attempt up to reconnect_max
-    reconnect_max: float = 60.0
 
 
 @dataclass(frozen=True)

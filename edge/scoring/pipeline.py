@@ -2,7 +2,7 @@
 
 Pure computation, no I/O: the agent feeds it snapshots from the serial link, the benchmark feeds it
 snapshots from memory, and both measure the same code. The rules after the features (window, resets,
-model, detector) live in edge.scoring, which `cm-train evaluate` and training call too.
+model, detector) live in edge.scoring.stream, which `cm-train evaluate` and training call too.
 """
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from edge.bundle import Bundle
-from edge.detector import Detector, DetectorSettings, State, Transition
-from edge.diagnosis import ZONES, Defect, diagnose, zones
-from edge.features import Analysis, FeatureExtractor
-from edge.messages import Reading
-from edge.scoring import MISSING_DATA, Step, StreamScorer
-from edge.sensor import SensorLimits, check_counts
-from edge.snapshot import Snapshot
+from edge.ingest.snapshot import Snapshot
+from edge.model.bundle import Bundle, DetectorSettings
+from edge.model.features import Analysis, FeatureExtractor
+from edge.scoring.detector import Detector, State, Transition
+from edge.scoring.diagnosis import ZONES, Defect, diagnose, zones
+from edge.scoring.reading import Reading
+from edge.scoring.sensor import MISSING_DATA, SensorLimits, check_counts
+from edge.scoring.stream import Step, StreamScorer
 
 __all__ = ["MISSING_DATA", "Pipeline"]
 

@@ -8,7 +8,7 @@ channel's own healthy error level from the card (`channel_error_reference`), so 
 one are judged on the same scale and a fault in one bearing is not diluted by the others. The score is the
 largest of these per-channel scores. A card without references (older bundles) keeps the old score: the
 mean error over all columns. No TensorFlow here: LiteRT (ai-edge-litert), tflite-runtime, or the pure-numpy
-interpreter where neither has a wheel (edge/numpy_interpreter.py).
+interpreter where neither has a wheel (edge/model/numpy_interpreter.py).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import CARD_FILE, Bundle, BundleError
+from edge.model.bundle import CARD_FILE, Bundle, BundleError
 
 INTERPRETERS = ("ai_edge_litert", "tflite_runtime", "numpy")  # the order load_interpreter tries them
 INTERPRETER_ENV = "CM_INTERPRETER"  # names one of INTERPRETERS to use that one only
@@ -34,7 +34,7 @@ def _interpreter_class(kind: str) -> Any:
     elif kind == "tflite_runtime":
         from tflite_runtime.interpreter import Interpreter
     else:
-        from edge.numpy_interpreter import NumpyInterpreter as Interpreter
+        from edge.model.numpy_interpreter import NumpyInterpreter as Interpreter
     return Interpreter
 
 

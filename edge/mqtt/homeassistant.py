@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from edge.detector import State
-from edge.publisher import Publisher, Topics
+from edge.mqtt.publisher import Publisher, Topics
+from edge.scoring.detector import State
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def entities(device_id: str, topics: Topics, channels: Sequence[str], counters: 
         Entity("binary_sensor", "problem", {
             "name": "Problem", "state_topic": topics.state, "device_class": "problem",
             "value_template": "{{ 'OFF' if value_json.state == 'normal' else 'ON' }}"}),
-        # The agent's own faults (edge/health.py): storage, broker refusals, clock, link; the faults are
+        # The agent's own faults (edge/mqtt/health.py): storage, broker refusals, clock, link; the faults are
         # its attributes. A diagnostic entity: it is about the monitor, not the machine.
         Entity("binary_sensor", "agent_problem", {
             "name": "Agent problem", "state_topic": topics.health, "device_class": "problem",

@@ -10,7 +10,7 @@ input_scale * filter_scale[c] / output_scale, clamped to the fused activation's 
 
 The .tflite flatbuffer is read with the `tflite` package (the schema's generated Python, pure Python over
 `flatbuffers`), which installs wherever Python does. It offers the part of LiteRT's Interpreter API that
-`edge.runtime` uses. Any other op is refused when the model is loaded, naming the op.
+`edge.model.runtime` uses. Any other op is refused when the model is loaded, naming the op.
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ class NumpyInterpreter:
             tensor = self._tensors[index]
             self._values[index] = np.zeros(tensor.shape, dtype=tensor.dtype)
 
-    # --- LiteRT's Interpreter API, the part edge.runtime uses ---
+    # --- LiteRT's Interpreter API, the part edge.model.runtime uses ---
 
     def allocate_tensors(self) -> None:
         """Buffers are allocated when the model is read; kept for LiteRT's call sequence."""

@@ -81,3 +81,8 @@ class StreamClock:
             log.info("sensor on %s sends %s: its snapshots are dated by this clock", self.source, why)
         else:
             log.warning("sensor on %s sent an implausible time: re-anchored to this clock", self.source)
+
+
+def iso_time(capture_time_us: int) -> str:
+    moment = datetime.fromtimestamp(capture_time_us / 1_000_000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

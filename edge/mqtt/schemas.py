@@ -1,4 +1,4 @@
-"""The JSON Schemas of the MQTT payloads (edge/schemas/*.schema.json), for tests and consumers.
+"""The JSON Schemas of the MQTT payloads (edge/mqtt/schemas/*.schema.json), for tests and consumers.
 
 jsonschema is a development dependency, not installed on a Pi, so it is imported only by `validate`.
 """
@@ -14,7 +14,7 @@ NAMES = ("alert", "state", "telemetry", "status", "health")
 def load_schema(name: str) -> dict[str, Any]:
     if name not in NAMES:
         raise ValueError(f"unknown payload schema {name!r}; known: {', '.join(NAMES)}")
-    text = resources.files("edge").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8")
+    text = resources.files("edge.mqtt").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

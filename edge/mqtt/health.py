@@ -3,7 +3,7 @@
 A full disk, a broker that refuses alerts, an unset clock or a noisy serial line do not stop the agent
 (it holds, retries and counts), but somebody has to hear about them, or "no alert" would look like "all
 is well". Each component (`storage`, `broker`, `clock`, `link`) has at most one current fault; the set is
-published retained on `{prefix}/{device_id}/health` (schema: edge/schemas/health.schema.json), and Home
+published retained on `{prefix}/{device_id}/health` (schema: edge/mqtt/schemas/health.schema.json), and Home
 Assistant shows it as a diagnostic `problem` binary sensor whose attributes name each fault.
 """
 from __future__ import annotations
@@ -13,18 +13,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from edge.clock import unsynchronised
+from edge.ingest.clock import iso_time, unsynchronised
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("storage", "broker", "clock", "link")
 
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -81,9 +77,9 @@ class Health:
         faults = self.faults()
         return {
             "device_id": self.device_id,
-            "timestamp": _iso(time.time()),
+            "timestamp": iso_time(time.time_ns() // 1000),
             "problem": bool(faults),
-            "faults": {name: {"message": f.message, "since": _iso(f.since)} for name, f in sorted(faults.items())},
+            "faults": {name: {"message": f.message, "since": iso_time(int(f.since * 1_000_000))} for name, f in sorted(faults.items())},
         }
 
     def _changed(self) -> None:
@@ -124,7 +120,7 @@ class Watch:
 
     def check(self, stats: Any) -> None:
         """`stats`: the serial decoder's counters (frames, crc_errors, resyncs)."""
-        problem = unsynchronised()  # edge.clock: the one home of that rule
+        problem = unsynchronised()  # edge.ingest.clock: the one home of that rule
         if problem:
             self.health.fault("clock", f"{problem}; frames without their own wall-clock time are dated by it")
         else:

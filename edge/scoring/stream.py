@@ -6,7 +6,7 @@ One home for the rules the agent, `cm-train evaluate` and training all apply, so
 - the window of the last W feature vectors: only snapshots that passed the checks enter it, and a fault
   or a missing snapshot empties it (a fault must never be scored as vibration);
 - the first W-1 snapshots after a reset are not scored: the window is not full yet;
-- the model (edge.runtime.Scorer) and the debounced detector (edge.detector.Detector).
+- the model (edge.model.runtime.Scorer) and the debounced detector (edge.scoring.detector.Detector).
 """
 from __future__ import annotations
 
@@ -16,12 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.bundle import Bundle
-from edge.detector import Detector, DetectorSettings, State, Transition
-from edge.runtime import Score, Scorer
-from edge.sensor import SensorLimits, check_features
-
-MISSING_DATA = "missing_data"
+from edge.model.bundle import Bundle, DetectorSettings
+from edge.model.runtime import Score, Scorer
+from edge.scoring.detector import Detector, State, Transition
+from edge.scoring.sensor import MISSING_DATA, SensorLimits, check_features
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The MQTT payloads the agent publishes (their JSON Schemas are in edge/schemas/).
+"""The MQTT payloads the agent publishes (their JSON Schemas are in edge/mqtt/schemas/).
 
 Every timestamp is the snapshot's capture time from the frames, not the time of publishing, so a replay
 reproduces the original timeline and a delayed alert still says when the machine was in that state.
@@ -8,13 +8,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from edge.detector import State, Transition
-from edge.diagnosis import Defect
+from edge.ingest.clock import iso_time
+from edge.scoring.detector import Transition
+from edge.scoring.reading import Reading
 
 
 @dataclass(frozen=True)
@@ -26,23 +26,6 @@ class ModelRef:
         return {"id": self.id, "sha256": self.sha256}
 
 
-@dataclass(frozen=True)
-class Reading:
-    """What the agent knows about one snapshot when it publishes."""
-
-    capture_time_us: int
-    snapshot: int
-    features: np.ndarray | None  # None when the snapshot was lost (missing data)
-    score: float | None
-    channel_errors: np.ndarray | None
-    state: State
-    reason: str | None
-    top_channel: int | None = None  # index of the channel that drove the state (edge.scoring); None: unknown
-    feature_names: tuple[str, ...] = ("mean_abs",)  # F per channel; features are channel-major (C x F)
-    defect: Defect | None = None  # vibration set, in warning or alarm: what the envelope lines point to
-    iso_zones: dict[str, str] | None = None  # vibration set: ISO 20816 zone of each channel's velocity RMS
-
-
 # Alert ids are UUID5s of the transition in this namespace: the same transition (device, new and previous
 # state, capture time) always gets the same id, so an alert sent again after a lost checkpoint or a
 # restart is recognised as a duplicate by consumers that de-duplicate by id.
@@ -52,11 +35,6 @@ ALERT_NAMESPACE = uuid.UUID("6f0c1f4e-8a4b-4d55-9a86-3f5d2c7b9e10")
 def alert_id(device_id: str, transition: Transition, capture_time_us: int) -> str:
     name = f"{device_id}/{transition.state}/{transition.previous_state}/{capture_time_us}"
     return str(uuid.uuid5(ALERT_NAMESPACE, name))
-
-
-def iso_time(capture_time_us: int) -> str:
-    moment = datetime.fromtimestamp(capture_time_us / 1_000_000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def top_channel(reading: Reading, channels: Sequence[str]) -> str | None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge.health import Health
+from edge.mqtt.health import Health
 
 log = logging.getLogger(__name__)
 
