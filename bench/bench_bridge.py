@@ -15,7 +15,7 @@ from figures import figure
 
 from firmware_bridge.frame import FrameDecoder, encode
 from firmware_bridge.ims import IMS_SNAPSHOT_SAMPLES, list_ims_files, write_ims_file
-from firmware_bridge.replay import replay
+from firmware_bridge.replay import ReplayOptions, replay
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 20_000
@@ -110,7 +110,7 @@ def replay_throughput(repeats: int) -> dict:
             stop = threading.Event()
             reader = threading.Thread(target=_drain, args=(link, n_files * IMS_SNAPSHOT_SAMPLES // 256, stop))
             reader.start()
-            summary = replay(directory, f"pty:{link}", speed="max", announce=None, stop=stop)
+            summary = replay(directory, f"pty:{link}", ReplayOptions(speed="max"), announce=None, stop=stop)
             stop.set()
             reader.join()
             seconds = summary.seconds

@@ -107,7 +107,7 @@ def synthetic_run(seed: int, bearing: int) -> Outcome:
 def ims_healthy() -> dict | None:
     """The real IMS sample (12 healthy snapshots): trained on the first 10 (the calibration floor), all 12
     scored. Healthy throughout, so every warning or alarm episode is a false one."""
-    from trainer.dataset import load_dataset
+    from trainer.dataset import DatasetSpec, load_dataset
     from trainer.evaluate import build_report, run_detector
     from trainer.train import FitOptions, fit
 
@@ -117,7 +117,7 @@ def ims_healthy() -> dict | None:
     bundle_dir = WORK / "ims-bundle"
     with contextlib.redirect_stderr(io.StringIO()):
         fit(source, FitOptions(out=bundle_dir, channels=(1, 3, 5, 7), train_fraction=10 / 12, verbose=0))
-        dataset = load_dataset(source, (1, 3, 5, 7))
+        dataset = load_dataset(source, DatasetSpec(channels=(1, 3, 5, 7)))
     bundle = load_bundle(bundle_dir)
     trace = run_detector(dataset, bundle)
     report = build_report(dataset, bundle, trace, None, None)

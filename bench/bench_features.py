@@ -20,7 +20,7 @@ from figures import figure
 
 from edge.model.bearing import PRESETS
 from edge.model.features import FeatureConfig, FeatureExtractor, mean_abs
-from firmware_bridge.recording import open_recording
+from firmware_bridge.recording import RecordingSpec, open_recording
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CM_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -79,8 +79,8 @@ def importers(repeats: int) -> dict:
             np.savetxt(csv_dir / f"{i:03d}.csv", values, fmt="%.3f", delimiter=",")
             np.save(npy_dir / f"{i:03d}.npy", values)
         sources: dict[str, Callable[[], object]] = {
-            "csv_20480x4": lambda: open_recording(csv_dir, format="csv", sample_rate_hz=20_000),
-            "npy_20480x4": lambda: open_recording(npy_dir, format="csv", sample_rate_hz=20_000),
+            "csv_20480x4": lambda: open_recording(csv_dir, RecordingSpec(format="csv", sample_rate_hz=20_000)),
+            "npy_20480x4": lambda: open_recording(npy_dir, RecordingSpec(format="csv", sample_rate_hz=20_000)),
         }
         femto = DATA / "femto" / "Bearing3_1"
         if femto.is_dir():
@@ -91,7 +91,7 @@ def importers(repeats: int) -> dict:
             sources["femto_2560x2"] = lambda: open_recording(subset)
         cwru = DATA / "cwru" / "normal_0_97.mat"
         if cwru.is_file():
-            sources["mat_16384x2"] = lambda: open_recording(cwru, sample_rate_hz=48_000, snapshot_samples=16_384)
+            sources["mat_16384x2"] = lambda: open_recording(cwru, RecordingSpec(sample_rate_hz=48_000, snapshot_samples=16_384))
         ims = DATA / "ims" / "1st_test"
         if ims.is_dir():
             sources["ims_20480x8"] = lambda: open_recording(ims)

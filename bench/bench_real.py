@@ -48,15 +48,12 @@ def _fit(source: Path, out: Path, **options: object) -> Path:
 
 
 def _evaluate(bundle_path: Path, source: Path) -> tuple[dict, list[State], object]:
+    from firmware_bridge.recording import RecordingSpec
     from trainer.dataset import load_dataset
-    from trainer.evaluate import build_report, run_detector
+    from trainer.evaluate import build_report, dataset_spec, run_detector
 
     bundle = load_bundle(bundle_path)
-    spec = bundle.card.feature_spec
-    provenance = bundle.card.provenance
-    dataset = load_dataset(source, tuple(provenance["columns"]), format=provenance.get("format"),
-                           sample_rate_hz=spec.sample_rate_hz, snapshot_samples=spec.snapshot_samples,
-                           feature_set=spec.feature_set, bearing=spec.bearing, shaft_rpm=spec.shaft_rpm)
+    dataset = load_dataset(source, dataset_spec(bundle.card, source, RecordingSpec()))  # as cm-train evaluate reads it
     trace = run_detector(dataset, bundle)
     return build_report(dataset, bundle, trace, None, None), trace.states, dataset
 
@@ -160,12 +157,12 @@ def _departure(values: np.ndarray, training: int) -> tuple[int | None, str]:
 
 def indicators(scratch: Path) -> dict:
     from firmware_bridge.recording import open_recording
-    from trainer.dataset import load_dataset
+    from trainer.dataset import DatasetSpec, load_dataset
 
     results: dict = {}
     for run, rpm in FEMTO_RUNS.items():
         source = DATA / "femto" / run
-        dataset = load_dataset(source, feature_set="vibration", bearing=PRESETS["pronostia"], shaft_rpm=rpm)
+        dataset = load_dataset(source, DatasetSpec(feature_set="vibration", bearing=PRESETS["pronostia"], shaft_rpm=rpm))
         recording = open_recording(source)
         training = int(round(0.3 * len(dataset)))
         frequencies = np.fft.rfftfreq(recording.snapshot_samples, 1 / recording.sample_rate_hz)

@@ -42,7 +42,7 @@ import numpy as np
 import serial
 
 from firmware_bridge.frame import FLAG_BOOT_TIME, MAX_PAYLOAD, encode
-from firmware_bridge.recording import FORMATS, Recording, open_recording, parse_channel_list
+from firmware_bridge.recording import FORMATS, RecordedSnapshot, Recording, RecordingSpec, open_recording, parse_channel_list
 
 _U32 = 2**32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -299,89 +299,100 @@ class Progress:
             self.stream.flush()
 
 
-def replay(
-    source: str | os.PathLike[str] | Recording,
-    port: str | Writer,
-    *,
-    speed: str | float = "max",
-    loop: bool = False,
-    columns: Sequence[int] | None = None,
-    channels: Sequence[str | int] | None = None,
-    format: str | None = None,
-    sample_rate_hz: int | None = None,
-    snapshot_samples: int | None = None,
-    frame_samples: int = 256,
-    baudrate: int = DEFAULT_BAUDRATE,
-    progress: bool = False,
-    stop: threading.Event | None = None,
-    wait_reader: bool = True,
-    announce: TextIO | None = sys.stderr,
-    continuous: bool = False,
-    boot_time: bool = False,
-    write_timeout: float | None = WRITE_TIMEOUT_S,
-) -> ReplaySummary:
-    """Send every snapshot of a recording as frames. `channels` are names or 1-based numbers; `columns`
-    (0-based) is the older spelling of the same selection. Returns what was sent.
+@dataclass(frozen=True, kw_only=True)
+class ReplayOptions(RecordingSpec):
+    """How a recording is read (RecordingSpec) and sent; cm-replay's flags take their defaults from here."""
 
-    `continuous`: back to back, time from the samples, paced per frame at the sample rate (divided by the
-    speed factor). `boot_time`: time counts from the replay's start, with the boot-time flag.
+    speed: str | float = "max"  # realtime, max or a factor like 60 (parse_speed)
+    loop: bool = False  # start again after the last snapshot, forever; each pass continues the clock
+    continuous: bool = False  # back to back, time from the samples, paced per frame at the sample rate / speed
+    boot_time: bool = False  # time counts from the replay's start, with the boot-time flag
+    frame_samples: int = 256
+    baudrate: int = DEFAULT_BAUDRATE
+    write_timeout: float | None = WRITE_TIMEOUT_S
+    progress: bool = False  # a progress bar on stderr
+    wait_reader: bool = True  # pty: write nothing before a reader opened the port
+
+
+def replay(source: str | os.PathLike[str] | Recording, port: str | Writer, options: ReplayOptions = ReplayOptions(), *,
+           stop: threading.Event | None = None, announce: TextIO | None = sys.stderr) -> ReplaySummary:
+    """Send every snapshot of a recording as frames, as `options` say; returns what was sent.
+
+    `stop` ends the replay early; `announce` is told where a pty is ready (None: nobody).
     """
-    if columns is not None:
-        channels = [c + 1 for c in columns]
-    recording = source if isinstance(source, Recording) else open_recording(
-        source, format=format, channels=channels, sample_rate_hz=sample_rate_hz, snapshot_samples=snapshot_samples)
+    recording = source if isinstance(source, Recording) else open_recording(source, options)
     if not len(recording):
         raise ValueError(f"{recording.source}: no snapshots to replay")
-    factor = parse_speed(speed)
+    parse_speed(options.speed)
     stop = stop or threading.Event()
     # Read the first snapshot before opening the port: a bad file, column or frame size fails before anyone waits.
-    preloaded = {0: recording.snapshot(0)}
-    check_frame_size(frame_samples, len(recording.channels))
-    bar = Progress(None if loop else len(recording), sys.stderr, progress)
-    sent_files = sent_frames = sent_bytes = sample = sequence = 0
-    flags = FLAG_BOOT_TIME if boot_time else 0
-    with open_port(port, baudrate=baudrate, stop=stop, wait_reader=wait_reader, announce=announce,
-                   write_timeout=write_timeout) as out:
-        started = time.monotonic()
-        # Boot-relative time starts near zero; a continuous stream with a wall clock starts now.
-        start_us = 0 if boot_time else (time.time_ns() // 1000 if continuous else _epoch_us(recording.times[0]))
-        for index, offset_us in _schedule(recording, loop):
-            if stop.is_set():
+    preloaded: dict[int, RecordedSnapshot | None] = {0: recording.snapshot(0)}
+    check_frame_size(options.frame_samples, len(recording.channels))
+    bar = Progress(None if options.loop else len(recording), sys.stderr, options.progress)
+    with open_port(port, baudrate=options.baudrate, stop=stop, wait_reader=options.wait_reader, announce=announce,
+                   write_timeout=options.write_timeout) as out:
+        sender = _Sender(recording, options, out, stop)
+        for index, offset_us in _schedule(recording, options.loop):
+            if stop.is_set() or not sender.send(preloaded.pop(index, None) or recording.snapshot(index), offset_us):
                 break
-            snapshot = preloaded.pop(index, None) or recording.snapshot(index)
-            rate = snapshot.sample_rate_hz
-            if continuous:
-                offset_us = sample * 1_000_000 // rate
-            frames = list(frames_for_file(
-                snapshot.counts, first_sample=sample, sequence=sequence, capture_time_us=start_us + offset_us,
-                sample_rate_hz=rate, scale=snapshot.scale, frame_samples=frame_samples, flags=flags))
-            if continuous:
-                wire = _stream(frames, out, started, offset_us, frame_samples / rate, factor, stop)
-                if wire is None:
-                    break
-            else:
-                if factor is not None and stop.wait(max(0.0, started + offset_us / 1e6 / factor - time.monotonic())):
-                    break
-                wire = b"".join(frames)
-                out.write(wire)
-            sent_files, sent_frames, sent_bytes = sent_files + 1, sent_frames + len(frames), sent_bytes + len(wire)
-            sample, sequence = sample + len(snapshot.counts), (sequence + len(frames)) % _U32
-            bar.update(sent_files, sent_frames, sent_bytes)
+            bar.update(sender.files, sender.frames, sender.bytes)
         finished = time.monotonic()  # before a pty's drain: the last few KB in the tty buffer are not our time
     bar.finish()
-    return ReplaySummary(sent_files, sent_frames, sent_bytes, finished - started)
+    return ReplaySummary(sender.files, sender.frames, sender.bytes, finished - sender.started)
 
 
-def _stream(frames: list[bytes], out: Writer, started: float, offset_us: int, frame_s: float,
-            factor: float | None, stop: threading.Event) -> bytes | None:
-    """Write one snapshot's frames each when its last sample would have been taken; None if stopped."""
-    for number, wire in enumerate(frames):
-        if factor is not None:
-            taken_s = (offset_us / 1e6 + (number + 1) * frame_s) / factor
-            if stop.wait(max(0.0, started + taken_s - time.monotonic())):
-                return None
-        out.write(wire)
-    return b"".join(frames)
+class _Sender:
+    """Writes snapshots as frames, paced as the options say, carrying the sample index, sequence number and
+    totals from one snapshot to the next."""
+
+    def __init__(self, recording: Recording, options: ReplayOptions, out: Writer, stop: threading.Event) -> None:
+        self.options, self.out, self.stop = options, out, stop
+        self.factor = parse_speed(options.speed)
+        self.flags = FLAG_BOOT_TIME if options.boot_time else 0
+        self.files = self.frames = self.bytes = self.sample = self.sequence = 0
+        self.started = time.monotonic()
+        # Boot-relative time starts near zero; a continuous stream with a wall clock starts now.
+        self.start_us = 0 if options.boot_time else (
+            time.time_ns() // 1000 if options.continuous else _epoch_us(recording.times[0]))
+
+    def send(self, snapshot: RecordedSnapshot, offset_us: int) -> bool:
+        """One snapshot, `offset_us` after the first (continuous: after the samples sent so far); False if stopped."""
+        rate = snapshot.sample_rate_hz
+        if self.options.continuous:
+            offset_us = self.sample * 1_000_000 // rate
+        frames = list(frames_for_file(
+            snapshot.counts, first_sample=self.sample, sequence=self.sequence, capture_time_us=self.start_us + offset_us,
+            sample_rate_hz=rate, scale=snapshot.scale, frame_samples=self.options.frame_samples, flags=self.flags))
+        if self.options.continuous:
+            sent = self._stream(frames, offset_us, self.options.frame_samples / rate)
+        else:
+            sent = self._burst(frames, offset_us)
+        if not sent:
+            return False
+        self.files, self.frames, self.bytes = self.files + 1, self.frames + len(frames), self.bytes + sum(map(len, frames))
+        self.sample, self.sequence = self.sample + len(snapshot.counts), (self.sequence + len(frames)) % _U32
+        return True
+
+    def _wait_until(self, offset_s: float) -> bool:
+        """Wait until `offset_s` of recorded time (divided by the speed factor) has passed; False if stopped."""
+        if self.factor is None:
+            return True
+        return not self.stop.wait(max(0.0, self.started + offset_s / self.factor - time.monotonic()))
+
+    def _burst(self, frames: list[bytes], offset_us: int) -> bool:
+        """The snapshot's frames in one write at its recorded time."""
+        if not self._wait_until(offset_us / 1e6):
+            return False
+        self.out.write(b"".join(frames))
+        return True
+
+    def _stream(self, frames: list[bytes], offset_us: int, frame_s: float) -> bool:
+        """Each frame when its last sample would have been taken."""
+        for number, wire in enumerate(frames):
+            if not self._wait_until(offset_us / 1e6 + (number + 1) * frame_s):
+                return False
+            self.out.write(wire)
+        return True
 
 
 def _channels(text: str) -> tuple[str, ...]:
@@ -400,6 +411,9 @@ def _speed(text: str) -> str:
     return text
 
 
+_DEFAULTS = ReplayOptions()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cm-replay", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", metavar="PATH", help="recording: IMS or FEMTO folder, .mat file, CSV/TSV/NPY folder")
@@ -410,8 +424,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="sample rate of the recording (required for mat and csv; ims 20000, femto 25600)")
     parser.add_argument("--snapshot-samples", type=int, metavar="N",
                         help="cut records into snapshots of N samples (default: one file, one snapshot)")
-    parser.add_argument("--speed", default="max", type=_speed,
-                        help="realtime (original spacing of the snapshots), max, or a factor like 60 (default: max)")
+    parser.add_argument("--speed", default=_DEFAULTS.speed, type=_speed,
+                        help=f"realtime (original spacing of the snapshots), max, or a factor like 60 (default: {_DEFAULTS.speed})")
     parser.add_argument("--loop", action="store_true", help="start again after the last snapshot, forever")
     parser.add_argument("--channels", type=_channels, metavar="1,3,5,7|DE,FE",
                         help="channels to send, by 1-based number or name (default: all)")
@@ -420,15 +434,24 @@ def _parser() -> argparse.ArgumentParser:
                              "paced at the sample rate with --speed realtime)")
     parser.add_argument("--boot-time", action="store_true",
                         help="send time since boot with the boot-time flag, as an MCU without a wall clock")
-    parser.add_argument("--frame-samples", type=int, default=256, help="samples per frame (default: 256)")
-    parser.add_argument("--baudrate", type=int, default=DEFAULT_BAUDRATE,
-                        help=f"for real serial ports (default: {DEFAULT_BAUDRATE}, enough for 4 x 20 kHz)")
-    parser.add_argument("--write-timeout", type=float, default=WRITE_TIMEOUT_S, metavar="S",
-                        help=f"give up when nobody reads for this long (default: {WRITE_TIMEOUT_S:g} s)")
+    parser.add_argument("--frame-samples", type=int, default=_DEFAULTS.frame_samples,
+                        help=f"samples per frame (default: {_DEFAULTS.frame_samples})")
+    parser.add_argument("--baudrate", type=int, default=_DEFAULTS.baudrate,
+                        help=f"for real serial ports (default: {_DEFAULTS.baudrate}, enough for 4 x 20 kHz)")
+    parser.add_argument("--write-timeout", type=float, default=_DEFAULTS.write_timeout, metavar="S",
+                        help=f"give up when nobody reads for this long (default: {_DEFAULTS.write_timeout:g} s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--no-wait", action="store_true",
                         help="pty: start writing at once instead of waiting for a reader to open the port")
     return parser
+
+
+def _options(args: argparse.Namespace) -> ReplayOptions:
+    return ReplayOptions(format=args.format, channels=args.channels, sample_rate_hz=args.sample_rate,
+                         snapshot_samples=args.snapshot_samples, speed=args.speed, loop=args.loop,
+                         continuous=args.continuous, boot_time=args.boot_time, frame_samples=args.frame_samples,
+                         baudrate=args.baudrate, write_timeout=args.write_timeout, progress=not args.no_progress,
+                         wait_reader=not args.no_wait)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -446,11 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, interrupt)
     try:
-        summary = replay(args.source, args.port, speed=args.speed, loop=args.loop, channels=args.channels,
-                         format=args.format, sample_rate_hz=args.sample_rate,
-                         snapshot_samples=args.snapshot_samples, frame_samples=args.frame_samples, baudrate=args.baudrate,
-                         progress=not args.no_progress, stop=stop, wait_reader=not args.no_wait,
-                         continuous=args.continuous, boot_time=args.boot_time, write_timeout=args.write_timeout)
+        summary = replay(args.source, args.port, _options(args), stop=stop)
     except Stopped:
         print("cm-replay: stopped", file=sys.stderr, flush=True)
         return 0

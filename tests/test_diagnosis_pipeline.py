@@ -17,7 +17,7 @@ from edge.mqtt.payloads import ModelRef, alert, telemetry
 from edge.mqtt.schemas import validate
 from edge.scoring.detector import State
 from edge.scoring.pipeline import Pipeline
-from firmware_bridge.recording import open_recording
+from firmware_bridge.recording import RecordingSpec, open_recording
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def test_every_warning_and_alarm_names_the_outer_race_on_the_fan_end(machine: tu
     run, bundle_path = machine
     bundle = load_bundle(bundle_path)
     pipeline = Pipeline(bundle, bundle.card.detector)
-    recording = open_recording(run, format="csv", sample_rate_hz=RATE)
+    recording = open_recording(run, RecordingSpec(format="csv", sample_rate_hz=RATE))
     raised, model = [], ModelRef(bundle.card.id, bundle.card.model_sha256)
     for index, recorded in enumerate(recording.snapshots()):
         snapshot = Snapshot(index=index, first_sample=index * N, capture_time_us=index * 1_000_000,

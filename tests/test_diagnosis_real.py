@@ -9,13 +9,13 @@ import pytest
 from edge.model.bearing import PRESETS
 from edge.model.features import FeatureConfig, FeatureExtractor
 from edge.scoring.diagnosis import diagnose
-from firmware_bridge.recording import open_recording
+from firmware_bridge.recording import RecordingSpec, open_recording
 
 EXTRACT = FeatureExtractor(FeatureConfig("vibration", 48_000, PRESETS["6205-2rs"], 1796.0))
 
 
 def diagnoses(path: Path) -> list:
-    recording = open_recording(path, sample_rate_hz=48_000, snapshot_samples=16_384, channels=["DE", "FE"])
+    recording = open_recording(path, RecordingSpec(sample_rate_hz=48_000, snapshot_samples=16_384, channels=["DE", "FE"]))
     found = []
     for snapshot in recording.snapshots():
         analysis = EXTRACT.analyse(snapshot.counts, snapshot.scale)

@@ -15,8 +15,8 @@ from edge.model.bearing import PRESETS
 from edge.model.features import FeatureConfig, FeatureExtractor
 from firmware_bridge.ims import list_ims_files
 from firmware_bridge.link import SerialLink
-from firmware_bridge.replay import replay
-from trainer.dataset import load_dataset
+from firmware_bridge.replay import ReplayOptions, replay
+from trainer.dataset import DatasetSpec, load_dataset
 
 pytestmark = pytest.mark.waits
 
@@ -42,7 +42,7 @@ def served_features(source: Path, tty: Path, length: int, expected: int, config:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    replay(source, f"pty:{tty}", announce=None, stop=stop, **options)
+    replay(source, f"pty:{tty}", ReplayOptions(**options), announce=None, stop=stop)
     reader.join(60)
     stop.set()
     return np.array(features), scales
@@ -55,7 +55,7 @@ MACHINES = {  # the bearing and speed of each data set (its README), for the vib
 def assert_parity(source: Path, tmp_path: Path, feature_set: str, machine: str, **options: Any) -> set[float]:
     bearing, rpm = MACHINES[machine]
     machine_options: dict[str, Any] = {"bearing": PRESETS[bearing], "shaft_rpm": rpm} if feature_set == "vibration" else {}
-    trained = load_dataset(source, feature_set=feature_set, **machine_options, **options)
+    trained = load_dataset(source, DatasetSpec(feature_set=feature_set, **machine_options, **options))
     assert trained.feature_config.feature_set == feature_set
     served, scales = served_features(source, tmp_path / "tty", trained.snapshot_samples, len(trained),
                                      trained.feature_config, **options)
@@ -70,7 +70,7 @@ SETS = pytest.mark.parametrize("feature_set", ["mean_abs", "vibration"])
 
 @SETS
 def test_ims_replayed_features_equal_the_trainers_bit_for_bit(ims_dir: Path, tmp_path: Path, feature_set: str) -> None:
-    trained = load_dataset(ims_dir, channels=(1, 3, 5, 7))  # 1-based, as on the command line
+    trained = load_dataset(ims_dir, DatasetSpec(channels=(1, 3, 5, 7)))  # 1-based, as on the command line
     assert len(trained) == len(list_ims_files(ims_dir))
     assert_parity(ims_dir, tmp_path, feature_set, "ims", channels=(1, 3, 5, 7))
 
@@ -111,7 +111,7 @@ def test_snapshots_not_a_multiple_of_the_frame_size_still_match(tmp_path: Path, 
     folder.mkdir()
     for i in range(3):
         np.save(folder / f"{i}.npy", np.round(rng.normal(0, 1, (333, 2)), 3))
-    trained = load_dataset(folder, format="csv", sample_rate_hz=1000)
+    trained = load_dataset(folder, DatasetSpec(format="csv", sample_rate_hz=1000))
     served, _ = served_features(folder, tmp_path / "tty", 333, 3, format="csv", sample_rate_hz=1000,
                                 frame_samples=frame_samples)
     assert served.tobytes() == trained.features.tobytes()

@@ -10,12 +10,13 @@ import pytest
 
 from firmware_bridge.recording import (
     RecordingError,
+    RecordingSpec,
     detect_format,
     open_recording,
     quantize,
     scale_exponent,
 )
-from trainer.dataset import DatasetError, load_dataset
+from trainer.dataset import DatasetError, DatasetSpec, load_dataset
 
 
 def write_femto(directory: Path, snapshots: list[np.ndarray], start_s: float = 8 * 3600, delimiter: str = ",",
@@ -75,7 +76,7 @@ def test_femto_folder_reads_in_number_order_with_time_of_day(tmp_path: Path, del
     for expected, snapshot in zip(snapshots, read):  # acc_00010 after acc_00009, temp_ ignored
         np.testing.assert_array_equal(snapshot.counts, np.rint(expected * 500))
     assert read[-1].counts[5, 1] == -20650
-    fitting = open_recording(run, channels=["horizontal"])
+    fitting = open_recording(run, RecordingSpec(channels=["horizontal"]))
     assert fitting.scale == float(np.float32(0.001))  # the channel that fits stays exact
     np.testing.assert_array_equal(fitting.snapshot(3).counts[:, 0], np.rint(snapshots[3][:, 0] * 1000))
     stamps = [t.timestamp() for t in recording.times]
@@ -88,11 +89,11 @@ def test_femto_channel_selection_by_name_or_number(tmp_path: Path) -> None:
     snapshots = [three_decimals(rng, 64, 2) for _ in range(2)]
     run = write_femto(tmp_path / "run", snapshots)
     for selection in (["vertical"], ["2"], [2], ["Vertical"]):
-        recording = open_recording(run, channels=selection)
+        recording = open_recording(run, RecordingSpec(channels=selection))
         assert recording.channels == ("vertical",) and recording.columns == (2,)
         np.testing.assert_array_equal(recording.snapshot(1).counts[:, 0], np.rint(snapshots[1][:, 1] * 1000))
     with pytest.raises(RecordingError, match="no channel named 'axial'; channels are horizontal, vertical"):
-        open_recording(run, channels=["axial"])
+        open_recording(run, RecordingSpec(channels=["axial"]))
 
 
 def test_real_femto_run_reads_and_its_end_exceeds_int16_at_a_milli_g(femto_dir: Path) -> None:
@@ -125,7 +126,7 @@ def test_bad_femto_files_name_file_line_and_column(tmp_path: Path, text: str, me
     run.mkdir()
     (run / "acc_00001.csv").write_text(text)
     with pytest.raises(RecordingError, match=message):
-        list(open_recording(run, format="femto").snapshots())
+        list(open_recording(run, RecordingSpec(format="femto")).snapshots())
 
 
 def test_a_femto_file_of_another_length_is_named(tmp_path: Path) -> None:
@@ -150,17 +151,17 @@ def test_mat_record_is_cut_into_snapshots_by_channel_suffix(tmp_path: Path) -> N
     de, fe = rng.normal(0, 0.2, 10_000), rng.normal(0, 0.1, 10_000)
     path = write_mat(tmp_path / "normal.mat", {"X097_DE_time": de, "X097_FE_time": fe})
     assert detect_format(path) == "mat"
-    recording = open_recording(path, sample_rate_hz=48_000, snapshot_samples=4096, channels=["FE", "DE"])
+    recording = open_recording(path, RecordingSpec(sample_rate_hz=48_000, snapshot_samples=4096, channels=["FE", "DE"]))
     assert recording.channels == ("FE", "DE") and len(recording) == 2  # the last 1,808 samples make no snapshot
     second = recording.snapshot(1)
     np.testing.assert_array_equal(second.counts, np.rint(np.column_stack([fe, de])[4096:8192] * 1000))
     assert (recording.times[1] - recording.times[0]).total_seconds() == pytest.approx(4096 / 48_000, abs=1e-6)
-    assert open_recording(path, sample_rate_hz=48_000, snapshot_samples=4096, channels=["2"]).channels == ("FE",)
+    assert open_recording(path, RecordingSpec(sample_rate_hz=48_000, snapshot_samples=4096, channels=["2"])).channels == ("FE",)
 
 
 def test_real_cwru_file_reads_both_channels(cwru_dir: Path) -> None:
-    recording = open_recording(cwru_dir / "normal_0_97.mat", sample_rate_hz=48_000, snapshot_samples=16_384,
-                               channels=["DE", "FE"])
+    recording = open_recording(cwru_dir / "normal_0_97.mat",
+                               RecordingSpec(sample_rate_hz=48_000, snapshot_samples=16_384, channels=["DE", "FE"]))
     assert recording.channels == ("DE", "FE") and len(recording) == 243_938 // 16_384
     from scipy import io as scipy_io
 
@@ -173,25 +174,25 @@ def test_mat_needs_a_declared_rate_and_real_matlab_content(tmp_path: Path) -> No
     with pytest.raises(RecordingError, match=r"x.mat: --sample-rate is required for .mat recordings"):
         open_recording(path)
     with pytest.raises(RecordingError, match=r"x.mat: --snapshot-samples 200 is longer than the record \(100 samples\)"):
-        open_recording(path, sample_rate_hz=1000, snapshot_samples=200)
+        open_recording(path, RecordingSpec(sample_rate_hz=1000, snapshot_samples=200))
     with pytest.raises(RecordingError, match=r"x.mat: --channels: no channel named 'FE'; channels are DE"):
-        open_recording(path, sample_rate_hz=1000, channels=["FE"])
+        open_recording(path, RecordingSpec(sample_rate_hz=1000, channels=["FE"]))
     bogus = tmp_path / "bogus.mat"
     bogus.write_bytes(b"not a matlab file at all" * 10)
     with pytest.raises(RecordingError, match="bogus.mat: not a readable MATLAB file"):
-        open_recording(bogus, sample_rate_hz=1000)
+        open_recording(bogus, RecordingSpec(sample_rate_hz=1000))
     from scipy import io as scipy_io
 
     scipy_io.savemat(tmp_path / "text.mat", {"note": "hello"})
     with pytest.raises(RecordingError, match=r"text.mat: no channel variable"):
-        open_recording(tmp_path / "text.mat", sample_rate_hz=1000)
+        open_recording(tmp_path / "text.mat", RecordingSpec(sample_rate_hz=1000))
 
 
 def test_mat_without_scipy_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_mat(tmp_path / "x.mat", {"X1_DE_time": np.zeros(100)})
     monkeypatch.setitem(sys.modules, "scipy", None)  # as on a Pi with only the edge extra
     with pytest.raises(RecordingError, match=r"x.mat: reading .mat files needs scipy: install the trainer extra"):
-        open_recording(path, sample_rate_hz=1000)
+        open_recording(path, RecordingSpec(sample_rate_hz=1000))
 
 
 # --- generic CSV/TSV/NPY snapshots -------------------------------------------------------------------
@@ -207,7 +208,7 @@ def test_csv_folder_with_header_names_the_channels(tmp_path: Path) -> None:
         (folder / f"snap_{i:03d}.csv").write_text("\n".join(rows) + "\n")
     (folder / "README.md").write_text("not a snapshot")
     assert detect_format(folder) == "csv"
-    recording = open_recording(folder, sample_rate_hz=1000, channels=["z", "x"])
+    recording = open_recording(folder, RecordingSpec(sample_rate_hz=1000, channels=["z", "x"]))
     assert recording.channels == ("z", "x") and len(recording) == 3 and recording.sample_rate_hz == 1000
     np.testing.assert_array_equal(recording.snapshot(2).counts, np.rint(snapshots[2][:, [2, 0]] * 1000))
     assert (recording.times[1] - recording.times[0]).total_seconds() == pytest.approx(0.1)
@@ -220,7 +221,7 @@ def test_tsv_and_npy_snapshots_without_header(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "a.tsv").write_text("\n".join("\t".join(f"{v:.3f}" for v in row) for row in values) + "\n")
     np.save(folder / "b.npy", values)
-    recording = open_recording(folder, format="csv", sample_rate_hz=500)
+    recording = open_recording(folder, RecordingSpec(format="csv", sample_rate_hz=500))
     assert recording.channels == ("ch1", "ch2")
     a, b = recording.snapshots()
     np.testing.assert_array_equal(a.counts, b.counts)
@@ -236,15 +237,15 @@ def test_tsv_and_npy_snapshots_without_header(tmp_path: Path) -> None:
 def test_bad_csv_snapshots_name_file_line_and_column(tmp_path: Path, name: str, content: str, message: str) -> None:
     (tmp_path / name).write_text(content)
     with pytest.raises(RecordingError, match=message):
-        list(open_recording(tmp_path, format="csv", sample_rate_hz=100).snapshots())
+        list(open_recording(tmp_path, RecordingSpec(format="csv", sample_rate_hz=100)).snapshots())
 
 
 def test_bad_npy_and_missing_rate_are_named(tmp_path: Path) -> None:
     np.save(tmp_path / "cube.npy", np.zeros((2, 2, 2)))
     with pytest.raises(RecordingError, match=r"cube.npy: expected a \(samples, channels\) numeric array"):
-        open_recording(tmp_path, format="csv", sample_rate_hz=100)
+        open_recording(tmp_path, RecordingSpec(format="csv", sample_rate_hz=100))
     with pytest.raises(RecordingError, match="--sample-rate is required for csv recordings"):
-        open_recording(tmp_path, format="csv")
+        open_recording(tmp_path, RecordingSpec(format="csv"))
 
 
 def test_ambiguous_or_empty_folders_ask_for_format(tmp_path: Path) -> None:
@@ -261,10 +262,10 @@ def test_ambiguous_or_empty_folders_ask_for_format(tmp_path: Path) -> None:
 def test_trainer_reads_recordings_and_keeps_tables_apart(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     run = write_femto(tmp_path / "run", [three_decimals(rng, 128, 2) for _ in range(4)])
-    data = load_dataset(run, channels=["vertical"])
+    data = load_dataset(run, DatasetSpec(channels=["vertical"]))
     assert data.kind == "femto" and data.channels == ("vertical",) and data.columns == (2,)
     assert data.sample_rate_hz == 25600 and data.snapshot_samples == 128 and data.scales == (float(np.float32(0.001)),)
-    assert data.scales == (open_recording(run, channels=["vertical"]).scale,)
+    assert data.scales == (open_recording(run, RecordingSpec(channels=["vertical"])).scale,)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "acc_00001.csv").write_text("1,2,3\n")

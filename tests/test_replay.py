@@ -13,7 +13,7 @@ import pytest
 from firmware_bridge.frame import Frame, FrameDecoder
 from firmware_bridge.ims import IMS_SNAPSHOT_SAMPLES, list_ims_files, parse_timestamp, read_counts, read_values
 from firmware_bridge.link import SerialLink
-from firmware_bridge.replay import ReplaySummary, frames_for_file, parse_speed, replay
+from firmware_bridge.replay import ReplayOptions, ReplaySummary, frames_for_file, parse_speed, replay
 
 pytestmark = pytest.mark.waits
 
@@ -65,7 +65,7 @@ def test_replay_through_a_pty_reproduces_the_files_exactly(ims_dir: Path, tmp_pa
     received: list[Frame] = []
     stats: list = []
     reader = read_from_pty(link_path, len(files) * FRAMES_PER_FILE, received, stats)
-    summary = replay(ims_dir, f"pty:{link_path}", speed="max", announce=None)
+    summary = replay(ims_dir, f"pty:{link_path}", ReplayOptions(speed="max"), announce=None)
     reader.join(WAIT_S)
 
     assert summary.files == len(files) and summary.frames == len(received) == len(files) * FRAMES_PER_FILE
@@ -89,7 +89,7 @@ def test_replay_through_a_pty_reproduces_the_files_exactly(ims_dir: Path, tmp_pa
 
 def test_channels_select_columns(few_files: Path) -> None:
     sink = _Sink()
-    summary = replay(few_files, sink, columns=[0, 2, 4, 6], frame_samples=512)
+    summary = replay(few_files, sink, ReplayOptions(channels=(1, 3, 5, 7), frame_samples=512))
     assert summary.frames == 3 * IMS_SNAPSHOT_SAMPLES // 512
     frames = sink.frames
     assert {f.header.channels for f in frames} == {4}
@@ -100,14 +100,14 @@ def test_channels_select_columns(few_files: Path) -> None:
 def test_paced_replay_sends_everything_in_order(few_files: Path) -> None:
     sink = _Sink()
     # 10 minutes of recorded time 100,000 times faster: the pacing path runs without slowing the test.
-    summary = replay(few_files, sink, speed="100000")
+    summary = replay(few_files, sink, ReplayOptions(speed="100000"))
     assert summary.files == 3 and [f.header.sequence for f in sink.frames] == list(range(3 * FRAMES_PER_FILE))
 
 
 def test_loop_continues_samples_sequence_and_time(few_files: Path) -> None:
     stop = threading.Event()
     sink = _Sink(stop_after=7 * FRAMES_PER_FILE, stop=stop)
-    summary = replay(few_files, sink, loop=True, stop=stop)
+    summary = replay(few_files, sink, ReplayOptions(loop=True), stop=stop)
     assert summary.files == 7  # two full passes and one file of the third
     headers = [f.header for f in sink.frames]
     assert [h.first_sample for h in headers] == [256 * i for i in range(len(headers))]
@@ -223,7 +223,7 @@ def test_cm_replay_streams_a_femto_run_at_its_own_rate_channels_and_scale(tmp_pa
 
 def test_continuous_replay_streams_like_an_mcu_with_boot_relative_time(few_files: Path) -> None:
     sink = _Sink()
-    summary = replay(few_files, sink, continuous=True, boot_time=True)
+    summary = replay(few_files, sink, ReplayOptions(continuous=True, boot_time=True))
     headers = [f.header for f in sink.frames]
     assert summary.files == 3 and len(headers) == 3 * FRAMES_PER_FILE
     assert [h.first_sample for h in headers] == [256 * i for i in range(len(headers))]
@@ -235,7 +235,7 @@ def test_continuous_replay_streams_like_an_mcu_with_boot_relative_time(few_files
 def test_continuous_replay_with_a_wall_clock_starts_now(few_files: Path) -> None:
     sink = _Sink()
     before = time.time_ns() // 1000
-    replay(few_files, sink, continuous=True)
+    replay(few_files, sink, ReplayOptions(continuous=True))
     headers = [f.header for f in sink.frames]
     assert before <= headers[0].capture_time_us <= time.time_ns() // 1000
     assert headers[-1].capture_time_us - headers[0].capture_time_us == 12_800 * (len(headers) - 1)

@@ -11,13 +11,13 @@ from edge.model.bundle import load_bundle
 from edge.model.features import snapshot_features
 from firmware_bridge.ims import IMS_SCALE, list_ims_files, read_counts
 from trainer.cli import main
-from trainer.dataset import load_dataset
+from trainer.dataset import DatasetSpec, load_dataset
 
 pytestmark = pytest.mark.slow
 
 
 def test_features_from_files_are_the_edge_feature_contract(ims_dir: Path) -> None:
-    data = load_dataset(ims_dir, channels=(1, 3, 5, 7))
+    data = load_dataset(ims_dir, DatasetSpec(channels=(1, 3, 5, 7)))
     assert data.channels == ("bearing1_x", "bearing2_x", "bearing3_x", "bearing4_x")
     first = list_ims_files(ims_dir)[0].path
     expected = snapshot_features(read_counts(first, [0, 2, 4, 6]), IMS_SCALE)

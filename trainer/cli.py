@@ -15,7 +15,9 @@ from pathlib import Path
 
 from edge.model.bundle import BundleError
 from edge.scoring.diagnosis import ISO_GROUPS
+from firmware_bridge.recording import FORMATS, RecordingSpec
 from trainer.calibrate import RULES
+from trainer.options import DEFAULT_WINDOW, DatasetSpec, EvaluateOptions, FitOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,19 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("input", type=Path, help="recording (IMS/FEMTO folder, .mat file, CSV/TSV/NPY folder) or features table CSV")
     fit.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     add_recording_arguments(fit)
-    fit.add_argument("--feature-set", choices=("mean_abs", "vibration"), default="mean_abs",
-                     help="features per channel (default mean_abs; vibration needs --bearing and --shaft-rpm)")
+    fit.add_argument("--feature-set", choices=("mean_abs", "vibration"), default=DatasetSpec.feature_set,
+                     help=f"features per channel (default {DatasetSpec.feature_set}; vibration needs --bearing and --shaft-rpm)")
     fit.add_argument("--bearing", type=_bearing, metavar="PRESET|GEOMETRY",
                      help="za-2115, 6205-2rs, 6203-2rs, pronostia or balls=N,ball_mm=X,pitch_mm=Y,contact_deg=Z")
     fit.add_argument("--shaft-rpm", type=float, metavar="RPM", help="shaft speed for the bearing's defect lines")
     fit.add_argument("--label-column", help="table column marking anomalies (1 = anomaly); only normal rows are fitted")
     span = fit.add_mutually_exclusive_group()
     span.add_argument("--train-until", help="last timestamp of the healthy training span (inclusive)")
-    span.add_argument("--train-fraction", type=float, default=0.5, help="leading share of snapshots to train on (default 0.5)")
+    span.add_argument("--train-fraction", type=float, default=FitOptions.train_fraction,
+                      help=f"leading share of snapshots to train on (default {FitOptions.train_fraction})")
     fit.add_argument("--window", type=int, default=None, help="feature vectors per model input (default: see trainer/README.md)")
-    fit.add_argument("--epochs", type=int, default=100, help="maximum epochs; early stopping ends sooner (default 100)")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--threshold-rule", choices=RULES, default="calibration",
+    fit.add_argument("--epochs", type=int, default=FitOptions.epochs,
+                     help=f"maximum epochs; early stopping ends sooner (default {FitOptions.epochs})")
+    fit.add_argument("--seed", type=int, default=FitOptions.seed)
+    fit.add_argument("--threshold-rule", choices=RULES, default=FitOptions.threshold_rule,
                      help="calibration (default; with --label-column: the F1-best threshold on a validation split) or seed")
     fit.add_argument("--target-precision", type=float, metavar="P",
                      help="with --label-column: the lowest threshold reaching precision P on the validation split")
@@ -52,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--failure-at", help="time of failure for the lead time (default: the last snapshot)")
     evaluate.add_argument("--train-until", help="end of the training span (default: the card's)")
     add_recording_arguments(evaluate, defaults="the card's")
-    evaluate.add_argument("--iso-group", default="2-rigid", choices=ISO_GROUPS,
+    evaluate.add_argument("--iso-group", default=EvaluateOptions.iso_group, choices=ISO_GROUPS,
                           help="ISO 20816 machine group for the velocity zones of the vibration set: "
                                "1-rigid, 1-flexible, 2-rigid (default), 2-flexible, small")
     evaluate.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines (silent by default)")
@@ -70,8 +74,6 @@ def _bearing(text: str) -> object:
 
 def add_recording_arguments(parser: argparse.ArgumentParser, defaults: str | None = None) -> None:
     """--format, --sample-rate, --snapshot-samples, --channels: how a recording is read (firmware_bridge.recording)."""
-    from firmware_bridge.recording import FORMATS
-
     default = f" (default: {defaults})" if defaults else ""
     parser.add_argument("--format", choices=FORMATS,
                         help=f"recording format{default or ' (default: detected from the names)'}")
@@ -126,57 +128,66 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     # Imported late: `cm-train --help` should not wait for TensorFlow.
-    from trainer.dataset import DatasetError, parse_channels, parse_time
+    from trainer.dataset import DatasetError
 
     try:
         if args.command == "fit":
             from trainer.export import ExportError
-            from trainer.train import DEFAULT_WINDOW, FitOptions, fit
+            from trainer.train import fit
 
-            options = FitOptions(
-                out=args.out,
-                channels=parse_channels(args.channels),
-                format=args.format,
-                sample_rate_hz=args.sample_rate,
-                snapshot_samples=args.snapshot_samples,
-                feature_set=args.feature_set,
-                bearing=args.bearing,
-                shaft_rpm=args.shaft_rpm,
-                label_column=args.label_column,
-                train_until=parse_time(args.train_until) if args.train_until else None,
-                train_fraction=args.train_fraction,
-                window=args.window if args.window is not None else (1 if args.label_column else DEFAULT_WINDOW),
-                epochs=args.epochs,
-                seed=args.seed,
-                threshold_rule=args.threshold_rule,
-                target_precision=args.target_precision,
-                verbose=0 if args.quiet else 2,
-            )
             try:
-                print(fit(args.input, options))
+                print(fit(args.input, fit_options(args)))
             except ExportError as error:
                 print(f"cm-train fit: export failed: {error}", file=sys.stderr)
                 return 1
         else:
             from trainer.evaluate import evaluate
 
-            report = evaluate(
-                args.bundle,
-                args.input,
-                args.out,
-                failure_at=parse_time(args.failure_at) if args.failure_at else None,
-                train_until=parse_time(args.train_until) if args.train_until else None,
-                channels=parse_channels(args.channels),
-                format=args.format,
-                sample_rate_hz=args.sample_rate,
-                snapshot_samples=args.snapshot_samples,
-                iso_group=args.iso_group,
-            )
-            print(json.dumps(report, indent=2))
+            print(json.dumps(evaluate(args.bundle, args.input, args.out, evaluate_options(args)), indent=2))
     except (DatasetError, BundleError, ValueError) as error:
         print(f"cm-train {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def recording_spec(args: argparse.Namespace) -> RecordingSpec:
+    """The flags of add_recording_arguments."""
+    from trainer.dataset import parse_channels
+
+    return RecordingSpec(format=args.format, channels=parse_channels(args.channels), sample_rate_hz=args.sample_rate,
+                         snapshot_samples=args.snapshot_samples)
+
+
+def fit_options(args: argparse.Namespace) -> FitOptions:
+    from trainer.dataset import parse_time
+
+    return FitOptions(
+        **vars(recording_spec(args)),
+        out=args.out,
+        feature_set=args.feature_set,
+        bearing=args.bearing,
+        shaft_rpm=args.shaft_rpm,
+        label_column=args.label_column,
+        train_until=parse_time(args.train_until) if args.train_until else None,
+        train_fraction=args.train_fraction,
+        window=args.window if args.window is not None else (1 if args.label_column else DEFAULT_WINDOW),
+        epochs=args.epochs,
+        seed=args.seed,
+        threshold_rule=args.threshold_rule,
+        target_precision=args.target_precision,
+        verbose=0 if args.quiet else 2,
+    )
+
+
+def evaluate_options(args: argparse.Namespace) -> EvaluateOptions:
+    from trainer.dataset import parse_time
+
+    return EvaluateOptions(
+        **vars(recording_spec(args)),
+        failure_at=parse_time(args.failure_at) if args.failure_at else None,
+        train_until=parse_time(args.train_until) if args.train_until else None,
+        iso_group=args.iso_group,
+    )
 
 
 if __name__ == "__main__":

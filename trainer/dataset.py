@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from edge.model.bearing import BearingGeometry
 from edge.model.features import FEATURE_SET, FeatureConfig, FeatureExtractor
 from edge.scoring.sensor import check_counts
 from firmware_bridge import ims
-from firmware_bridge.recording import RecordingError, open_recording, parse_channel_list
+from firmware_bridge.recording import Recording, RecordingError, open_recording, parse_channel_list
+from trainer.options import DatasetSpec
 
 
 class DatasetError(ValueError):
@@ -87,99 +86,87 @@ def parse_time(text: str) -> np.datetime64:
     return np.datetime64(stamp.to_datetime64(), "ms")
 
 
-def load_dataset(
-    path: str | Path,
-    channels: Sequence[str | int] | None = None,
-    label_column: str | None = None,
-    *,
-    format: str | None = None,
-    sample_rate_hz: int | None = None,
-    snapshot_samples: int | None = None,
-    feature_set: str = FEATURE_SET,
-    bearing: BearingGeometry | None = None,
-    shaft_rpm: float | None = None,
-) -> Dataset:
+def load_dataset(path: str | Path, spec: DatasetSpec = DatasetSpec()) -> Dataset:
     """A recording (folder or file, in any format firmware_bridge.recording reads) or a features table CSV.
 
-    A single .csv file is a features table unless --format says it is a recording.
+    A single .csv file is a features table unless --format (or --sample-rate, --snapshot-samples) says it is
+    a recording.
     """
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file or directory")
-    recording_options = format is not None or sample_rate_hz is not None or snapshot_samples is not None
-    if path.is_file() and path.suffix.lower() == ".csv" and not recording_options:
-        if channels is not None:
+    if path.is_file() and path.suffix.lower() == ".csv" and not spec.names_samples():
+        if spec.channels is not None:
             raise DatasetError(f"{path}: --channels applies to a recording; a table's channels are its columns "
                                "(give --format csv for a file of raw samples)")
-        if feature_set != FEATURE_SET:
-            raise DatasetError(f"{path}: --feature-set {feature_set} needs raw samples: a features table has "
+        if spec.feature_set != FEATURE_SET:
+            raise DatasetError(f"{path}: --feature-set {spec.feature_set} needs raw samples: a features table has "
                                "its features already (give --format csv for a file of raw samples)")
-        return load_table(path, label_column)
-    if label_column is not None:
+        return load_table(path, spec.label_column)
+    if spec.label_column is not None:
         raise DatasetError(f"{path}: --label-column applies to a features table, not a recording")
-    return load_recording(path, channels, format=format, sample_rate_hz=sample_rate_hz,
-                          snapshot_samples=snapshot_samples, feature_set=feature_set, bearing=bearing,
-                          shaft_rpm=shaft_rpm)
+    return load_recording(path, spec)
 
 
-def load_recording(
-    path: Path,
-    channels: Sequence[str | int] | None = None,
-    *,
-    format: str | None = None,
-    sample_rate_hz: int | None = None,
-    snapshot_samples: int | None = None,
-    feature_set: str = FEATURE_SET,
-    bearing: BearingGeometry | None = None,
-    shaft_rpm: float | None = None,
-) -> Dataset:
+@dataclass
+class _Analysed:
+    """Per snapshot of a recording: its features, the vibration set's envelope lines, its sensor check."""
+
+    features: list[np.ndarray] = field(default_factory=list)
+    lines: list[np.ndarray] = field(default_factory=list)
+    prominences: list[np.ndarray] = field(default_factory=list)
+    faults: list[str | None] = field(default_factory=list)
+    scales: set[float] = field(default_factory=set)
+
+
+def load_recording(path: Path, spec: DatasetSpec = DatasetSpec()) -> Dataset:
     try:
-        recording = open_recording(path, format=format, channels=channels, sample_rate_hz=sample_rate_hz,
-                                   snapshot_samples=snapshot_samples)
+        recording = open_recording(path, spec)
     except RecordingError as error:
         raise DatasetError(str(error)) from None
     if not len(recording):
         raise DatasetError(f"{path}: no snapshots in this recording")
     try:
-        config = FeatureConfig(feature_set, recording.sample_rate_hz, bearing, shaft_rpm)
+        config = FeatureConfig(spec.feature_set, recording.sample_rate_hz, spec.bearing, spec.shaft_rpm)
         extractor = FeatureExtractor(config)
         extractor.analyse(recording.snapshot(0).counts, 0.001)  # a line beyond the spectrum fails here, named
     except ValueError as error:
         raise DatasetError(f"{path}: {error}") from None
-    features: list[np.ndarray] = []
-    lines: list[np.ndarray] = []
-    prominences: list[np.ndarray] = []
-    faults: list[str | None] = []
-    scales: set[float] = set()
+    analysed = _analyse(recording, extractor)
+    return Dataset(
+        source=str(path),
+        kind=recording.format,
+        timestamps=np.array([np.datetime64(t.replace(tzinfo=None), "ms") for t in recording.times]),
+        features=np.array(analysed.features),
+        channels=recording.channels,
+        faults=tuple(analysed.faults),
+        columns=recording.columns,
+        sample_rate_hz=recording.sample_rate_hz,
+        snapshot_samples=recording.snapshot_samples,
+        scales=tuple(sorted(analysed.scales)),
+        feature_config=config,
+        line_hz=np.array(analysed.lines) if analysed.lines else None,
+        prominence=np.array(analysed.prominences) if analysed.prominences else None,
+    )
+
+
+def _analyse(recording: Recording, extractor: FeatureExtractor) -> _Analysed:
+    """Every snapshot's features and raw-sample sensor check, with progress on stderr."""
+    found = _Analysed()
     try:
         for i, snapshot in enumerate(recording.snapshots()):
             analysis = extractor.analyse(snapshot.counts, snapshot.scale)
-            features.append(analysis.features)
+            found.features.append(analysis.features)
             if analysis.line_hz is not None and analysis.prominence is not None:
-                lines.append(analysis.line_hz)
-                prominences.append(analysis.prominence)
-            faults.append(check_counts(snapshot.counts, recording.channels, scale=snapshot.scale))
-            scales.add(snapshot.scale)
+                found.lines.append(analysis.line_hz)
+                found.prominences.append(analysis.prominence)
+            found.faults.append(check_counts(snapshot.counts, recording.channels, scale=snapshot.scale))
+            found.scales.add(snapshot.scale)
             if (i + 1) % 200 == 0 or i + 1 == len(recording):
                 print(f"features: {i + 1}/{len(recording)} snapshots", file=sys.stderr, flush=True)
     except RecordingError as error:
         raise DatasetError(str(error)) from None
-    stamps = np.array([np.datetime64(t.replace(tzinfo=None), "ms") for t in recording.times])
-    return Dataset(
-        source=str(path),
-        kind=recording.format,
-        timestamps=stamps,
-        features=np.array(features),
-        channels=recording.channels,
-        faults=tuple(faults),
-        columns=recording.columns,
-        sample_rate_hz=recording.sample_rate_hz,
-        snapshot_samples=recording.snapshot_samples,
-        scales=tuple(sorted(scales)),
-        feature_config=config,
-        line_hz=np.array(lines) if lines else None,
-        prominence=np.array(prominences) if prominences else None,
-    )
+    return found
 
 
 def load_table(path: Path, label_column: str | None = None) -> Dataset:

@@ -8,7 +8,7 @@ nor a healthy reading, and a window that contains a faulty snapshot is not score
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -22,7 +22,9 @@ from edge.model.bundle import Bundle, ModelCard, check_channels, load_bundle
 from edge.scoring import diagnosis
 from edge.scoring.detector import State
 from edge.scoring.stream import StreamScorer, score_stream
+from firmware_bridge.recording import RecordingSpec
 from trainer.dataset import Dataset, load_dataset, parse_time
+from trainer.options import DatasetSpec, EvaluateOptions
 
 
 @dataclass(frozen=True)
@@ -116,74 +118,92 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(u / (positives * negatives))
 
 
-def evaluate(
-    bundle_path: str | Path,
-    input_path: str | Path,
-    out: str | Path,
-    failure_at: np.datetime64 | None = None,
-    train_until: np.datetime64 | None = None,
-    channels: tuple[str | int, ...] | None = None,
-    format: str | None = None,
-    sample_rate_hz: int | None = None,
-    snapshot_samples: int | None = None,
-    iso_group: str = "2-rigid",
-) -> dict:
-    """Score, detect, and write report.json and score.png into `out`; returns the report.
-
-    A recording is read as the card says the training data was (format, channels, sample rate, snapshot
-    length) unless the arguments say otherwise.
-    """
+def evaluate(bundle_path: str | Path, input_path: str | Path, out: str | Path,
+             options: EvaluateOptions = EvaluateOptions()) -> dict:
+    """Score, detect, and write report.json and score.png into `out`; returns the report."""
     bundle = load_bundle(bundle_path)
-    provenance = bundle.card.provenance
-    spec = bundle.card.feature_spec
-    if provenance.get("kind", "table") != "table":
-        if channels is None and provenance.get("columns"):
-            channels = tuple(provenance["columns"])
-        if format is None and provenance.get("format") and not _is_table_file(input_path, provenance):
-            format = provenance["format"]
-        sample_rate_hz = sample_rate_hz or spec.sample_rate_hz or None
-        snapshot_samples = snapshot_samples or spec.snapshot_samples or None
-    label_column = provenance.get("label_column") if provenance.get("kind") == "table" else None
-    dataset = load_dataset(input_path, channels, label_column, format=format, sample_rate_hz=sample_rate_hz,
-                           snapshot_samples=snapshot_samples, feature_set=spec.feature_set, bearing=spec.bearing,
-                           shaft_rpm=spec.shaft_rpm)
+    dataset = load_dataset(input_path, dataset_spec(bundle.card, input_path, options))
     check_channels(bundle.card, dataset.channels, str(input_path))
-    if train_until is None and provenance.get("train_end"):
-        train_until = parse_time(provenance["train_end"])
+    train_until = options.train_until
+    if train_until is None and bundle.card.provenance.get("train_end"):
+        train_until = parse_time(bundle.card.provenance["train_end"])
     trace = run_detector(dataset, bundle)
-    report = build_report(dataset, bundle, trace, failure_at, train_until, iso_group)
+    report = build_report(dataset, bundle, trace, options.failure_at, train_until, options.iso_group)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    plot(dataset, bundle, trace, train_until, failure_at, out / "score.png")
+    plot(dataset, bundle, trace, train_until, options.failure_at, out / "score.png")
     return report
+
+
+def dataset_spec(card: ModelCard, input_path: str | Path, given: RecordingSpec) -> DatasetSpec:
+    """The input read as the card says the training data was (format, channels, sample rate, snapshot length,
+    features) unless `given` says otherwise."""
+    provenance, spec = card.provenance, card.feature_spec
+    label_column = provenance.get("label_column") if provenance.get("kind") == "table" else None
+    from_card = DatasetSpec(feature_set=spec.feature_set, bearing=spec.bearing, shaft_rpm=spec.shaft_rpm,
+                            label_column=label_column)
+    if provenance.get("kind", "table") != "table":
+        from_card = replace(
+            from_card,
+            channels=tuple(provenance["columns"]) if provenance.get("columns") else None,
+            format=None if _is_table_file(input_path, provenance) else provenance.get("format") or None,
+            sample_rate_hz=spec.sample_rate_hz or None,
+            snapshot_samples=spec.snapshot_samples or None,
+        )
+    return from_card.overridden_by(given)
 
 
 def _is_table_file(path: str | Path, provenance: dict) -> bool:
     return Path(path).is_file() and Path(path).suffix.lower() == ".csv" and provenance.get("format") != "csv"
 
 
+@dataclass(frozen=True)
+class Episodes:
+    """The run's alarm and warning episodes, (first, last) rows each, and the ones that matter for the report."""
+
+    alarms: list[tuple[int, int]]
+    warnings: list[tuple[int, int]]  # warning or alarm: everything a user was told to look at
+    persistent: tuple[int, int] | None  # the alarm that lasts to the end of the run
+    persistent_raise: tuple[int, int] | None  # the warning-or-alarm episode that lasts to the end
+
+    @classmethod
+    def of(cls, states: list[State]) -> Episodes:
+        alarms, warnings = alarm_episodes(states), warning_episodes(states)
+        # The alarm that persists to the end of the run is the real one; every other episode was a false alarm,
+        # and the lead time is measured from the real one, never from a false alarm before it.
+        return cls(alarms, warnings, alarms[-1] if alarms and _ends_in(states, State.ALARM) else None,
+                   warnings[-1] if warnings and _ends_in(states, State.WARNING, State.ALARM) else None)
+
+    @property
+    def first_alarm(self) -> int | None:
+        return self.alarms[0][0] if self.alarms else None
+
+    @property
+    def first_warning(self) -> int | None:
+        return self.warnings[0][0] if self.warnings else None
+
+
 def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.datetime64 | None,
-                 train_until: np.datetime64 | None, iso_group: str = "2-rigid") -> dict:
+                 train_until: np.datetime64 | None, iso_group: str = EvaluateOptions.iso_group) -> dict:
+    """report.json: what was scored, when the detector raised what (and the lead time), its episodes, the
+    margins, the sensor faults; the vibration set adds ISO zones and labelled data its metrics."""
+    episodes = Episodes.of(trace.states)
     stamps = dataset.timestamps
-    card = bundle.card
-    names = card.feature_spec.channels
-    over = np.flatnonzero(np.nan_to_num(trace.scores, nan=-np.inf) > card.alarm_threshold)
-    episodes = alarm_episodes(trace.states)
-    raised = warning_episodes(trace.states)
-    # The alarm that persists to the end of the run is the real one; every other episode was a false alarm,
-    # and the lead time is measured from the real one, never from a false alarm before it.
-    persistent = episodes[-1] if episodes and _ends_in(trace.states, State.ALARM) else None
-    persistent_raise = raised[-1] if raised and _ends_in(trace.states, State.WARNING, State.ALARM) else None
-    first_alarm = episodes[0][0] if episodes else None
-    first_warning = raised[0][0] if raised else None
-    end = failure_at if failure_at is not None else stamps[-1]
     in_training = stamps <= train_until if train_until is not None else np.zeros(len(stamps), dtype=bool)
-    healthy_part = np.isfinite(trace.scores) & ~in_training
-    if first_warning is not None:
-        healthy_part[first_warning:] = False
-    unseen_max = float(np.max(trace.scores[healthy_part])) if healthy_part.any() else None
-    report = {
+    report = (_scored(dataset, bundle, trace) | _timing(stamps, episodes, failure_at, train_until)
+              | _episodes_report(dataset, bundle.card, trace, episodes, in_training, iso_group)
+              | _margins(bundle.card, trace, in_training, episodes.first_warning) | _faults(trace))
+    report |= _zones_report(dataset, bundle.card, episodes.first_alarm, iso_group)
+    if dataset.labels is not None:
+        report |= labelled_metrics(dataset, bundle, trace, in_training)
+    return report
+
+
+def _scored(dataset: Dataset, bundle: Bundle, trace: Trace) -> dict:
+    card = bundle.card
+    over = np.flatnonzero(np.nan_to_num(trace.scores, nan=-np.inf) > card.alarm_threshold)
+    return {
         "bundle": str(bundle.path),
         "bundle_id": card.id,
         "input": dataset.source,
@@ -194,9 +214,17 @@ def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.
         "alarm_threshold": card.alarm_threshold,
         "score": "max over channels of error / the channel's healthy reference" if card.channel_error_reference
                  else "mean reconstruction error (card without per-channel references)",
-        "first_pointwise_alarm": _time(stamps, over[0]) if over.size else None,
-        "first_warning": _time(stamps, first_warning),
-        "first_alarm": _time(stamps, first_alarm),
+        "first_pointwise_alarm": _time(dataset.timestamps, over[0]) if over.size else None,
+    }
+
+
+def _timing(stamps: np.ndarray, episodes: Episodes, failure_at: np.datetime64 | None,
+            train_until: np.datetime64 | None) -> dict:
+    end = failure_at if failure_at is not None else stamps[-1]
+    persistent, persistent_raise = episodes.persistent, episodes.persistent_raise
+    return {
+        "first_warning": _time(stamps, episodes.first_warning),
+        "first_alarm": _time(stamps, episodes.first_alarm),
         "persistent_alarm_start": _time(stamps, persistent[0]) if persistent else None,
         "lead_time_hours": _hours(end - stamps[persistent[0]]) if persistent else None,
         "warning_lead_time_hours": _hours(end - stamps[persistent_raise[0]]) if persistent_raise else None,
@@ -204,29 +232,45 @@ def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.
         "lead_time_reference": "failure_at" if failure_at is not None else "last_snapshot",
         "failure_at": _time(np.array([failure_at]), 0) if failure_at is not None else None,
         "train_until": _time(np.array([train_until]), 0) if train_until is not None else None,
-        "alarms_in_training_span": sum(1 for start, _ in episodes if in_training[start]),
-        "warnings_in_training_span": sum(1 for start, _ in raised if in_training[start]),
+    }
+def _episodes_report(dataset: Dataset, card: ModelCard, trace: Trace, episodes: Episodes, in_training: np.ndarray,
+                     iso_group: str) -> dict:
+    stamps, names = dataset.timestamps, card.feature_spec.channels
+    return {
+        "alarms_in_training_span": sum(1 for start, _ in episodes.alarms if in_training[start]),
+        "warnings_in_training_span": sum(1 for start, _ in episodes.warnings if in_training[start]),
         "alarm_episodes": [{"start": _time(stamps, a), "end": _time(stamps, b),
-                            **_episode_diagnosis(dataset, card, a, b, iso_group)} for a, b in episodes],
+                            **_episode_diagnosis(dataset, card, a, b, iso_group)} for a, b in episodes.alarms],
         "warning_episodes": [{"start": _time(stamps, a), "end": _time(stamps, b), "top_channel": _top_channel(names, trace, a)}
-                             for a, b in raised],
-        "false_alarm_episodes": len(episodes) - (1 if persistent else 0),
-        "false_warning_episodes": len(raised) - (1 if persistent_raise else 0),
-        "top_channel_at_first_warning": _top_channel(names, trace, first_warning),
-        "top_channel_at_first_alarm": _top_channel(names, trace, first_alarm),
-        "top_channel_at_persistent_alarm": _top_channel(names, trace, persistent[0] if persistent else None),
+                             for a, b in episodes.warnings],
+        "false_alarm_episodes": len(episodes.alarms) - (1 if episodes.persistent else 0),
+        "false_warning_episodes": len(episodes.warnings) - (1 if episodes.persistent_raise else 0),
+        "top_channel_at_first_warning": _top_channel(names, trace, episodes.first_warning),
+        "top_channel_at_first_alarm": _top_channel(names, trace, episodes.first_alarm),
+        "top_channel_at_persistent_alarm": _top_channel(names, trace, episodes.persistent[0] if episodes.persistent else None),
+    }
+
+
+def _margins(card: ModelCard, trace: Trace, in_training: np.ndarray, first_warning: int | None) -> dict:
+    """How far below the alarm threshold the scores stayed on data the model never fitted, before any warning."""
+    healthy_part = np.isfinite(trace.scores) & ~in_training
+    if first_warning is not None:
+        healthy_part[first_warning:] = False
+    unseen_max = float(np.max(trace.scores[healthy_part])) if healthy_part.any() else None
+    return {
         "calibration_margin": card.provenance.get("threshold_basis", {}).get("margin"),
         "highest_score_before_first_warning": unseen_max,
         "margin_before_first_warning": (card.alarm_threshold / unseen_max) if unseen_max else None,
         "training_warnings": card.provenance.get("training_warnings", []),
+    }
+
+
+def _faults(trace: Trace) -> dict:
+    return {
         "sensor_fault_snapshots": sum(1 for f in trace.faults if f is not None),
         "sensor_faults": sorted({f for f in trace.faults if f is not None}),
         "final_state": str(trace.states[-1]),
     }
-    report |= _zones_report(dataset, card, first_alarm, iso_group)
-    if dataset.labels is not None:
-        report |= labelled_metrics(dataset, bundle, trace, in_training)
-    return report
 
 
 def _episode_diagnosis(dataset: Dataset, card: ModelCard, first: int, last: int, iso_group: str) -> dict:

@@ -23,7 +23,6 @@ import tensorflow as tf
 
 from edge.ingest.cadence import training_interval_s
 from edge.ingest.clock import iso_time
-from edge.model.bearing import BearingGeometry
 from edge.model.bundle import (
     FLOAT_MODEL_FILE,
     INT8_MODEL_FILE,
@@ -35,41 +34,39 @@ from edge.model.bundle import (
     file_sha256,
     write_card,
 )
-from edge.model.features import FEATURE_SET
 from edge.model.runtime import Score, Scorer
 from edge.scoring.stream import StreamScorer, score_stream, unbroken_runs
 from trainer import calibrate, export
 from trainer.dataset import Dataset, DatasetError, load_dataset
 from trainer.model import build_autoencoder, windows
+from trainer.options import FitOptions
 
-DEFAULT_WINDOW = 2  # chosen by evaluation on synthetic runs: see trainer/README.md
 MIN_HELD_OUT_WINDOWS = 3  # the thresholds never rest on a single held-out window
 SATURATION_FACTOR = 10.0
 DRIFT_LIMIT = 1.5  # held-out end of the training span beyond the fitted range, in fitted ranges  # the card records the score of an input this many times the training range
 
 
 @dataclass(frozen=True)
-class FitOptions:
-    out: Path
-    channels: tuple[str | int, ...] | None = None
-    format: str | None = None  # recording format; None: detected (see firmware_bridge.recording)
-    sample_rate_hz: int | None = None
-    snapshot_samples: int | None = None
-    feature_set: str = FEATURE_SET  # see edge/model/features.py
-    bearing: BearingGeometry | None = None  # vibration set: --bearing
-    shaft_rpm: float | None = None  # vibration set: --shaft-rpm
-    label_column: str | None = None
-    train_until: np.datetime64 | None = None
-    train_fraction: float = 0.5
-    window: int = DEFAULT_WINDOW
-    epochs: int = 100
-    seed: int = 0
-    threshold_rule: str = "calibration"
-    target_precision: float | None = None  # labelled tables: the lowest threshold reaching this precision
-    holdout_fraction: float = 0.2
-    batch_size: int = 16
-    patience: int = 10
-    verbose: int = 2
+class Span:
+    """The training span: which snapshots are in it, its healthy rows, and their split into the part that
+    fits the model and the held-out end that calibrates the thresholds."""
+
+    in_training: np.ndarray  # (snapshots,) bool
+    rows: np.ndarray
+    fit_rows: np.ndarray
+    calibration_rows: np.ndarray
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What training made: the autoencoder, the scaler, the windows it was fitted on, and the run's record."""
+
+    model: keras.Model
+    scaler: Scaler
+    fit_windows: np.ndarray
+    epochs_run: int
+    warnings: list[str]
+    started: float  # time.perf_counter() when fit() began: the card's training_seconds count from here
 
 
 def training_mask(dataset: Dataset, train_until: np.datetime64 | None, train_fraction: float) -> np.ndarray:
@@ -202,31 +199,18 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
     started = time.perf_counter()
     if options.window < 1:
         raise DatasetError(f"--window: expected a positive integer, got {options.window}")
-    dataset = load_dataset(input_path, options.channels, options.label_column, format=options.format,
-                           sample_rate_hz=options.sample_rate_hz, snapshot_samples=options.snapshot_samples,
-                           feature_set=options.feature_set, bearing=options.bearing, shaft_rpm=options.shaft_rpm)
+    dataset = load_dataset(input_path, options)
     in_training = training_mask(dataset, options.train_until, options.train_fraction)
     rows = healthy_rows(dataset, in_training)
-    fit_rows, calibration_rows = split_holdout(rows, options.window, options.holdout_fraction, dataset.source)
-    warnings = training_warnings(dataset, rows, fit_rows, calibration_rows)
-    for warning in warnings:
-        print(f"{dataset.source}: warning: {warning}", file=sys.stderr)
-
-    scaler = Scaler.fit(dataset.features[fit_rows])
-    fit_windows = training_windows(dataset, scaler, fit_rows, options.window)
-    calibration_windows = training_windows(dataset, scaler, calibration_rows, options.window)
-    print(f"training on {fit_windows.shape[0]} windows of {options.window} x {dataset.features.shape[1]}, "
-          f"{calibration_windows.shape[0]} held out for calibration", file=sys.stderr)
-    model, epochs_run = train_autoencoder(fit_windows, calibration_windows, options)
-
+    span = Span(in_training, rows, *split_holdout(rows, options.window, options.holdout_fraction, dataset.source))
+    trained = _train(dataset, span, options, started)
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # The bundle is built in a scratch directory beside `out` and renamed into place only when every check
     # passed: a failed export leaves no half-written bundle (and an existing bundle at `out` untouched).
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        limits, check = _export(model, scaler, fit_windows, dataset, rows, fit_rows, calibration_rows, in_training,
-                                options, scratch, epochs_run, warnings, started)
+        limits, check = _export(trained, dataset, span, options, scratch)
         if out.exists():
             shutil.rmtree(out)
         scratch.rename(out)
@@ -237,42 +221,96 @@ def fit(input_path: str | Path, options: FitOptions) -> Path:
     return out
 
 
-def _export(model: keras.Model, scaler: Scaler, fit_windows: np.ndarray, dataset: Dataset, rows: np.ndarray,
-            fit_rows: np.ndarray, calibration_rows: np.ndarray, in_training: np.ndarray, options: FitOptions,
-            out: Path, epochs_run: int,
-            warnings: list[str], started: float) -> tuple[calibrate.Thresholds, export.QuantizationCheck]:
-    """Models, per-channel references, thresholds, checks and card, written into `out`."""
-    (out / FLOAT_MODEL_FILE).write_bytes(export.to_float_tflite(model))
-    (out / INT8_MODEL_FILE).write_bytes(export.to_int8_tflite(model, export.representative_windows(fit_windows)))
+def _train(dataset: Dataset, span: Span, options: FitOptions, started: float) -> Trained:
+    """Scaler and autoencoder fitted on the span's first part, stopped early on its held-out end."""
+    warnings = training_warnings(dataset, span.rows, span.fit_rows, span.calibration_rows)
+    for warning in warnings:
+        print(f"{dataset.source}: warning: {warning}", file=sys.stderr)
+    scaler = Scaler.fit(dataset.features[span.fit_rows])
+    fit_windows = training_windows(dataset, scaler, span.fit_rows, options.window)
+    calibration_windows = training_windows(dataset, scaler, span.calibration_rows, options.window)
+    print(f"training on {fit_windows.shape[0]} windows of {options.window} x {dataset.features.shape[1]}, "
+          f"{calibration_windows.shape[0]} held out for calibration", file=sys.stderr)
+    model, epochs_run = train_autoencoder(fit_windows, calibration_windows, options)
+    return Trained(model, scaler, fit_windows, epochs_run, warnings, started)
 
-    card = _draft_card(dataset, scaler, rows, options)
-    draft = Bundle(path=out, card=card, model_path=out / INT8_MODEL_FILE)
+
+def _export(trained: Trained, dataset: Dataset, span: Span, options: FitOptions,
+            out: Path) -> tuple[calibrate.Thresholds, export.QuantizationCheck]:
+    """The bundle in `out`, step by step: export the models, calibrate, check, write the card."""
+    (out / FLOAT_MODEL_FILE).write_bytes(export.to_float_tflite(trained.model))
+    (out / INT8_MODEL_FILE).write_bytes(export.to_int8_tflite(trained.model, export.representative_windows(trained.fit_windows)))
+    card = _draft_card(dataset, trained.scaler, span.rows, options)
+    bundle, limits = _calibrate(Bundle(path=out, card=card, model_path=out / INT8_MODEL_FILE), dataset, span, options)
+    check, quantization = _check(bundle, dataset, span, limits, options.window)
+    _write_card(bundle, limits, quantization, _run_record(trained, dataset, span, limits))
+    return limits, check
+
+
+def _calibrate(draft: Bundle, dataset: Dataset, span: Span, options: FitOptions) -> tuple[Bundle, calibrate.Thresholds]:
+    """Per-channel error references, then thresholds on the int8 model's scores of the training span (with
+    labels: the F1-best threshold on the validation split)."""
     raw = Scorer(draft)  # the card has no per-channel references yet: raw per-channel errors
     reference = calibrate.channel_reference(*(np.array([s.raw_errors for s in streamed(draft, raw, dataset, r)])
-                                               for r in (fit_rows, calibration_rows)))
-    card = replace(card, channel_error_reference=reference)
-    bundle = Bundle(path=out, card=card, model_path=out / INT8_MODEL_FILE)
+                                               for r in (span.fit_rows, span.calibration_rows)))
+    bundle = replace(draft, card=replace(draft.card, channel_error_reference=reference))
     int8 = Scorer(bundle)
-    fit_scores = streamed_scores(bundle, int8, dataset, fit_rows)
-    calibration_scores = streamed_scores(bundle, int8, dataset, calibration_rows)
-    limits = calibrate.thresholds(options.threshold_rule, fit_scores, calibration_scores, int(rows.size))
-    splits = labelled_splits(dataset, in_training)
+    fit_scores = streamed_scores(bundle, int8, dataset, span.fit_rows)
+    calibration_scores = streamed_scores(bundle, int8, dataset, span.calibration_rows)
+    limits = calibrate.thresholds(options.threshold_rule, fit_scores, calibration_scores, int(span.rows.size))
+    splits = labelled_splits(dataset, span.in_training)
     if splits is not None and dataset.labels is not None and options.threshold_rule == "calibration":
         validation, _ = splits
         limits = calibrate.best_f1(streamed_scores(bundle, int8, dataset, validation),
                                    dataset.labels[validation], options.target_precision, limits.basis)
+    return bundle, limits
 
-    floats = Scorer(bundle, model_path=out / FLOAT_MODEL_FILE)
-    float_scores = np.concatenate([streamed_scores(bundle, floats, dataset, r) for r in (fit_rows, calibration_rows)])
-    check = export.compare(np.concatenate([fit_scores, calibration_scores]), float_scores, limits.warning, limits.alarm)
+
+def _check(bundle: Bundle, dataset: Dataset, span: Span, limits: calibrate.Thresholds,
+           window: int) -> tuple[export.QuantizationCheck, dict]:
+    """The float32 twin must agree with the int8 model's decisions, and an input far beyond the training range
+    must score beyond the alarm threshold (the int8 input must not saturate below it); returns the card's record."""
+    int8 = Scorer(bundle)
+    floats = Scorer(bundle, model_path=bundle.path / FLOAT_MODEL_FILE)
+    int8_scores, float_scores = (
+        np.concatenate([streamed_scores(bundle, scorer, dataset, r) for r in (span.fit_rows, span.calibration_rows)])
+        for scorer in (int8, floats))
+    check = export.compare(int8_scores, float_scores, limits.warning, limits.alarm)
     export.require_agreement(check)
-    saturation = _saturation_score(int8, scaler, options.window)
+    saturation = _saturation_score(int8, bundle.card.scaler, window)
     if saturation <= limits.alarm:
         raise export.ExportError(
             f"int8 saturation check failed: an input {SATURATION_FACTOR:g}x beyond the training range scores "
             f"{saturation:.4g}, not above the alarm threshold {limits.alarm:.4g}: does the training span "
             "(--train-until/--train-fraction) reach into the failure?"
         )
+    return check, {
+        **check.to_dict(),
+        "input": _tensor_quantization(int8),
+        "representative_headroom": export.HEADROOM,
+        f"score_at_{SATURATION_FACTOR:g}x_training_range": saturation,
+        "float_model_file": FLOAT_MODEL_FILE,
+        "float_model_sha256": file_sha256(bundle.path / FLOAT_MODEL_FILE),
+    }
+
+
+def _run_record(trained: Trained, dataset: Dataset, span: Span, limits: calibrate.Thresholds) -> dict:
+    """What the card's provenance adds once training is done: the threshold's basis, warnings, epochs, time, splits."""
+    splits = labelled_splits(dataset, span.in_training)
+    return {
+        "threshold_basis": limits.basis,
+        "training_warnings": trained.warnings,
+        "epochs_run": trained.epochs_run,
+        "training_seconds": round(time.perf_counter() - trained.started, 2),
+    } | ({} if splits is None else {
+        "validation_start": _iso(dataset.timestamps[splits[0][0]]) if splits[0].size else None,
+        "test_start": _iso(dataset.timestamps[splits[1][0]]) if splits[1].size else None,
+    })
+
+
+def _write_card(bundle: Bundle, limits: calibrate.Thresholds, quantization: dict, record: dict) -> None:
+    """The final card, under the id its content gives it."""
+    out, card = bundle.path, bundle.card
     model_sha256 = file_sha256(out / INT8_MODEL_FILE)
     card = replace(
         card,
@@ -280,28 +318,11 @@ def _export(model: keras.Model, scaler: Scaler, fit_windows: np.ndarray, dataset
         alarm_threshold=limits.alarm,
         threshold_rule=limits.rule,
         detector=calibrate.detector_settings(limits),
-        quantization={
-            **check.to_dict(),
-            "input": _tensor_quantization(int8),
-            "representative_headroom": export.HEADROOM,
-            f"score_at_{SATURATION_FACTOR:g}x_training_range": saturation,
-            "float_model_file": FLOAT_MODEL_FILE,
-            "float_model_sha256": file_sha256(out / FLOAT_MODEL_FILE),
-        },
-        provenance={
-            **card.provenance,
-            "threshold_basis": limits.basis,
-            "training_warnings": warnings,
-            "epochs_run": epochs_run,
-            "training_seconds": round(time.perf_counter() - started, 2),
-        } | ({} if splits is None else {
-            "validation_start": _iso(dataset.timestamps[splits[0][0]]) if splits[0].size else None,
-            "test_start": _iso(dataset.timestamps[splits[1][0]]) if splits[1].size else None,
-        }),
+        quantization=quantization,
+        provenance={**card.provenance, **record},
         model_sha256=model_sha256,
     )
     write_card(replace(card, id=content_id(card)), out)
-    return limits, check
 
 
 def content_id(card: ModelCard) -> str:
