@@ -15,6 +15,7 @@ import serial
 from firmware_bridge.frame import DecoderStats, Frame, FrameDecoder
 
 log = logging.getLogger(__name__)
+DEFAULT_BAUDRATE = 2_000_000  # carries 4 channels at 20 kHz (PROTOCOL.md §6); ptys and USB CDC ignore it
 
 
 class SerialLink:
@@ -24,7 +25,7 @@ class SerialLink:
         self,
         url: str,
         *,
-        baudrate: int = 2_000_000,  # carries 4 channels at 20 kHz (PROTOCOL.md §6); ptys and USB CDC ignore it
+        baudrate: int = DEFAULT_BAUDRATE,
         read_size: int = 4096,
         timeout: float = 0.1,
         backoff_initial: float = 0.5,

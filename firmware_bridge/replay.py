@@ -42,13 +42,13 @@ import numpy as np
 import serial
 
 from firmware_bridge.frame import FLAG_BOOT_TIME, MAX_PAYLOAD, encode
+from firmware_bridge.link import DEFAULT_BAUDRATE
 from firmware_bridge.recording import FORMATS, RecordedSnapshot, Recording, RecordingSpec, open_recording, parse_channel_list
 
 _U32 = 2**32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _POLL_S = 0.1
 WRITE_TIMEOUT_S = 10.0
-DEFAULT_BAUDRATE = 2_000_000  # carries 4 channels at 20 kHz (PROTOCOL.md §6); ptys and USB CDC ignore it
 
 
 class WriteTimeout(OSError):

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_recording_arguments(evaluate, defaults="the card's")
     evaluate.add_argument("--iso-group", default=EvaluateOptions.iso_group, choices=ISO_GROUPS,
                           help="ISO 20816 machine group for the velocity zones of the vibration set: "
-                               "1-rigid, 1-flexible, 2-rigid (default), 2-flexible, small")
+                               f"{', '.join(ISO_GROUPS)} (default: {EvaluateOptions.iso_group})")
     evaluate.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines (silent by default)")
     return parser
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from edge.model.bearing import BearingGeometry
 from edge.model.features import FEATURE_SET
+from edge.scoring.diagnosis import DEFAULT_ISO_GROUP
 from firmware_bridge.recording.spec import RecordingSpec
 
 DEFAULT_WINDOW = 2  # chosen by evaluation on synthetic runs: see trainer/README.md
@@ -51,4 +52,4 @@ class EvaluateOptions(RecordingSpec):
 
     failure_at: np.datetime64 | None = None  # for the lead time; None: the last snapshot
     train_until: np.datetime64 | None = None  # None: the card's training span
-    iso_group: str = "2-rigid"  # edge.scoring.diagnosis.ISO_GROUPS: the vibration set's velocity zones
+    iso_group: str = DEFAULT_ISO_GROUP  # edge.scoring.diagnosis.ISO_GROUPS: the vibration set's velocity zones

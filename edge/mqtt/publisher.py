@@ -35,7 +35,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.config import MqttConfig
+from edge.config import MQTT_PROTOCOLS, MqttConfig
 from edge.mqtt.health import Health
 from edge.mqtt.outbox import Outbox
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
-PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+PROTOCOLS = dict(zip(MQTT_PROTOCOLS, (mqtt.MQTTv5, mqtt.MQTTv311), strict=True))  # load_config accepts no other
 REFUSED_RETRY_MIN_S = 10.0  # a refused alert is re-sent after this, doubling up to REFUSED_RETRY_MAX_S
 REFUSED_RETRY_MAX_S = 600.0
 
@@ -117,8 +117,6 @@ class Publisher:
     """Publishes the agent's messages; alerts go through the outbox and survive outages and restarts."""
 
     def __init__(self, config: MqttConfig, outbox: Outbox, health: Health | None = None) -> None:
-        if config.protocol not in PROTOCOLS:
-            raise PublisherError(f"mqtt.protocol: expected \"5\" or \"3.1.1\", got {config.protocol!r}")
         self.config = config
         self.outbox = outbox
         self.health = health
@@ -178,7 +176,7 @@ class Publisher:
 
     def start(self) -> None:
         """Connect in the background; retries forever with exponential back-off."""
-        kwargs: dict[str, Any] = {"clean_start": True} if self.config.protocol == "5" else {}
+        kwargs: dict[str, Any] = {"clean_start": True} if PROTOCOLS[self.config.protocol] == mqtt.MQTTv5 else {}
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive, **kwargs)
         self._client.loop_start()
         self._retrier = threading.Thread(target=self._housekeep, name="mqtt-housekeeping", daemon=True)

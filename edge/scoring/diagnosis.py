@@ -36,6 +36,7 @@ ISO_GROUPS: dict[str, tuple[float, float, float]] = {
     "2-flexible": (2.3, 4.5, 7.1),
     "small": (0.71, 1.8, 4.5),
 }
+DEFAULT_ISO_GROUP = "2-rigid"  # medium machines (15 - 300 kW) on rigid foundations: most pumps and fans
 ZONES = ("A", "B", "C", "D")
 VELOCITY_FEATURE = "velocity_rms"
 
@@ -63,13 +64,13 @@ def diagnose(line_hz: np.ndarray, prominence: np.ndarray, channels: Sequence[str
     return Defect(kind, float(line_hz[channel, column]), channels[int(channel)], best)
 
 
-def zone(velocity_mm_s: float, group: str = "2-rigid") -> str:
+def zone(velocity_mm_s: float, group: str = DEFAULT_ISO_GROUP) -> str:
     """ISO 20816 zone A-D of a velocity RMS (mm/s) for a machine group of ISO_GROUPS."""
     boundaries = ISO_GROUPS[group]
     return ZONES[int(np.searchsorted(boundaries, velocity_mm_s, side="left"))]  # a boundary value is the lower zone
 
 
-def zones(features: np.ndarray, names: Sequence[str], channels: Sequence[str], group: str = "2-rigid") -> dict[str, str] | None:
+def zones(features: np.ndarray, names: Sequence[str], channels: Sequence[str], group: str = DEFAULT_ISO_GROUP) -> dict[str, str] | None:
     """Each channel's zone from a channel-major features row; None when the feature set has no velocity."""
     if VELOCITY_FEATURE not in names:
         return None

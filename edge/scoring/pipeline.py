@@ -14,7 +14,7 @@ from edge.ingest.snapshot import Snapshot
 from edge.model.bundle import Bundle, DetectorSettings
 from edge.model.features import Analysis, FeatureExtractor
 from edge.scoring.detector import Detector, State, Transition
-from edge.scoring.diagnosis import ZONES, Defect, diagnose, zones
+from edge.scoring.diagnosis import DEFAULT_ISO_GROUP, ZONES, Defect, diagnose, zones
 from edge.scoring.reading import Reading
 from edge.scoring.sensor import MISSING_DATA, SensorLimits, check_counts
 from edge.scoring.stream import Step, StreamScorer
@@ -26,7 +26,7 @@ _RANK = {State.NORMAL: 0, State.WARNING: 1, State.ALARM: 2}
 
 class Pipeline:
     def __init__(self, bundle: Bundle, settings: DetectorSettings, limits: SensorLimits = SensorLimits(),
-                 shaft_rpm: float | None = None, iso_group: str = "2-rigid", zone_alarm: bool = False) -> None:
+                 shaft_rpm: float | None = None, iso_group: str = DEFAULT_ISO_GROUP, zone_alarm: bool = False) -> None:
         card = bundle.card
         self.channels = card.feature_spec.channels
         self.feature_set = card.feature_spec.feature_set
