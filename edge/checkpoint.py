@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edge.model import validation as v
+from edge.model.validation import Optional, required
 from edge.mqtt.health import Health
 from edge.scoring.detector import State
 
@@ -47,44 +49,31 @@ def checkpoint_path(outbox_path: Path) -> Path:
     return outbox_path.with_name(outbox_path.stem + ".detector.json")
 
 
-def parse_checkpoint(raw: Any) -> Checkpoint:
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"expected a JSON object, got {type(raw).__name__}")
-    missing = [key for key in ("model_id", "state", "health", "reason", "since_us") if key not in raw]
-    if missing:
-        raise CheckpointError(f"{', '.join(missing)}: missing")
-    if not isinstance(raw["model_id"], str) or not raw["model_id"]:
-        raise CheckpointError(f"model_id: expected a non-empty string, got {raw['model_id']!r}")
-    if raw["state"] not in tuple(State):
-        raise CheckpointError(f"state: expected one of {', '.join(State)}, got {raw['state']!r}")
-    if raw["health"] not in BEARING_STATES:
-        raise CheckpointError(f"health: expected one of {', '.join(BEARING_STATES)}, got {raw['health']!r}")
-    if raw["reason"] is not None and (not isinstance(raw["reason"], str) or not raw["reason"]):
-        raise CheckpointError(f"reason: expected null or a non-empty string, got {raw['reason']!r}")
-    since = raw["since_us"]
-    if isinstance(since, bool) or not isinstance(since, int) or not 0 <= since <= MAX_TIME_US:
-        raise CheckpointError(f"since_us: expected microseconds since 1970 up to the year 9999, got {since!r}")
-    driver = raw.get("driver")
-    if driver is not None and (not isinstance(driver, str) or not driver):
-        raise CheckpointError(f"driver: expected null or a channel name, got {driver!r}")
-    zone = raw.get("zone")
-    if zone is not None and zone not in BEARING_STATES:
-        raise CheckpointError(f"zone: expected null or one of {', '.join(BEARING_STATES)}, got {zone!r}")
-    return Checkpoint(raw["model_id"], State(raw["state"]), State(raw["health"]), raw["reason"], since, driver,
-                      None if zone is None else State(zone))
+_SCHEMA = v.table({
+    required("model_id"): v.text(),
+    required("state"): v.one_of(tuple(State)),
+    required("health"): v.one_of(BEARING_STATES),
+    required("reason"): v.nullable(v.text("null or a non-empty string")),
+    required("since_us"): v.integer(0, MAX_TIME_US, "microseconds since 1970 up to the year 9999"),
+    Optional("driver"): v.nullable(v.text("null or a channel name")),  # keys added later: absent in older files
+    Optional("zone"): v.nullable(v.one_of(BEARING_STATES)),
+}, kind="a JSON object", extra=True)
+
+
+def parse_checkpoint(raw: Any, source: object) -> Checkpoint:
+    """A checkpoint from its JSON; a CheckpointError names `source` and the key."""
+    document = v.check(_SCHEMA, raw, source, CheckpointError)
+    zone = document.get("zone")
+    return Checkpoint(document["model_id"], State(document["state"]), State(document["health"]), document["reason"],
+                      document["since_us"], document.get("driver"), None if zone is None else State(zone))
 
 
 def load_checkpoint(path: Path, model_id: str, health: Health | None = None) -> Checkpoint | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as error:
-        _reject(path, str(error), health)
+    if not path.exists():  # the first start, or one after the outbox was reset
         return None
     try:
-        checkpoint = parse_checkpoint(json.loads(text))
-    except (ValueError, RecursionError) as error:  # json.JSONDecodeError and CheckpointError are ValueErrors
+        checkpoint = parse_checkpoint(v.read_json(path, "the detector checkpoint", CheckpointError), path)
+    except CheckpointError as error:
         _reject(path, str(error), health)
         return None
     if checkpoint.model_id != model_id:
@@ -100,7 +89,7 @@ def _reject(path: Path, why: str, health: Health | None) -> None:
         kept = f"moved to {aside.name}"
     except OSError as error:
         kept = f"could not be moved aside ({error.strerror})"
-    message = f"{path}: unusable detector checkpoint ({why}); {kept}; starting from normal"
+    message = f"unusable detector checkpoint ({why}); {kept}; starting from normal"  # (`why` names the file)
     if health is not None:
         health.fault("storage", message, source="checkpoint")
     else:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from trained import shared_bundle
+from trained import as_version_1, shared_bundle
 
 BIN = Path(sys.executable).parent
 GOOD_CONFIG = """device_id = "pump-7"
@@ -90,6 +90,16 @@ def drop_last_channel(card: dict) -> None:
             card[key].pop()
 
 
+def detector(**values: object) -> Callable[[dict], object]:
+    """The thresholds' one home in a card of schema_version 2."""
+    return lambda card: card["detector"].update(values)
+
+
+def version_1(change: Callable[[dict], object]) -> Callable[[dict], object]:
+    """`change` applied to the card as a trainer before schema_version 2 wrote it (the thresholds twice)."""
+    return lambda card: change(as_version_1(card))
+
+
 def invert_scaler(card: dict) -> None:
     card["scaler"]["maximum"][2] = card["scaler"]["minimum"][2] - 0.01
 
@@ -143,6 +153,7 @@ CASES: list[tuple[str, Callable[[Setup], None], str, str]] = [
     ("config-latin1-comment", raw_config(b"# Pumpe f\xfcr Halle 3\n" + GOOD_CONFIG.encode()), "config", "UTF-8"),
     ("config-not-toml", config_case('device_id = "pump-7"', "device_id = pump-7"), "config", "TOML"),
     ("config-is-a-directory", config_is_a_directory, "config", "cannot read"),
+    ("config-integer-5000-digits", config_case("port = 1883", "port = " + "1" * 5000), "config", "TOML"),
     ("config-unknown-key", config_case("[serial]", "colour = 1\n[serial]"), "config", "colour"),
     ("device-id-missing", config_case('device_id = "pump-7"', ""), "config", "device_id"),
     ("device-id-slash", config_case('"pump-7"', '"pump/7"'), "config", "device_id"),
@@ -195,9 +206,11 @@ CASES: list[tuple[str, Callable[[Setup], None], str, str]] = [
     ("card-deeply-nested", raw_card(b"[" * 100_000 + b"]" * 100_000), "card", "nested too deeply"),
     ("card-not-json", raw_card(b'{"schema_version": 1,'), "card", "not valid JSON"),
     ("card-a-list", raw_card(b"[]"), "card", "(top level)"),
+    ("card-integer-5000-digits", raw_card(b'{"schema_version": ' + b"1" * 5000 + b"}"), "card", "not valid JSON"),
     ("card-empty", raw_card(b""), "card", "not valid JSON"),
     ("card-missing", lambda s: s.card.unlink(), "card", "missing"),
-    ("card-schema-version-2", card_case(lambda c: c.update(schema_version=2)), "card", "schema_version"),
+    ("card-schema-version-2", card_case(version_1(lambda c: c.update(schema_version=2))), "card", "schema_version"),
+    ("card-schema-version-3", card_case(lambda c: c.update(schema_version=3)), "card", "schema_version"),
     ("card-feature-set-rms", card_case(spec(feature_set="rms")), "card", "feature_spec.feature_set"),
     ("card-snapshot-samples-1e13", card_case(spec(snapshot_samples=1e13)), "card", "feature_spec.snapshot_samples"),
     ("card-snapshot-samples-10**13", card_case(spec(snapshot_samples=10**13)), "card",
@@ -207,16 +220,21 @@ CASES: list[tuple[str, Callable[[Setup], None], str, str]] = [
     ("card-window-not-the-models", card_case(spec(window=3)), "card", "feature_spec.window"),
     ("card-channels-not-the-models", card_case(drop_last_channel), "card", "feature_spec.channels"),
     ("card-channels-empty", card_case(spec(channels=[])), "card", "feature_spec.channels"),
-    ("card-warning-inf", card_case(lambda c: c.update(warning_threshold=float("inf"))), "card", "warning_threshold"),
-    ("card-both-thresholds-inf", card_case(lambda c: c.update(warning_threshold=float("inf"),
-                                                              alarm_threshold=float("inf"))), "card",
+    ("card-warning-inf", card_case(detector(warning_threshold=float("inf"))), "card", "detector.warning_threshold"),
+    ("card-both-thresholds-inf", card_case(detector(warning_threshold=float("inf"), alarm_threshold=float("inf"))),
+     "card", "detector.warning_threshold"),
+    ("card-alarm-nan", card_case(detector(alarm_threshold=float("nan"))), "card", "detector.alarm_threshold"),
+    ("card-threshold-negative", card_case(detector(warning_threshold=-0.1)), "card", "threshold"),
+    ("card-v1-warning-inf", card_case(version_1(lambda c: c.update(warning_threshold=float("inf")))), "card",
      "warning_threshold"),
-    ("card-alarm-nan", card_case(lambda c: c.update(alarm_threshold=float("nan"))), "card", "alarm_threshold"),
-    ("card-threshold-negative", card_case(lambda c: (c.update(warning_threshold=-0.1),
-                                                     c["detector"].update(warning_threshold=-0.1))), "card",
-     "threshold"),
-    ("card-detector-threshold-differs", card_case(lambda c: c["detector"].update(alarm_threshold=99.0)), "card",
-     "detector.alarm_threshold"),
+    ("card-v1-alarm-nan", card_case(version_1(lambda c: c.update(alarm_threshold=float("nan")))), "card",
+     "alarm_threshold"),
+    ("card-v1-threshold-negative", card_case(version_1(lambda c: (c.update(warning_threshold=-0.1),
+                                                                  c["detector"].update(warning_threshold=-0.1)))),
+     "card", "threshold"),
+    ("card-v1-detector-threshold-differs", card_case(version_1(lambda c: c["detector"].update(alarm_threshold=99.0))),
+     "card", "detector.alarm_threshold"),
+    ("card-v2-threshold-at-the-top", card_case(lambda c: c.update(alarm_threshold=99.0)), "card", "alarm_threshold"),
     ("card-detector-k-zero", card_case(lambda c: c["detector"].update(k=0)), "card", "detector.k"),
     ("card-scaler-max-below-min", card_case(invert_scaler), "card", "scaler.maximum[2]"),
     ("card-scaler-short", card_case(lambda c: c["scaler"]["minimum"].pop()), "card", "scaler.minimum"),

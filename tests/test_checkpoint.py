@@ -48,6 +48,7 @@ def test_a_checkpoint_from_before_the_driver_was_saved_still_loads(tmp_path: Pat
     (json.dumps([GOOD]), "expected a JSON object"),
     ('{"model_id": "ims1-2024', "Unterminated string"),
     ("[" * 100_000 + "]" * 100_000, "recursion"),
+    ('{"since_us": ' + "1" * 5000 + "}", "4300 digits"),
 ])
 def test_a_bad_checkpoint_is_reported_moved_aside_and_ignored(tmp_path: Path, text: str, key: str) -> None:
     path = tmp_path / "outbox.detector.json"

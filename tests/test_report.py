@@ -23,7 +23,7 @@ def card(**changes: object) -> ModelCard:
     base = ModelCard(
         id="cm-test", created="2026-01-01T00:00:00.000Z",
         feature_spec=FeatureSpec("mean_abs", CHANNELS, 20000, 20480, 2),
-        scaler=Scaler((0.0,) * 4, (1.0,) * 4), warning_threshold=2.0, alarm_threshold=2.5, threshold_rule="calibration",
+        scaler=Scaler((0.0,) * 4, (1.0,) * 4), threshold_rule="calibration",
         detector=DetectorSettings(2.0, 2.5, k=2, n=3), healthy_min=(0.05,) * 4, quantization={},
         provenance={"threshold_basis": {"margin": 2.5}, "training_warnings": ["only 12 healthy snapshots"]},
         model_file="model_int8.tflite", model_sha256="0" * 64, channel_error_reference=(0.1,) * 4,
@@ -151,7 +151,7 @@ def test_bundle_id_follows_the_content() -> None:
 
     assert content_id(card()) == content_id(card(created="2030-01-01T00:00:00.000Z", id="other"))
     assert content_id(card()) != content_id(card(model_sha256="1" * 64))
-    assert content_id(card()) != content_id(card(alarm_threshold=2.6))
+    assert content_id(card()) != content_id(card(detector=DetectorSettings(2.0, 2.6, k=2, n=3)))
     assert re.fullmatch(r"cm-[0-9a-f]{16}", content_id(card()))
 
 

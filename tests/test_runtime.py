@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trained import shared_bundle, shared_run
+from trained import as_version_1, shared_bundle, shared_run
 
 from edge.model.bundle import CARD_FILE, BundleError, ModelCard, load_bundle
 from edge.model.runtime import Scorer, load_interpreter
@@ -35,7 +35,21 @@ def test_card_round_trips_through_json() -> None:
     card = load_bundle(shared_bundle()).card
     again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
     assert again == card
-    assert card.to_dict()["schema_version"] == 1
+    assert card.to_dict()["schema_version"] == 2
+    assert "warning_threshold" not in card.to_dict() and card.warning_threshold == card.detector.warning_threshold
+
+
+def test_a_version_1_card_with_the_thresholds_twice_still_loads() -> None:
+    card = load_bundle(shared_bundle()).card
+    old = card.to_dict()
+    as_version_1(old)
+    assert ModelCard.from_dict(json.loads(json.dumps(old))) == card
+    for key in ("warning_threshold", "alarm_threshold"):  # the very first cards: detector without the thresholds
+        del old["detector"][key]
+    assert ModelCard.from_dict(old) == card
+    old["detector"]["alarm_threshold"] = card.alarm_threshold * 2  # two copies that disagree: which one is meant?
+    with pytest.raises(BundleError, match="detector.alarm_threshold: expected the same value as alarm_threshold"):
+        ModelCard.from_dict(old)
 
 
 @pytest.mark.parametrize(
@@ -44,8 +58,10 @@ def test_card_round_trips_through_json() -> None:
         (lambda d: d["feature_spec"].__setitem__("window", 0), "model_card.json: feature_spec.window: expected a positive integer, got 0"),
         (lambda d: d["scaler"].pop("minimum"), "model_card.json: scaler.minimum: missing"),
         (lambda d: d["scaler"].__setitem__("maximum", [1.0]), "model_card.json: scaler.maximum: expected a list of 4 finite numbers (one per channel), got [1.0]"),
-        (lambda d: d.__setitem__("alarm_threshold", "high"), "model_card.json: alarm_threshold: expected a finite number, got 'high'"),
-        (lambda d: d.__setitem__("schema_version", 99), "model_card.json: schema_version: expected 1, got 99"),
+        (lambda d: (as_version_1(d), d.__setitem__("alarm_threshold", "high")), "model_card.json: alarm_threshold: expected a finite number, got 'high'"),
+        (lambda d: d["detector"].__setitem__("alarm_threshold", "high"), "model_card.json: detector.alarm_threshold: expected a finite number, got 'high'"),
+        (lambda d: d.__setitem__("alarm_threshold", 2.0), "model_card.json: alarm_threshold: not part of a schema_version 2 card: the thresholds are detector.warning_threshold and detector.alarm_threshold"),
+        (lambda d: d.__setitem__("schema_version", 99), "model_card.json: schema_version: expected 1 or 2, got 99"),
         (lambda d: d["detector"].update(k=9, n=5), "model_card.json: detector: k and n: expected 1 <= k <= n, got k=9, n=5"),
         (lambda d: d.__setitem__("channel_error_reference", [0.1, 0.1, 0.0, 0.1]), "model_card.json: channel_error_reference: expected a list of 4 positive numbers (one per channel), got [0.1, 0.1, 0.0, 0.1]"),
     ],

@@ -118,7 +118,7 @@ def card_dict() -> dict:
     """A mean_abs card as the trainer writes it (2 channels)."""
     spec = FeatureSpec("mean_abs", ("DE", "FE"), 48_000, 16_384, 2)
     card = ModelCard(id="cm-test", created="2026-01-01T00:00:00+00:00", feature_spec=spec,
-                     scaler=Scaler((0.0, 0.0), (1.0, 1.0)), warning_threshold=0.1, alarm_threshold=0.2,
+                     scaler=Scaler((0.0, 0.0), (1.0, 1.0)),
                      threshold_rule="calibration", detector=DetectorSettings(0.1, 0.2), healthy_min=(0.01, 0.01),
                      quantization={}, provenance={}, model_file="model_int8.tflite", model_sha256="0" * 64)
     return json.loads(json.dumps(card.to_dict()))

@@ -115,6 +115,13 @@ def shared_bundle() -> Path:
     return _handed_in("bundle") or _made_once("bundle", lambda path: make_bundle(shared_run(), path))
 
 
+def as_version_1(card: dict) -> dict:
+    """A card's JSON as trainers wrote it before schema_version 2: the thresholds at the top level and in detector."""
+    card.update(schema_version=1, warning_threshold=card["detector"]["warning_threshold"],
+                alarm_threshold=card["detector"]["alarm_threshold"])
+    return card
+
+
 @functools.cache
 def shared_dropout_run() -> Path:
     """`shared_run()` with bearing 3's sensor dropping out in its last three files (cm-synth --dropout-at-end);

@@ -314,8 +314,6 @@ def _write_card(bundle: Bundle, limits: calibrate.Thresholds, quantization: dict
     model_sha256 = file_sha256(out / INT8_MODEL_FILE)
     card = replace(
         card,
-        warning_threshold=limits.warning,
-        alarm_threshold=limits.alarm,
         threshold_rule=limits.rule,
         detector=calibrate.detector_settings(limits),
         quantization=quantization,
@@ -327,10 +325,10 @@ def _write_card(bundle: Bundle, limits: calibrate.Thresholds, quantization: dict
 
 def content_id(card: ModelCard) -> str:
     """The bundle id from what decides its alarms: the int8 model's bytes (by sha256), the scaler, the
-    per-channel references, the thresholds and the debounce. Two bundles share an id only if they score alike."""
+    per-channel references, the detector (thresholds and debounce). Two bundles share an id only if they score alike."""
     basis = card.to_dict()
     decisive = {key: basis.get(key) for key in ("model_sha256", "feature_spec", "scaler", "channel_error_reference",
-                                                 "warning_threshold", "alarm_threshold", "detector", "healthy_min")}
+                                                 "detector", "healthy_min")}
     digest = hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
     return f"cm-{digest[:16]}"
 
@@ -359,8 +357,6 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
             scale=dataset.scales[0] if len(dataset.scales) == 1 else None,
         ),
         scaler=scaler,
-        warning_threshold=1.0,
-        alarm_threshold=1.0,
         threshold_rule=options.threshold_rule,
         detector=DetectorSettings(warning_threshold=1.0, alarm_threshold=1.0),
         healthy_min=tuple(float(v) for v in dataset.features[rows].min(axis=0)),

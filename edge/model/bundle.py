@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge.model import validation as v
 from edge.model.bearing import BearingGeometry
 from edge.model.features import FEATURE_SETS, FeatureConfig
+from edge.model.validation import Optional, required
 
-SCHEMA_VERSION = 1
+# 2: the thresholds are stated once, in `detector`. 1 (still read): they were also at the top level, and had
+# to agree with detector's.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # Upper bounds that no real sensor reaches: beyond them a card is corrupt, and believing it would make
 # the agent allocate terabytes (snapshot_samples 1e13) rather than fail with a message.
 MAX_SAMPLE_RATE_HZ = 10_000_000
@@ -133,29 +137,32 @@ class ModelCard:
     created: str
     feature_spec: FeatureSpec
     scaler: Scaler
-    warning_threshold: float
-    alarm_threshold: float
     threshold_rule: str
-    detector: DetectorSettings
+    detector: DetectorSettings  # the warning and alarm thresholds with the debounce: the one place they are kept
     healthy_min: tuple[float, ...]
     quantization: dict
     provenance: dict
     model_file: str
     model_sha256: str
-    schema_version: int = SCHEMA_VERSION
     # Per channel, the healthy reconstruction error the channel's score is measured against (edge.model.runtime).
     # None (a card written before per-channel scoring): the score is the mean error over all columns.
     channel_error_reference: tuple[float, ...] | None = None
 
+    @property
+    def warning_threshold(self) -> float:  # the detector's, for readers of the card (reports, benches)
+        return self.detector.warning_threshold
+
+    @property
+    def alarm_threshold(self) -> float:
+        return self.detector.alarm_threshold
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema_version": self.schema_version,
+            "schema_version": SCHEMA_VERSION,
             "id": self.id,
             "created": self.created,
             "feature_spec": self.feature_spec.to_dict(),
             "scaler": {"minimum": list(self.scaler.minimum), "maximum": list(self.scaler.maximum)},
-            "warning_threshold": self.warning_threshold,
-            "alarm_threshold": self.alarm_threshold,
             "threshold_rule": self.threshold_rule,
             "detector": asdict(self.detector),
             "healthy_min": list(self.healthy_min),
@@ -169,45 +176,16 @@ class ModelCard:
     @classmethod
     def from_dict(cls, data: Any, source: str = CARD_FILE) -> ModelCard:
         """Validate and build a card; a BundleError names `source` and the key that is wrong."""
-        card = _Reader(source)
-        root = card.mapping(data, "")
-        version = card.integer(root, "schema_version", minimum=1)
-        if version != SCHEMA_VERSION:
-            raise BundleError(f"{source}: schema_version: expected {SCHEMA_VERSION}, got {version}")
-        spec_data = card.mapping(card.get(root, "feature_spec"), "feature_spec")
-        channels = card.strings(spec_data, "feature_spec.channels")
-        spec = card.feature_spec(spec_data, channels)
-        columns = card.columns(spec)
-        scaler_data = card.mapping(card.get(root, "scaler"), "scaler")
-        scaler = Scaler(
-            minimum=card.numbers(scaler_data, "scaler.minimum", columns),
-            maximum=card.numbers(scaler_data, "scaler.maximum", columns),
-        )
+        head = v.check(_HEAD, data, source, BundleError)
+        spec = _feature_spec(head["feature_spec"], source)
+        card = v.check(_card_schema(head["schema_version"], spec), data, source, BundleError)
+        scaler = Scaler(card["scaler"]["minimum"], card["scaler"]["maximum"])
         for column, (low, high) in enumerate(zip(scaler.minimum, scaler.maximum)):
             if high < low:  # an inverted span flips every score: anomalies would look healthier than health
-                raise card.fail(f"scaler.maximum[{column}]", f"a value >= scaler.minimum[{column}] ({low})", high)
-        warning = card.number(root, "warning_threshold")
-        alarm = card.number(root, "alarm_threshold")
-        detector_data = card.mapping(card.get(root, "detector"), "detector")
-        detector = card.detector(detector_data, warning, alarm)
-        return cls(
-            id=card.string(root, "id"),
-            created=card.string(root, "created"),
-            feature_spec=spec,
-            scaler=scaler,
-            warning_threshold=warning,
-            alarm_threshold=alarm,
-            threshold_rule=card.string(root, "threshold_rule"),
-            detector=detector,
-            healthy_min=card.numbers(root, "healthy_min", columns),
-            quantization=card.mapping(card.get(root, "quantization"), "quantization"),
-            provenance=card.mapping(card.get(root, "provenance"), "provenance"),
-            model_file=card.string(root, "model_file"),
-            model_sha256=card.string(root, "model_sha256"),
-            schema_version=version,
-            channel_error_reference=(card.positives(root, "channel_error_reference", len(channels))
-                                     if "channel_error_reference" in root else None),
-        )
+                raise BundleError(f"{source}: scaler.maximum[{column}]: expected a value >= scaler.minimum[{column}] "
+                                  f"({low}), got {high!r}")
+        return cls(feature_spec=spec, scaler=scaler, detector=_detector(card, source),
+                   **{key: card[key] for key in _PLAIN if key in card})
 
 
 @dataclass(frozen=True)
@@ -231,32 +209,13 @@ def write_card(card: ModelCard, directory: Path) -> Path:
     return path
 
 
-def read_card_json(card_path: Path) -> Any:
-    """The card's JSON; every way a file can fail to be one becomes a BundleError naming it."""
-    try:
-        text = card_path.read_bytes().decode("utf-8")
-        return json.loads(text)
-    except FileNotFoundError:
-        raise BundleError(f"{card_path}: missing: a bundle needs a model card") from None
-    except OSError as error:  # a directory, no permission, an I/O error
-        raise BundleError(f"{card_path}: cannot read the model card: {error.strerror}") from None
-    except UnicodeDecodeError as error:
-        raise BundleError(f"{card_path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
-                          f"{error.start})") from None
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{card_path}:{error.lineno}: not valid JSON: {error.msg}") from None
-    except RecursionError:
-        raise BundleError(f"{card_path}: not a model card: JSON nested too deeply") from None
-
-
 def load_bundle(path: str | Path) -> Bundle:
     """Read and validate a bundle directory; the model file must match the card's sha256."""
     directory = Path(path)
     card_path = directory / CARD_FILE
     if not directory.is_dir():
         raise BundleError(f"{directory}: expected a bundle directory holding {CARD_FILE}")
-    data = read_card_json(card_path)
-    card = ModelCard.from_dict(data, source=str(card_path))
+    card = ModelCard.from_dict(v.read_json(card_path, "the model card", BundleError), source=str(card_path))
     model_path = directory / card.model_file
     if Path(card.model_file).name != card.model_file:
         raise BundleError(f"{card_path}: model_file: expected a file name inside the bundle, got {card.model_file!r}")
@@ -279,134 +238,109 @@ def load_bundle(path: str | Path) -> Bundle:
     return Bundle(path=directory, card=card, model_path=model_path)
 
 
-class _Reader:
-    """Typed access to the card's JSON with errors that name the key."""
+THRESHOLDS = ("warning_threshold", "alarm_threshold")
+_PLAIN = ("id", "created", "threshold_rule", "healthy_min", "quantization", "provenance", "model_file", "model_sha256",
+          "channel_error_reference")
+_OBJECT = "a JSON object"
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.per_column = "one per channel"
 
-    def columns(self, spec: FeatureSpec) -> int:
-        if len(spec.features) > 1:
-            self.per_column = f"one per column: {len(spec.channels)} channels x {len(spec.features)} features"
-        return spec.columns
+def _version(value: Any) -> int:
+    if isinstance(value, bool) or value not in READABLE_VERSIONS:
+        raise v.expected(" or ".join(map(str, READABLE_VERSIONS)), value)
+    return int(value)
 
-    def fail(self, key: str, expected: str, value: Any) -> BundleError:
-        return BundleError(f"{self.source}: {key}: expected {expected}, got {value!r}")
 
-    def mapping(self, value: Any, key: str) -> dict:
-        if not isinstance(value, Mapping):
-            raise self.fail(key or "(top level)", "a JSON object", value)
-        return dict(value)
+def _bearing(data: Any) -> BearingGeometry:
+    return BearingGeometry.from_dict(data)
 
-    def get(self, data: Mapping, key: str) -> Any:
-        leaf = key.rsplit(".", 1)[-1]
-        if leaf not in data:
-            raise BundleError(f"{self.source}: {key}: missing")
-        return data[leaf]
 
-    def string(self, data: Mapping, key: str) -> str:
-        value = self.get(data, key)
-        if not isinstance(value, str) or not value:
-            raise self.fail(key, "a non-empty string", value)
-        return value
+# Read first: the feature spec says how long the card's per-column lists are. Keys added after the first
+# cards are optional, null or absent in an older card (mean_abs, no machine data).
+_HEAD = v.table({
+    required("schema_version"): _version,
+    required("feature_spec"): v.table({
+        required("feature_set"): v.one_of(FEATURE_SETS),
+        required("channels"): v.names(most=MAX_CHANNELS),
+        # 0: trained from a features table, which records no raw sampling.
+        required("sample_rate_hz"): v.integer(0, MAX_SAMPLE_RATE_HZ),
+        required("snapshot_samples"): v.integer(0, MAX_SNAPSHOT_SAMPLES),
+        required("window"): v.integer(1, MAX_WINDOW),
+        Optional("snapshot_interval_s"): v.nullable(v.number(0, what="a number of seconds >= 0")),
+        Optional("features"): v.names(),
+        Optional("bearing"): v.nullable(v.converted(_bearing, "balls, ball_mm, pitch_mm and contact_deg")),
+        Optional("shaft_rpm"): v.nullable(v.number()),
+        Optional("scale"): v.nullable(v.number(positive=True, what="a positive number of g per count")),
+    }, name="feature_spec", kind=_OBJECT, extra=True),
+}, kind=_OBJECT, extra=True)
 
-    def strings(self, data: Mapping, key: str) -> tuple[str, ...]:
-        value = self.get(data, key)
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(key, "a non-empty list of names", value)
-        return tuple(value)
 
-    def integer(self, data: Mapping, key: str, minimum: int, maximum: int | None = None) -> int:
-        value = self.get(data, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-                maximum is not None and value > maximum):
-            expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            if maximum is not None and isinstance(value, (int, float)) and value > maximum:
-                expected = f"an integer from {minimum} to {maximum}"
-            raise self.fail(key, expected, value)
-        return value
+def _card_schema(version: int, spec: FeatureSpec) -> v.Validator:
+    """The rest of the card, its lists as long as `spec` says."""
+    per_column = "one per channel" if len(spec.features) == 1 else \
+        f"one per column: {len(spec.channels)} channels x {len(spec.features)} features"
+    columns = v.numbers(spec.columns, f"a list of {spec.columns} finite numbers ({per_column})")
+    channels = len(spec.channels)
+    top: dict[Any, v.Validator]
+    thresholds: dict[Any, v.Validator]
+    if version == 1:  # the thresholds at the top level; detector's copy optional (and checked to agree)
+        top = {required(key): v.number() for key in THRESHOLDS}
+        thresholds = {Optional(key): v.number() for key in THRESHOLDS}
+    else:
+        moved = v.refused("not part of a schema_version 2 card: the thresholds are detector.warning_threshold and "
+                          "detector.alarm_threshold")
+        top = {Optional(key): moved for key in THRESHOLDS}
+        thresholds = {required(key): v.number() for key in THRESHOLDS}
+    return v.table({
+        required("schema_version"): object,  # (checked first, with the feature spec)
+        required("feature_spec"): object,
+        required("id"): v.text(),
+        required("created"): v.text(),
+        required("scaler"): v.table({required("minimum"): columns, required("maximum"): columns}, name="scaler",
+                                    kind=_OBJECT, extra=True),
+        **top,
+        required("threshold_rule"): v.text(),
+        required("detector"): v.table({**thresholds,
+                                       **{required(key): v.integer(1) for key in ("k", "n", "clear_after", "fault_after")}},
+                                      name="detector", kind=_OBJECT, extra=True),
+        required("healthy_min"): columns,
+        required("quantization"): v.mapping(),
+        required("provenance"): v.mapping(),
+        required("model_file"): v.text(),
+        required("model_sha256"): v.text(),
+        Optional("channel_error_reference"): v.numbers(channels, f"a list of {channels} positive numbers (one per channel)",
+                                                       positive=True),
+    }, kind=_OBJECT, extra=True)
 
-    def number(self, data: Mapping, key: str) -> float:
-        value = self.get(data, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(key, "a finite number", value)
-        return float(value)
 
-    def optional_interval(self, data: Mapping, key: str) -> float | None:
-        """Seconds >= 0, or None when the key is absent or null (cards written before it existed)."""
-        if data.get(key.rsplit(".", 1)[-1]) is None:
-            return None
-        value = self.number(data, key)
-        if value < 0:
-            raise self.fail(key, "a number of seconds >= 0", value)
-        return value
-
-    def numbers(self, data: Mapping, key: str, count: int) -> tuple[float, ...]:
-        value = self.get(data, key)
-        ok = isinstance(value, list) and len(value) == count
-        if ok and all(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value):
-            return tuple(float(v) for v in value)
-        raise self.fail(key, f"a list of {count} finite numbers ({self.per_column})", value)
-
-    def feature_spec(self, data: Mapping, channels: tuple[str, ...]) -> FeatureSpec:
-        if len(channels) > MAX_CHANNELS:
-            raise self.fail("feature_spec.channels", f"at most {MAX_CHANNELS} channels", f"{len(channels)} names")
-        feature_set = self.string(data, "feature_spec.feature_set")
-        if feature_set not in FEATURE_SETS:
-            raise self.fail("feature_spec.feature_set", f"one of {', '.join(FEATURE_SETS)}", feature_set)
-        # Optional keys (added with feature sets): an older card has mean_abs and no machine data.
-        features = self.strings(data, "feature_spec.features") if "features" in data else DEFAULT_FEATURES
-        if features != FEATURE_SETS[feature_set]:
-            raise self.fail("feature_spec.features", f"the {feature_set} set's {list(FEATURE_SETS[feature_set])}",
-                            list(features))
-        bearing = None
-        if data.get("bearing") is not None:
-            bearing_data = self.mapping(data["bearing"], "feature_spec.bearing")
-            try:
-                bearing = BearingGeometry.from_dict(bearing_data)
-            except (KeyError, TypeError, ValueError) as error:
-                raise self.fail("feature_spec.bearing", "balls, ball_mm, pitch_mm and contact_deg", bearing_data) from error
-        shaft_rpm = self.number(data, "feature_spec.shaft_rpm") if data.get("shaft_rpm") is not None else None
-        scale = self.number(data, "feature_spec.scale") if data.get("scale") is not None else None
-        if scale is not None and not scale > 0:
-            raise self.fail("feature_spec.scale", "a positive number of g per count", scale)
-        spec = FeatureSpec(
-            feature_set=feature_set,
-            channels=channels,
-            # 0: trained from a features table, which records no raw sampling.
-            sample_rate_hz=self.integer(data, "feature_spec.sample_rate_hz", minimum=0, maximum=MAX_SAMPLE_RATE_HZ),
-            snapshot_samples=self.integer(data, "feature_spec.snapshot_samples", minimum=0,
-                                          maximum=MAX_SNAPSHOT_SAMPLES),
-            window=self.integer(data, "feature_spec.window", minimum=1, maximum=MAX_WINDOW),
-            snapshot_interval_s=self.optional_interval(data, "feature_spec.snapshot_interval_s"),
-            features=features,
-            bearing=bearing,
-            shaft_rpm=shaft_rpm,
-            scale=scale,
-        )
-        if feature_set != DEFAULT_FEATURES[0]:
-            try:
-                spec.feature_config()
-            except ValueError as error:
-                raise BundleError(f"{self.source}: feature_spec: {error}") from None
-        return spec
-
-    def positives(self, data: Mapping, key: str, count: int) -> tuple[float, ...]:
-        values = self.numbers(data, key, count)
-        if not all(v > 0 for v in values):
-            raise self.fail(key, f"a list of {count} positive numbers (one per channel)", data[key])
-        return values
-
-    def detector(self, data: Mapping, warning: float, alarm: float) -> DetectorSettings:
-        for key, top in (("warning_threshold", warning), ("alarm_threshold", alarm)):
-            if key in data and self.number(data, f"detector.{key}") != top:
-                raise self.fail(f"detector.{key}", f"the same value as {key} ({top})", data[key])
-        counts = {name: self.integer(data, f"detector.{name}", minimum=1) for name in ("k", "n", "clear_after", "fault_after")}
+def _feature_spec(data: dict[str, Any], source: str) -> FeatureSpec:
+    feature_set = data["feature_set"]
+    spec = FeatureSpec(**{key: value for key, value in _known(FeatureSpec, data).items() if value is not None})
+    if spec.features != FEATURE_SETS[feature_set]:
+        raise BundleError(f"{source}: feature_spec.features: expected the {feature_set} set's "
+                          f"{list(FEATURE_SETS[feature_set])}, got {list(spec.features)!r}")
+    if feature_set != DEFAULT_FEATURES[0]:
         try:
-            return DetectorSettings(warning_threshold=warning, alarm_threshold=alarm, **counts)
+            spec.feature_config()
         except ValueError as error:
-            raise BundleError(f"{self.source}: detector: {error}") from None
+            raise BundleError(f"{source}: feature_spec: {error}") from None
+    return spec
+
+
+def _detector(card: dict[str, Any], source: str) -> DetectorSettings:
+    settings = _known(DetectorSettings, card["detector"])
+    for key in THRESHOLDS:
+        if key in card and settings.setdefault(key, card[key]) != card[key]:  # a version 1 card's two copies
+            raise BundleError(f"{source}: detector.{key}: expected the same value as {key} ({card[key]}), "
+                              f"got {settings[key]!r}")
+    try:
+        return DetectorSettings(**settings)
+    except ValueError as error:
+        raise BundleError(f"{source}: detector: {error}") from None
+
+
+def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `data` that are fields of the dataclass `kind` (a newer writer's extra keys are left out)."""
+    return {item.name: data[item.name] for item in fields(kind) if item.name in data}
 
 
 def check_channels(card: ModelCard, names: Sequence[str], source: str) -> None:

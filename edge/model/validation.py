@@ -25,6 +25,7 @@ Validator = Callable[[Any], Any]
 Optional = vol.Optional
 MISSING = "missing"
 SECTION_MISSING = "required section is missing"  # shown as `[name]`, the way TOML writes a table
+SHOWN_MAX = 200  # characters of a wrong value that an error quotes
 
 
 def read_json(path: Path, what: str, error: type[Exception]) -> Any:
@@ -49,6 +50,8 @@ def _read(path: Path, what: str, error: type[Exception], parse: Callable[[str], 
         raise error(f"{path}:{problem.lineno}: not valid JSON: {problem.msg}") from None
     except tomllib.TOMLDecodeError as problem:
         raise error(f"{path}: not valid TOML: {problem}") from None
+    except ValueError as problem:  # e.g. an integer of more than 4300 digits, which Python refuses to convert
+        raise error(f"{path}: not valid {language}: {problem}") from None
     except RecursionError:  # both parsers recurse once per level: `[[[[...` a million deep is no document
         raise error(f"{path}: not valid {language}: nested too deeply (beyond Python's recursion limit)") from None
 
@@ -75,7 +78,11 @@ def required(key: str, section: bool = False) -> vol.Required:
 
 
 def expected(what: str, value: Any) -> vol.Invalid:
-    return vol.Invalid(f"expected {what}, got {value!r}")
+    shown = repr(value)
+    if len(shown) > SHOWN_MAX:  # a corrupt file's megabyte list would flood the log and the health topic
+        size = f" of {len(value)}" if isinstance(value, list | dict | str) else ""
+        shown = f"{shown[:SHOWN_MAX]}... ({type(value).__name__}{size})"
+    return vol.Invalid(f"expected {what}, got {shown}")
 
 
 def table(fields: dict[Any, Any], name: str = "", kind: str = "a table", extra: bool = False) -> Validator:
@@ -188,6 +195,13 @@ def boolean(value: Any) -> bool:
 def nullable(validator: Validator) -> Validator:
     """JSON null, or what `validator` accepts (keys a newer writer added, null in older files)."""
     return lambda value: None if value is None else validator(value)
+
+
+def refused(why: str) -> Validator:
+    """A key that must not be there, and why."""
+    def validate(value: Any) -> Any:
+        raise vol.Invalid(why)
+    return validate
 
 
 def converted(build: Callable[[Any], Any], what: str) -> Validator:
