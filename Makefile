@@ -60,7 +60,7 @@ $(LOWEST_STAMP): pyproject.toml scripts/lowest_requirements.py
 	@touch $@
 
 lowest: $(LOWEST_STAMP) system-deps
-	@$(LOWEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(numpy|paho-mqtt|pyserial|cobs|tflite|ai-edge-litert) '
+	@$(LOWEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(numpy|paho-mqtt|pyserial|cobs|voluptuous|tflite|ai-edge-litert) '
 	$(LOWEST)/bin/python -m pytest -q -ra -p no:cacheprovider $(LOWEST_TESTS) -k 'not cm_edge_itself'
 
 # Debian's qemu-user-static (runs ARM programs on x86), binfmt-support (registers it with the kernel) and

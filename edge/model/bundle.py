@@ -303,8 +303,8 @@ def _card_schema(version: int, spec: FeatureSpec) -> v.Validator:
                                        **{required(key): v.integer(1) for key in ("k", "n", "clear_after", "fault_after")}},
                                       name="detector", kind=_OBJECT, extra=True),
         required("healthy_min"): columns,
-        required("quantization"): v.mapping(),
-        required("provenance"): v.mapping(),
+        required("quantization"): v.table({}, kind=_OBJECT, extra=True),  # free-form
+        required("provenance"): v.table({}, kind=_OBJECT, extra=True),
         required("model_file"): v.text(),
         required("model_sha256"): v.text(),
         Optional("channel_error_reference"): v.numbers(channels, f"a list of {channels} positive numbers (one per channel)",

@@ -107,15 +107,6 @@ def table(fields: dict[Any, Any], name: str = "", kind: str = "a table", extra: 
     return validate
 
 
-def mapping(kind: str = "a JSON object") -> Validator:
-    """Any mapping, its content not checked (the card's free-form quantization and provenance)."""
-    def validate(value: Any) -> dict[str, Any]:
-        if not isinstance(value, Mapping):
-            raise expected(kind, value)
-        return dict(value)
-    return validate
-
-
 def integer(minimum: int | None = None, maximum: int | None = None, what: str | None = None) -> Validator:
     def validate(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -131,7 +122,7 @@ def integer(minimum: int | None = None, maximum: int | None = None, what: str | 
 def number(minimum: float | None = None, positive: bool = False, what: str | None = None) -> Validator:
     """A finite number as a float: an infinite threshold or interval would switch a check off silently."""
     def validate(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if not _finite(value):
             raise expected("a finite number", value)
         if (positive and value <= 0) or (minimum is not None and value < minimum):
             raise expected(what or ("a positive number" if positive else f"a number >= {minimum}"), value)
@@ -142,13 +133,21 @@ def number(minimum: float | None = None, positive: bool = False, what: str | Non
 def numbers(count: int, what: str, positive: bool = False) -> Validator:
     """A list of `count` finite numbers (positive ones if asked) as a tuple of floats."""
     def validate(value: Any) -> tuple[float, ...]:
-        ok = isinstance(value, list) and len(value) == count and all(
-            not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) and (v > 0 or not positive)
-            for v in value)
+        ok = isinstance(value, list) and len(value) == count and all(_finite(v) and (v > 0 or not positive) for v in value)
         if not ok:
             raise expected(what, value)
         return tuple(float(v) for v in value)
     return validate
+
+
+def _finite(value: Any) -> bool:
+    """A number that is a float's: not true/false, not inf or NaN, and no integer too long for a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # 10**400 is valid JSON and TOML
+        return False
 
 
 def text(what: str = "a non-empty string") -> Validator:
