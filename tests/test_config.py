@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import ConfigError, load_config
+from edge.config import (
+    AgentConfig,
+    ConfigError,
+    HomeAssistantConfig,
+    MachineConfig,
+    MqttConfig,
+    RecorderConfig,
+    SensorConfig,
+    SerialConfig,
+    load_config,
+)
 
 GOOD = """
 device_id = "pump-7"
@@ -108,3 +118,20 @@ def test_machine_section_for_the_vibration_set(tmp_path):
         load_config(write(tmp_path, base + '[machine]\niso_group = "3"\n'))
     with pytest.raises(ConfigError, match="machine.shaft_rpm: expected a positive number, got -5"):
         load_config(write(tmp_path, base + '[machine]\nshaft_rpm = -5\n'))
+
+
+def test_a_minimal_config_gets_the_dataclasses_defaults(tmp_path):
+    """Defaults are stated once, on the dataclass fields: the reader adds none of its own."""
+    config = load_config(write(tmp_path, 'device_id = "p"\n[serial]\nport = "/dev/x"\n[model]\nbundle = "/b"\n'
+                                         '[mqtt]\nhost = "h"\n'))
+    assert config == AgentConfig(path=tmp_path / "edge.toml", device_id="p", serial=SerialConfig("/dev/x"),
+                                 bundle=Path("/b"), mqtt=MqttConfig(host="h", device_id="p"))
+    assert (config.sensor, config.recorder, config.machine, config.homeassistant) == (
+        SensorConfig(), RecorderConfig(), MachineConfig(), HomeAssistantConfig())
+
+
+def test_the_mqtt_protocol_may_be_written_as_a_number(tmp_path):
+    config = load_config(write(tmp_path, GOOD.replace("port = 1883", "port = 1883\nprotocol = 5")))
+    assert config.mqtt.protocol == "5"
+    with pytest.raises(ConfigError, match="mqtt.protocol: expected one of 5, 3.1.1, got '4'"):
+        load_config(write(tmp_path, GOOD.replace("port = 1883", "port = 1883\nprotocol = 4")))

@@ -91,17 +91,16 @@ def table(fields: dict[Any, Any], name: str = "", kind: str = "a table", extra: 
     (a model card from a newer trainer may carry more than this agent reads)."""
     known = sorted(str(getattr(key, "schema", key)) for key in fields)
     prefix = f"{name}." if name else ""
-
-    def unknown(key: Any) -> Any:
-        close = difflib.get_close_matches(str(key), known, n=1)
-        hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known keys: {', '.join(known)}"
-        raise vol.Invalid(f"unknown key{hint}")
-
-    schema = vol.Schema(fields | ({} if extra else {unknown: object}), extra=vol.ALLOW_EXTRA if extra else vol.PREVENT_EXTRA)
+    schema = vol.Schema(fields, extra=vol.ALLOW_EXTRA if extra else vol.PREVENT_EXTRA)
 
     def validate(value: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):
             raise expected(kind, value)
+        unknown = [] if extra else [key for key in value if key not in known]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known keys: {', '.join(known)}"
+            raise vol.Invalid(f"unknown key{hint}", path=[unknown[0]])
         return schema(dict(value))
 
     return validate
