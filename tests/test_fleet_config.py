@@ -1,6 +1,10 @@
 """fleet.toml: defaults from the dataclasses, and errors that name the file, the key and the value."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from fleet.config import FleetConfig, FleetConfigError, HistorianConfig, load_config
@@ -63,3 +67,18 @@ def test_a_missing_file_is_named(tmp_path):
 
 def test_a_float_setting_takes_an_integer(tmp_path):
     assert load_config(write(tmp_path, "[historian]\ncompact_interval_s = 5\n")).historian.compact_interval_s == 5
+
+
+def test_the_readmes_example_is_a_valid_config(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Fleet view (in progress)", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = load_config(write(tmp_path, example))
+    assert config.mqtt.client_id == "cm-fleet-1" and config.historian.bucket_s == 600
+
+
+def test_cm_fleet_names_the_bad_key_and_exits_2(tmp_path):
+    path = write(tmp_path, "[historian]\nbucket_s = -5\n")
+    result = subprocess.run([Path(sys.executable).parent / "cm-fleet", "serve", "--config", path],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and f"{path}: historian.bucket_s: expected > 0, got -5" in result.stderr

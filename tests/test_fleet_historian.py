@@ -129,3 +129,12 @@ def test_stored_payloads_are_json_as_received(historian):
     record = contract_telemetry("pump-1", 3)
     historian.store([Accepted("telemetry", "pump-1", record)], [], NOW)
     assert historian.telemetry("pump-1") == [json.loads(json.dumps(record))]
+
+
+def test_a_clock_ahead_of_now_folds_nothing_early(historian):
+    minute = 60_000_000
+    records = [contract_telemetry("pump-1", i, T0_US + i * minute) for i in range(120)]
+    historian.store([Accepted("telemetry", "pump-1", r) for r in records], [], NOW)
+    # "now" is an hour into the records: the retention counts back from now, not from the (future) newest record.
+    folded = historian.compact(raw_retention_us=60 * minute, bucket_s=600, now=T0_US + 60 * minute)
+    assert folded == 0 and len(historian.telemetry("pump-1")) == 120
