@@ -196,15 +196,25 @@ class Ingest:
         self._count(accepted, rejected)
 
     def _commit(self, accepted: list[Accepted], rejected: list[Rejection]) -> bool:
+        """Store the batch, retrying on a new connection until it is stored; False if stopped first."""
+        failures = 0
         while True:
             try:
                 self.historian.store(accepted, rejected, now_us())
+                if failures:
+                    log.info("%s: storing again after %d failed attempts", self.historian.where, failures)
                 return True
             except Exception as error:  # the database's errors differ by driver; all mean "not stored"
-                log.error("%s: cannot store %d messages, retrying in %.0f s: %s", self.historian.where,
-                          len(accepted) + len(rejected), RETRY_S, error)
-                if self._stopping.wait(RETRY_S):
-                    return False
+                failures += 1
+                if failures == 1:  # one line per outage, not one per retry
+                    log.error("%s: cannot store %d messages, retrying every %.0f s: %s", self.historian.where,
+                              len(accepted) + len(rejected), RETRY_S, error)
+            if self._stopping.wait(RETRY_S):
+                return False
+            try:
+                self.historian.reconnect()
+            except Exception as error:  # still down: the next round tries again
+                log.debug("%s: reconnect failed: %s", self.historian.where, error)
 
     def _count(self, accepted: list[Accepted], rejected: list[Rejection]) -> None:
         self.counts.batches += 1

@@ -44,6 +44,13 @@ class PostgresCluster:
             shutil.chown(self.directory, "postgres", "postgres")
         self._run(postgres_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync",
                   "-E", "UTF8", "--locale=C")
+        return self.resume()
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data: an outage of the database, as clients see it."""
+        self._run(postgres_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> PostgresCluster:
         # fsync off: a test cluster need not survive a power cut, and the suite runs on 2 busy cores.
         options = f"-k {self.directory} -c listen_addresses='' -c fsync=off -c full_page_writes=off"
         self._run(postgres_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.directory / "log"),

@@ -161,3 +161,26 @@ def test_malformed_payloads_are_counted_and_never_stop_the_valid_alerts(tmp_path
     assert fleet.stop() == 0
     assert json.dumps(reader.rejections())  # the totals outlive the process
     reader.close()
+
+
+def test_a_database_outage_holds_the_alerts_back_and_loses_none(request, tmp_path, broker):
+    cluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.create_database()
+    fleet = FleetService(tmp_path, broker.port, url).start()
+    with Agent(tmp_path, broker, "pump-1") as pump:
+        for i in range(20):
+            pump.alert(i)
+        cluster.pause()
+        try:
+            for i in range(20, 120):
+                pump.alert(i)  # received by cm-fleet, not storable, so not acknowledged
+            assert eventually(lambda: "cannot store" in fleet.read_log(), 15), fleet.read_log()
+        finally:
+            cluster.resume()
+        assert eventually(lambda: pump.publisher.pending() == 0, 20)
+        reader = open_reader(url)
+        assert eventually(lambda: len(reader.alert_ids()) >= 120, 30), fleet.read_log()
+        assert sorted(reader.alert_ids()) == sorted(pump.published) and fleet.running()
+        assert "storing again" in fleet.read_log()
+        reader.close()
+    assert fleet.stop() == 0

@@ -14,9 +14,9 @@ __all__ = ["Historian", "HistorianError", "open_historian"]
 def open_historian(config: HistorianConfig) -> Historian:
     url = config.url
     if url.startswith("sqlite://"):
-        historian = Historian(connect_sqlite(url), SqliteDialect(), url)
+        historian = Historian(lambda: connect_sqlite(url), SqliteDialect(), url)
     elif url.startswith(("postgresql://", "postgres://")):
-        historian = Historian(connect_postgres(url, config.password_file), PostgresDialect(), redact(url))
+        historian = Historian(lambda: connect_postgres(url, config.password_file), PostgresDialect(), redact(url))
     else:
         raise HistorianError(f"historian.url: expected sqlite:///path or postgresql://..., got {redact(url)!r}")
     try:

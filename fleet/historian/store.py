@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -77,8 +77,9 @@ def telemetry_values(payload: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
 
 
 class Historian:
-    def __init__(self, connection: Any, dialect: Dialect, where: str) -> None:
-        self._db = connection
+    def __init__(self, connect: Callable[[], Any], dialect: Dialect, where: str) -> None:
+        self._connect = connect
+        self._db = connect()
         self.dialect = dialect
         self.where = where  # the database, for messages (never with a password)
         self._lock = threading.Lock()
@@ -99,6 +100,15 @@ class Historian:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def reconnect(self) -> None:
+        """A new connection after a failure (a restarted PostgreSQL, a dropped socket); raises if it cannot."""
+        with self._lock:
+            try:
+                self._db.close()
+            except Exception:  # the old connection is already broken; closing it is only tidying up
+                pass
+            self._db = self._connect()
 
     # -- schema ------------------------------------------------------------------------------------------
     def version(self) -> int:
