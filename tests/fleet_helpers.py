@@ -112,7 +112,7 @@ url = "{historian_url}"
 
     def kill(self) -> None:
         assert self.process is not None
-        self.process.kill()
+        self.process.kill()  # SIGKILL
         self.process.wait(30)
 
     def read_log(self) -> str:
@@ -120,3 +120,11 @@ url = "{historian_url}"
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+def start_fleet(request: pytest.FixtureRequest, directory: Path, broker_port: int, historian_url: str,
+                extra: str = "") -> FleetService:
+    """`cm-fleet serve` started for this test and killed at its teardown, whether it passed or not."""
+    service = FleetService(directory, broker_port, historian_url, extra)
+    request.addfinalizer(lambda: service.kill() if service.running() else None)
+    return service.start()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from broker import Mosquitto, Subscriber, eventually
 from fleet_agents import ReplayedAgent
-from fleet_helpers import FleetService
+from fleet_helpers import start_fleet
 from trained import shared_bundle, shared_dropout_run
 
 from fleet.config import HistorianConfig
@@ -29,10 +29,10 @@ def broker(tmp_path) -> Iterator[Mosquitto]:
         yield running
 
 
-def test_every_alert_of_a_real_agent_published_while_the_service_was_killed_is_stored_once(tmp_path, broker):
+def test_every_alert_of_a_real_agent_published_while_the_service_was_killed_is_stored_once(request, tmp_path, broker):
     run_dir, bundle = shared_dropout_run(), shared_bundle()
     url = f"sqlite://{tmp_path / 'historian.sqlite'}"
-    fleet = FleetService(tmp_path, broker.port, url).start()
+    fleet = start_fleet(request, tmp_path, broker.port, url)
     agent = ReplayedAgent(tmp_path / DEVICE, DEVICE, broker, bundle)
     try:
         with Subscriber(broker.port, f"{TOPIC}/#") as witness:
@@ -62,5 +62,3 @@ def test_every_alert_of_a_real_agent_published_while_the_service_was_killed_is_s
         reader.close()
     finally:
         agent.kill()
-        if fleet.running():
-            fleet.kill()

@@ -16,11 +16,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import Mosquitto, eventually
 from fleet_helpers import (
-    FleetService,
     contract_alert,
     contract_state,
     historian_url,
     postgres_cluster,  # noqa: F401  (fixture)
+    start_fleet,
 )
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -70,7 +70,7 @@ def open_reader(url: str) -> Historian:
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_every_alert_is_stored_exactly_once_across_a_stop_and_a_sigkill(request, backend, tmp_path, broker):
     url = historian_url(request, backend, tmp_path)
-    fleet = FleetService(tmp_path, broker.port, url).start()
+    fleet = start_fleet(request, tmp_path, broker.port, url)
     reader = open_reader(url)
     done = threading.Event()
     with Agent(tmp_path, broker, "pump-1") as pump, Agent(tmp_path, broker, "fan-2") as fan:
@@ -127,9 +127,9 @@ def hostile_payloads(i: int) -> tuple[str, bytes]:
     return choices[i % len(choices)]
 
 
-def test_malformed_payloads_are_counted_and_never_stop_the_valid_alerts(tmp_path, broker):
+def test_malformed_payloads_are_counted_and_never_stop_the_valid_alerts(request, tmp_path, broker):
     url = f"sqlite://{tmp_path / 'historian.sqlite'}"
-    fleet = FleetService(tmp_path, broker.port, url, extra="[ingest]\nreject_log_interval_s = 3600\n").start()
+    fleet = start_fleet(request, tmp_path, broker.port, url, extra="[ingest]\nreject_log_interval_s = 3600\n")
     sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sender.connect("127.0.0.1", broker.port)
     sender.loop_start()
@@ -166,7 +166,7 @@ def test_malformed_payloads_are_counted_and_never_stop_the_valid_alerts(tmp_path
 def test_a_database_outage_holds_the_alerts_back_and_loses_none(request, tmp_path, broker):
     cluster = request.getfixturevalue("postgres_cluster")
     url = cluster.create_database()
-    fleet = FleetService(tmp_path, broker.port, url).start()
+    fleet = start_fleet(request, tmp_path, broker.port, url)
     with Agent(tmp_path, broker, "pump-1") as pump:
         for i in range(20):
             pump.alert(i)
