@@ -12,16 +12,18 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[trainer,dev]'
+	$(BIN)/python -m pip install -q -e '.[trainer,fleet,dev]'
 	@touch $@
 
-# Debian's mosquitto (real broker for the tests), gcc and g++ (compile the C encoder and the Arduino sketch on the host) and openssl (test CA).
+# Debian's mosquitto (real broker for the tests), gcc and g++ (compile the C encoder and the Arduino sketch on the host), openssl (test CA)
+# and postgresql (the fleet historian's tests start a private cluster with its initdb and pg_ctl).
 system-deps:
 	@missing=""; \
 	 { command -v mosquitto || test -x /usr/sbin/mosquitto; } >/dev/null 2>&1 || missing="$$missing mosquitto"; \
 	 command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
 	 command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
 	 command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	 if [ -n "$$missing" ]; then \
 	   echo "installing Debian packages:$$missing"; \
 	   $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

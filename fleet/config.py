@@ -1,0 +1,146 @@
+"""`fleet.toml`: the fleet service's settings, read into frozen dataclasses.
+
+Every default is the dataclass field's; the reader takes it from there. An error names the file, the key
+and the value, as the agent's config does.
+
+    [mqtt]        where the agents' broker is, and how this service's session is kept
+    [historian]   url = "sqlite:///var/lib/cm-fleet/historian.sqlite" or "postgresql://cm@db/cm_fleet"
+    [ingest]      what a payload may be, and how often rejections are logged
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edge.config import MqttConfig as _AgentMqtt
+
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")  # no wildcards, no empty levels
+GROUP_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a share name may not contain / + #
+DEFAULT_TOPIC_PREFIX = _AgentMqtt.topic_prefix  # the agents' default: one home for it
+
+
+class FleetConfigError(ValueError):
+    """fleet.toml cannot be used; the message names the file, the key and the value."""
+
+
+@dataclass(frozen=True)
+class FleetMqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    group: str = "cm-fleet"  # the shared subscription's group: instances of one group split the load
+    client_id: str = ""  # default: cm-fleet-{hostname}; must stay the same across restarts (the session is kept)
+    session_expiry_s: int = 7 * 24 * 3600  # how long the broker keeps this service's queued alerts while it is down
+    keepalive: int = 30
+    username: str | None = None
+    password_file: str | None = None  # the secret is read from this file, never from the config itself
+    tls_ca: str | None = None  # TLS is on when tls_ca or tls_cert is set
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    reconnect_min: float = 1.0
+    reconnect_max: float = 60.0
+
+    @property
+    def session_id(self) -> str:
+        return self.client_id or f"cm-fleet-{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class HistorianConfig:
+    url: str = "sqlite:///var/lib/cm-fleet/historian.sqlite"
+    password_file: str | None = None  # PostgreSQL's password, never written in the url
+    raw_retention_days: float = 30.0  # telemetry kept raw this long, then only as bucket aggregates
+    bucket_s: int = 600  # the aggregates' bucket
+    compact_interval_s: float = 3600.0  # how often raw telemetry past the retention is folded into buckets
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    max_payload_bytes: int = 65536  # larger payloads are rejected unread (an agent's are < 4 KiB)
+    batch_size: int = 500  # messages committed (and then acknowledged) in one transaction
+    reject_log_interval_s: float = 60.0  # each rejection reason is logged at most once per interval
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    mqtt: FleetMqttConfig = FleetMqttConfig()
+    historian: HistorianConfig = HistorianConfig()
+    ingest: IngestConfig = IngestConfig()
+
+
+Section = TypeVar("Section")
+
+
+def _expected(hint: Any) -> tuple[type, ...]:
+    """The Python types a TOML value may have for a field annotated `hint` (None is never written in TOML)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    allowed = tuple(t for t in options if t is not type(None))
+    return (int, float) if float in allowed else allowed
+
+
+def _section(cls: type[Section], table: Any, name: str, path: Path) -> Section:
+    if not isinstance(table, dict):
+        raise FleetConfigError(f"{path}: [{name}] must be a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in table:
+        if key not in known:
+            raise FleetConfigError(f"{path}: {name}.{key}: unknown key; known: {', '.join(sorted(known))}")
+    for key, value in table.items():
+        allowed = _expected(hints[key])
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            kinds = " or ".join(t.__name__ for t in allowed)
+            raise FleetConfigError(f"{path}: {name}.{key}: expected {kinds}, got {value!r}")
+    return cls(**table)
+
+
+def _check(config: FleetConfig, path: Path) -> FleetConfig:
+    mqtt, historian, ingest = config.mqtt, config.historian, config.ingest
+    checks = [
+        ("mqtt.topic_prefix", mqtt.topic_prefix, PREFIX_PATTERN.match(mqtt.topic_prefix), "levels of A-Z a-z 0-9 _ -"),
+        ("mqtt.group", mqtt.group, GROUP_PATTERN.match(mqtt.group), "1-64 of A-Z a-z 0-9 _ -"),
+        ("mqtt.port", mqtt.port, 0 < mqtt.port < 65536, "1-65535"),
+        ("mqtt.session_expiry_s", mqtt.session_expiry_s, 0 < mqtt.session_expiry_s <= 0xFFFFFFFF, "1-4294967295"),
+        ("historian.url", historian.url, historian.url.startswith(("sqlite://", "postgresql://", "postgres://")),
+         "sqlite:///path or postgresql://..."),
+        ("historian.raw_retention_days", historian.raw_retention_days, historian.raw_retention_days > 0, "> 0"),
+        ("historian.bucket_s", historian.bucket_s, historian.bucket_s > 0, "> 0"),
+        ("historian.compact_interval_s", historian.compact_interval_s, historian.compact_interval_s > 0, "> 0"),
+        ("ingest.max_payload_bytes", ingest.max_payload_bytes, ingest.max_payload_bytes >= 1024, ">= 1024"),
+        ("ingest.batch_size", ingest.batch_size, ingest.batch_size >= 1, ">= 1"),
+    ]
+    for key, value, ok, expected in checks:
+        if not ok:
+            raise FleetConfigError(f"{path}: {key}: expected {expected}, got {value!r}")
+    return config
+
+
+SECTIONS = {"mqtt": FleetMqttConfig, "historian": HistorianConfig, "ingest": IngestConfig}
+
+
+def parse_config(document: dict[str, Any], path: Path) -> FleetConfig:
+    unknown = sorted(set(document) - set(SECTIONS))
+    if unknown:
+        raise FleetConfigError(f"{path}: {unknown[0]}: unknown section; known: {', '.join(SECTIONS)}")
+    sections: dict[str, Any] = {name: _section(cls, document.get(name, {}), name, path) for name, cls in SECTIONS.items()}
+    return _check(FleetConfig(**sections), path)  # type: ignore[arg-type]
+
+
+def load_config(path: str | Path) -> FleetConfig:
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise FleetConfigError(f"{path}: cannot read the config: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise FleetConfigError(f"{path}: the config is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as error:
+        raise FleetConfigError(f"{path}: not valid TOML: {error}") from None
+    return parse_config(document, path)

@@ -1,0 +1,83 @@
+"""The historian's one schema, for SQLite and PostgreSQL alike, as numbered migrations.
+
+The SQL is the subset both understand: BIGINT, DOUBLE PRECISION, TEXT and BOOLEAN columns (SQLite maps the
+names to its affinities), `ON CONFLICT` upserts. Times are integer microseconds since the epoch (UTC), the
+agent's capture times unless a column says `received`. A new version appends a migration; a database
+newer than this code knows is refused, never written to.
+"""
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # version 1: machines' current picture, alerts once by id, telemetry raw and in buckets, rejections
+    (
+        """CREATE TABLE machines (
+            device_id TEXT PRIMARY KEY,
+            first_seen_us BIGINT NOT NULL,   -- received: when this service first heard of it
+            last_seen_us BIGINT NOT NULL,    -- received: the latest message of any kind
+            status TEXT,                     -- online | offline (retained, the last will says offline)
+            status_us BIGINT,                -- received
+            state TEXT,                      -- normal | warning | alarm | sensor_fault (the retained state)
+            state_since_us BIGINT,
+            state_us BIGINT,                 -- the state payload's timestamp: an older one never overwrites
+            score DOUBLE PRECISION,
+            top_channel TEXT,
+            reason TEXT,
+            model_id TEXT,
+            model_sha256 TEXT,
+            state_json TEXT,
+            health_problem BOOLEAN,
+            health_us BIGINT,
+            health_json TEXT
+        )""",
+        """CREATE TABLE alerts (
+            id TEXT PRIMARY KEY,             -- the agent's alert id: stored once, whatever arrives twice
+            device_id TEXT NOT NULL,
+            time_us BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            previous_state TEXT NOT NULL,
+            score DOUBLE PRECISION,
+            warning_threshold DOUBLE PRECISION NOT NULL,
+            alarm_threshold DOUBLE PRECISION NOT NULL,
+            top_channel TEXT,
+            reason TEXT,
+            model_id TEXT NOT NULL,
+            model_sha256 TEXT NOT NULL,
+            defect TEXT,                     -- the diagnosis' kind, when the feature set gives one
+            payload TEXT NOT NULL,           -- the alert as received (JSON)
+            received_us BIGINT NOT NULL
+        )""",
+        "CREATE INDEX alerts_by_device ON alerts (device_id, time_us)",
+        "CREATE INDEX alerts_by_time ON alerts (time_us)",
+        """CREATE TABLE telemetry (
+            device_id TEXT NOT NULL,
+            time_us BIGINT NOT NULL,
+            snapshot BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            score DOUBLE PRECISION,
+            payload TEXT NOT NULL,
+            PRIMARY KEY (device_id, time_us)
+        )""",
+        """CREATE TABLE telemetry_buckets (
+            device_id TEXT NOT NULL,
+            name TEXT NOT NULL,              -- score, features/<channel>, channel_errors/<channel>, channel_features/<channel>/<feature>
+            bucket_us BIGINT NOT NULL,       -- the bucket's start
+            bucket_s BIGINT NOT NULL,
+            count BIGINT NOT NULL,
+            value_min DOUBLE PRECISION NOT NULL,
+            value_max DOUBLE PRECISION NOT NULL,
+            value_sum DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (device_id, name, bucket_us)
+        )""",
+        """CREATE TABLE rejections (
+            reason TEXT PRIMARY KEY,
+            count BIGINT NOT NULL,
+            last_topic TEXT NOT NULL,
+            last_detail TEXT NOT NULL,
+            last_us BIGINT NOT NULL
+        )""",
+    ),
+)
+
+VERSION = len(MIGRATIONS)
+
+SCHEMA_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, applied_us BIGINT NOT NULL)"

@@ -1,0 +1,98 @@
+"""What arrives on the fleet's topics, checked: the topic's shape, the size, the JSON, the agent's own JSON
+Schema (edge/mqtt/schemas) and that the payload's device is the topic's device.
+
+A payload that fails any check becomes a `Rejected` with a short reason, never an exception: one hostile
+or broken sender must not stop or delay the others.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from edge.mqtt.schemas import load_schema
+
+KINDS = ("alert", "state", "status", "health", "telemetry")
+DEVICE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the schemas' device_id
+
+
+@dataclass(frozen=True)
+class Accepted:
+    kind: str  # one of KINDS
+    device_id: str
+    payload: Any  # the decoded JSON (a dict), or the status word
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str  # a short, fixed category (counted and logged per category): see Validator.check
+    detail: str  # what exactly, for the log line (bounded length)
+
+
+def _validator(kind: str) -> jsonschema.protocols.Validator:
+    cls = jsonschema.Draft202012Validator
+    return cls(load_schema(kind), format_checker=cls.FORMAT_CHECKER)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+class Validator:
+    """Checks `(topic, payload)` pairs under `prefix`; the schemas are compiled once."""
+
+    def __init__(self, prefix: str, max_payload_bytes: int) -> None:
+        self.prefix = prefix
+        self.max_payload_bytes = max_payload_bytes
+        self._levels = prefix.count("/") + 1
+        self._schemas = {kind: _validator(kind) for kind in KINDS}
+
+    def topic(self, topic: str) -> tuple[str, str] | Rejected:
+        """(device_id, kind) of `{prefix}/{device_id}/{kind}`."""
+        levels = topic.split("/")
+        if len(levels) != self._levels + 2 or "/".join(levels[:self._levels]) != self.prefix:
+            return Rejected("topic", f"not {self.prefix}/<device>/<kind>")
+        device_id, kind = levels[-2], levels[-1]
+        if kind not in KINDS:
+            return Rejected("topic", f"unknown kind {_short(kind, 40)!r}")
+        if not DEVICE_PATTERN.match(device_id):
+            return Rejected("topic", "the device id in the topic is not 1-64 of A-Z a-z 0-9 _ -")
+        return device_id, kind
+
+    def check(self, topic: str, payload: bytes) -> Accepted | Rejected:
+        where = self.topic(topic)
+        if isinstance(where, Rejected):
+            return where
+        device_id, kind = where
+        if len(payload) > self.max_payload_bytes:
+            return Rejected("too_large", f"{len(payload)} bytes > {self.max_payload_bytes}")
+        decoded = self._decode(kind, payload)
+        if isinstance(decoded, Rejected):
+            return decoded
+        error = jsonschema.exceptions.best_match(self._schemas[kind].iter_errors(decoded))
+        if error is not None:
+            return Rejected("schema", _short(f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"))
+        if kind != "status" and decoded["device_id"] != device_id:
+            return Rejected("device_mismatch", f"payload device_id {decoded['device_id']!r}")
+        return Accepted(kind, device_id, decoded)
+
+    @staticmethod
+    def _decode(kind: str, payload: bytes) -> Any:
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return Rejected("not_utf8", str(error))
+        if kind == "status":
+            return text  # the bare word, not JSON (status.schema.json)
+        try:
+            # allow NaN nowhere: the agent never sends it (allow_nan=False) and the database would choke on it
+            return json.loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError; deep nesting recurses
+            return Rejected("bad_json", _short(str(error) or type(error).__name__))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
