@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from broker import Mosquitto, Subscriber
-from test_hil import BIN, DEVICE, TOPIC, Chain
+from chain import BIN, DEVICE, TOPIC, Chain
 from trained import make_bundle, shared_run
 
 from edge.model.bundle import load_bundle
