@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from broker import Mosquitto, Subscriber, eventually
+from broker import Mosquitto, Subscriber
 from chain import BIN, TOPIC, Chain
 from trained import shared_bundle, shared_dropout_run
+from waiting import eventually
 
 from edge.model.bundle import load_bundle
 from edge.mqtt.schemas import validate
