@@ -129,7 +129,7 @@ def doc_commands(doc: str) -> list[DocCommand]:
         text = _strip_comment(line) if not line.lstrip().startswith("#") else ""
         if not pending:
             start = number
-        pending = f"{pending} {text.strip()}".strip() if pending else text.strip()
+        pending = f"{pending} {text.strip()}".strip()
         if pending.endswith("\\"):
             pending = pending[:-1].rstrip()
             continue
