@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the condition-monitor edge agent on Raspberry Pi OS (Debian bookworm or later).
 #
-#   sudo deploy/install.sh [--bundle DIR] [--with-broker] [--no-start] [--dry-run] [--arch NAME]
+#   sudo deploy/install.sh [--bundle DIR] [--with-broker] [--no-start] [--dry-run] [--arch NAME] [--prefix DIR]
 #
 # Creates the cm-edge system user, a venv in /opt/cm-edge with only the `edge` extra (no TensorFlow),
 # /etc/cm/edge.toml from the example (an existing config is never overwritten), /var/lib/cm-edge, and the
@@ -9,7 +9,8 @@
 # again: every step checks before it changes anything, so re-running upgrades the package in place.
 # 64-bit Pi OS (arm64) runs the model with LiteRT; 32-bit Pi OS (armhf) with Debian's python3-numpy and
 # the numpy interpreter. --dry-run prints the steps without changing the system; --arch NAME plans for
-# another Debian architecture than this system's (with --dry-run: what would a Pi get).
+# another Debian architecture than this system's (with --dry-run: what would a Pi get); --prefix DIR plans
+# the venv in DIR instead of /opt/cm-edge (dry run only: the systemd unit runs /opt/cm-edge/venv).
 set -euo pipefail
 
 PREFIX=/opt/cm-edge
@@ -23,10 +24,11 @@ DRY_RUN=0
 START=1
 BUNDLE=""
 WITH_BROKER=0
+PREFIX_GIVEN=0
 ARCH="$(dpkg --print-architecture 2>/dev/null || echo unknown)"  # the userland: what pip's wheels must fit
 MACHINE="$(uname -m)"  # the kernel: 32-bit Pi OS boots a 64-bit kernel on a Pi 3 or 4
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -39,6 +41,9 @@ while [[ $# -gt 0 ]]; do
         --bundle)
             [[ $# -ge 2 ]] || { echo "install.sh: --bundle needs a directory" >&2; exit 2; }
             BUNDLE="$2"; shift ;;
+        --prefix)
+            [[ $# -ge 2 ]] || { echo "install.sh: --prefix needs a directory" >&2; exit 2; }
+            PREFIX="$2"; PREFIX_GIVEN=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -58,6 +63,9 @@ run() {
 [[ -f "$SRC/pyproject.toml" ]] || { echo "install.sh: $SRC/pyproject.toml not found: run it from the source tree" >&2; exit 1; }
 if [[ -n "$BUNDLE" && ! -f "$BUNDLE/model_card.json" ]]; then
     echo "install.sh: --bundle $BUNDLE: expected a bundle directory holding model_card.json" >&2; exit 1
+fi
+if [[ $PREFIX_GIVEN -eq 1 && $DRY_RUN -eq 0 ]]; then
+    echo "install.sh: --prefix $PREFIX: only with --dry-run (the systemd unit runs /opt/cm-edge/venv/bin/cm-edge)" >&2; exit 2
 fi
 if [[ $DRY_RUN -eq 0 && $EUID -ne 0 ]]; then
     echo "install.sh: run as root (sudo), or with --dry-run to see the steps" >&2; exit 1

@@ -265,7 +265,7 @@ def model_outputs(bundles: Path, kind: str | None) -> dict[str, object]:
     kind None: the interpreter edge.model.runtime picks on this machine."""
 
     sys.path.insert(0, str(REPO / "tests"))
-    from test_numpy_interpreter import int8_inputs, raw_outputs, score_windows
+    from probes import int8_inputs, raw_outputs, score_windows
     from trained import run_features
 
     from edge.model.bundle import load_bundle

@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from waiting import eventually
 
 HOST = "127.0.0.1"
 
@@ -134,19 +135,15 @@ class Mosquitto:
         return self
 
     def _wait_listening(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
         ports = [p for p in (self.port, self.tls_port) if p is not None]
-        while True:
-            if self.process.poll() is not None:
-                self.process = None
-                raise RuntimeError(f"mosquitto exited at start-up:\n{self.log_path.read_text(errors='replace')}")
-            if all(_accepts(port) for port in ports):
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"mosquitto not listening on {ports} after {timeout} s:\n"
-                                   f"{self.log_path.read_text(errors='replace')}")
-            time.sleep(0.02)
+        process = self.process
+        if not eventually(lambda: process.poll() is not None or all(_accepts(port) for port in ports), timeout):
+            self.stop()
+            raise RuntimeError(f"mosquitto not listening on {ports} after {timeout} s:\n"
+                               f"{self.log_path.read_text(errors='replace')}")
+        if process.poll() is not None:
+            self.process = None
+            raise RuntimeError(f"mosquitto exited at start-up:\n{self.log_path.read_text(errors='replace')}")
 
     def stop(self) -> None:
         """Terminate the broker (an outage, as clients see it); `start()` brings it back on the same ports."""
@@ -174,16 +171,6 @@ class Mosquitto:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
-    """Poll until `condition()` holds; False after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def _accepts(port: int) -> bool:

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import HOST, Mosquitto, Subscriber, eventually, write_password_file
+from broker import HOST, Mosquitto, Subscriber, write_password_file
 from paho.mqtt.enums import CallbackAPIVersion
 from trained import shared_bundle, shared_dropout_run
+from waiting import eventually
 
 from edge.mqtt.schemas import validate
 from firmware_bridge.ims import list_ims_files, read_counts, write_ims_file

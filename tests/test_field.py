@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from broker import Mosquitto, Subscriber
-from test_hil import BIN, DEVICE, TOPIC, Chain
+from chain import BIN, DEVICE, TOPIC, Chain
 from trained import make_bundle, shared_run
+from waiting import eventually
 
 from edge.model.bundle import load_bundle
 from edge.mqtt.schemas import validate
@@ -28,6 +29,7 @@ ROWS = 2048  # samples per snapshot: 0.1 s at 20 kHz
 INTERVAL_S = 2.0  # spacing of the recorded files, hence the card's cadence
 STREAM_S = 30.0
 SNAPSHOT_S = ROWS / 20_000
+FRAMES_PER_SNAPSHOT = ROWS // 256  # cm-replay's frames of 256 samples
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +58,21 @@ def broker(tmp_path) -> Iterator[Mosquitto]:
         yield running
 
 
+def assembled_s(log: str) -> float:
+    """Seconds of stream the agent has assembled into snapshots, by its latest counters line."""
+    return max((int(n) for n in re.findall(r" snapshots=(\d+)", log)), default=0) * SNAPSHOT_S
+
+
+def read_to_the_end(log: str) -> bool:
+    """The agent has assembled every snapshot the sensor sent: its link reported the sensor gone (so no frame
+    comes any more), and a counters line logged since counts as many snapshots as the decoded frames hold."""
+    lost = log.rfind("unavailable (")
+    if lost < max(log.rfind(" back after "), log.rfind(" open\n")):
+        return False  # the sensor is still there (or has not yet been seen going)
+    counted = [dict(re.findall(r"(\w+)=(\d+)", line)) for line in log[lost:].splitlines() if "counters:" in line]
+    return any(int(c["snapshots"]) == int(c["frames"]) // FRAMES_PER_SNAPSHOT for c in counted)
+
+
 def epoch_s(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
@@ -76,14 +93,17 @@ def test_a_continuous_boot_time_stream_is_dated_by_the_agent_scored_at_the_cards
     with Subscriber(broker.port, [f"{TOPIC}/#"]) as subscriber:
         chain.start_online(subscriber)
         try:
+            started = time.monotonic()
             replayer = subprocess.Popen(
                 [BIN / "cm-replay", healthy, "--port", f"pty:{chain.tty}", "--continuous", "--boot-time", "--loop",
                  "--speed", "realtime", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(STREAM_S)
+            # STREAM_S of real-time stream, as the agent counts the samples it assembled (its counters line).
+            assert eventually(lambda: assembled_s(chain.agent_log()) >= STREAM_S, 3 * STREAM_S), chain.agent_log()
+            streamed_s = time.monotonic() - started
             replayer.send_signal(signal.SIGTERM)  # a real sensor is unplugged; cm-replay stops at once
             _, err = replayer.communicate(timeout=30)
             assert replayer.returncode == 0 and "cm-replay: stopped" in err, err
-            time.sleep(2.5)  # the agent's counters line (every second) covers the whole stream now
+            assert eventually(lambda: read_to_the_end(chain.agent_log()), 30), chain.agent_log()
             assert subscriber.publish_acked(f"{TOPIC}/probe", b"")
             # Home Assistant, starting later, finds the discovery configs retained on the broker.
             with Subscriber(broker.port, "homeassistant/#") as home_assistant:
@@ -107,9 +127,8 @@ def test_a_continuous_boot_time_stream_is_dated_by_the_agent_scored_at_the_cards
 
     # One score per 2 s of stream time (the card's cadence), measured by the samples the agent assembled.
     telemetry = [json.loads(p) for p in subscriber.on(f"{TOPIC}/telemetry")]
-    snapshots = max(int(n) for n in re.findall(r" snapshots=(\d+)", log))
-    stream_s = snapshots * SNAPSHOT_S
-    assert stream_s > STREAM_S - 5  # real-time pace: the stream lasted about as long as the test waited
+    stream_s = assembled_s(log)
+    assert streamed_s - 5 < stream_s < streamed_s + 1  # real-time pace: the stream lasted as long as the test waited
     assert abs(len(telemetry) - stream_s / INTERVAL_S) <= 1, (len(telemetry), stream_s)
     assert {t["time_source"] for t in telemetry} == {"agent"}
     assert all(t["state"] == "normal" for t in telemetry) and not subscriber.on(f"{TOPIC}/alert")

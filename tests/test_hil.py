@@ -11,15 +11,16 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from broker import Mosquitto, Subscriber, eventually
+from broker import Mosquitto, Subscriber
+from chain import BIN, TOPIC, Chain
 from trained import shared_bundle, shared_dropout_run
+from waiting import eventually
 
 from edge.model.bundle import load_bundle
 from edge.mqtt.schemas import validate
@@ -27,10 +28,7 @@ from firmware_bridge.frame import encode_status
 from firmware_bridge.ims import list_ims_files, read_counts
 from firmware_bridge.replay import PtyPort, frames_for_file, replay
 
-BIN = Path(sys.executable).parent
-DEVICE = "pump-7"
 FILES = 140  # the run shared_bundle() was fitted on (its healthy first half), plus a sensor dropout at the end
-TOPIC = f"cm/{DEVICE}"
 
 pytestmark = pytest.mark.slow
 
@@ -50,59 +48,6 @@ def bundle() -> Path:
 def broker(tmp_path) -> Iterator[Mosquitto]:
     with Mosquitto(tmp_path / "broker", persistence=True) as running:
         yield running
-
-
-def write_config(tmp_path: Path, broker: Mosquitto, bundle: Path, tty: Path) -> Path:
-    config = tmp_path / "edge.toml"
-    config.write_text(f"""device_id = "{DEVICE}"
-[serial]
-port = "{tty}"
-[model]
-bundle = "{bundle}"
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-[outbox]
-path = "{tmp_path / 'outbox.sqlite'}"
-[telemetry]
-counters_interval_s = 1
-""")
-    return config
-
-
-class Chain:
-    """cm-edge reading a pty that cm-replay (or the test) writes into."""
-
-    def __init__(self, tmp_path: Path, broker: Mosquitto, bundle: Path) -> None:
-        self.tmp_path = tmp_path
-        self.tty = tmp_path / "ttyREPLAY"
-        self.config = write_config(tmp_path, broker, bundle, self.tty)
-        self.log = tmp_path / "agent.log"
-        self.agent: subprocess.Popen | None = None
-
-    def start_agent(self) -> subprocess.Popen:
-        with self.log.open("ab") as log:
-            self.agent = subprocess.Popen([BIN / "cm-edge", "--config", self.config], stdout=log,
-                                          stderr=subprocess.STDOUT)
-        return self.agent
-
-    def start_online(self, subscriber: Subscriber) -> None:
-        """Start the agent and wait for its `online`: telemetry sent before the connection is dropped (QoS 0)."""
-        self.start_agent()
-        assert subscriber.wait_for(lambda s: s.on(f"{TOPIC}/status")[-1:] == [b"online"], 30), self.agent_log()
-
-    def replay(self, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([BIN / "cm-replay", run_dir, "--port", f"pty:{self.tty}", "--speed", "max",
-                               "--no-progress", *extra], capture_output=True, text=True, timeout=120)
-
-    def stop_agent(self) -> int:
-        assert self.agent is not None
-        if self.agent.poll() is None:
-            self.agent.send_signal(signal.SIGTERM)
-        return self.agent.wait(30)
-
-    def agent_log(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @pytest.fixture

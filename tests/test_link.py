@@ -6,13 +6,15 @@ import os
 import queue
 import socket
 import threading
-import time
 import tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import serial
+from waiting import eventually
 
 from firmware_bridge.frame import Frame, encode
 from firmware_bridge.link import SerialLink
@@ -29,10 +31,7 @@ def wire(sequence: int) -> bytes:
 
 
 def wait_until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
+    assert eventually(condition, WAIT_S), "condition not reached"
 
 
 class Reader:
@@ -87,6 +86,32 @@ def device_path(tmp_path: Path) -> Path:
     return tmp_path / "ttyACM0"
 
 
+class FailedOpens:
+    """Counts the link's attempts to open a port that failed, made through the real pyserial call: a test waits
+    for the attempts it needs to have happened instead of sleeping and hoping they did."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        self._open = serial.serial_for_url
+        monkeypatch.setattr(serial, "serial_for_url", self._counted)
+
+    def _counted(self, *args: Any, **kwargs: Any) -> serial.SerialBase:
+        try:
+            return self._open(*args, **kwargs)
+        except Exception:
+            self.count += 1
+            raise
+
+    def wait_for_more(self, attempts: int) -> None:
+        target = self.count + attempts
+        wait_until(lambda: self.count >= target)
+
+
+@pytest.fixture
+def failed_opens(monkeypatch: pytest.MonkeyPatch) -> FailedOpens:
+    return FailedOpens(monkeypatch)
+
+
 @pytest.fixture
 def reader_factory() -> Iterator[Callable[[SerialLink], Reader]]:
     readers: list[Reader] = []
@@ -112,7 +137,8 @@ def test_frames_arrive_through_a_pty(device_path: Path, reader_factory: Callable
 
 
 def test_unplug_and_replug_reconnects_with_one_warning(
-    device_path: Path, reader_factory: Callable[[SerialLink], Reader], caplog: pytest.LogCaptureFixture
+    device_path: Path, reader_factory: Callable[[SerialLink], Reader], caplog: pytest.LogCaptureFixture,
+    failed_opens: FailedOpens,
 ) -> None:
     caplog.set_level(logging.INFO, logger="firmware_bridge.link")
     device = FakeDevice(device_path)
@@ -125,7 +151,7 @@ def test_unplug_and_replug_reconnects_with_one_warning(
     device.unplug()
     wait_until(lambda: not link.connected)
     # Many reconnect attempts fail while the device is away; they must not flood the log.
-    time.sleep(0.3)
+    failed_opens.wait_for_more(10)
     device = FakeDevice(device_path)
     wait_until(lambda: link.connected)
     device.send(wire(3) + wire(4))
@@ -143,12 +169,13 @@ def test_unplug_and_replug_reconnects_with_one_warning(
 
 
 def test_device_missing_at_start_is_one_outage(
-    device_path: Path, reader_factory: Callable[[SerialLink], Reader], caplog: pytest.LogCaptureFixture
+    device_path: Path, reader_factory: Callable[[SerialLink], Reader], caplog: pytest.LogCaptureFixture,
+    failed_opens: FailedOpens,
 ) -> None:
     caplog.set_level(logging.INFO, logger="firmware_bridge.link")
     link = SerialLink(str(device_path), backoff_initial=0.01, backoff_max=0.02)
     reader = reader_factory(link)
-    time.sleep(0.2)
+    failed_opens.wait_for_more(5)  # an outage of several failed attempts, before the device appears
     device = FakeDevice(device_path)
     wait_until(lambda: link.connected)
     device.send(wire(7))

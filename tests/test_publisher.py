@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from broker import Mosquitto, Subscriber, eventually, write_password_file
+from broker import Mosquitto, Subscriber, write_password_file
+from waiting import eventually
 
 from edge.config import MqttConfig
 from edge.mqtt import payloads as messages

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from waiting import eventually
 
 from firmware_bridge.frame import Frame, FrameDecoder
 from firmware_bridge.ims import IMS_SNAPSHOT_SAMPLES, list_ims_files, parse_timestamp, read_counts, read_values
@@ -36,13 +37,31 @@ def few_files(ims_dir: Path, tmp_path: Path) -> Path:
     return directory
 
 
+class WriteRefused:
+    """True once process `pid` has made a write that wrote nothing, seen in the kernel's I/O accounting
+    (/proc/PID/io, the host's, so it holds under qemu-user too): between two looks it issued write calls
+    (`syscw` grew) while the bytes written (`wchar`) stayed put. A pty's writer sees that only when the tty
+    buffer is full and nobody reads (EAGAIN), so the process is then waiting inside a blocked write."""
+
+    def __init__(self, pid: int) -> None:
+        self.path = Path(f"/proc/{pid}/io")
+        self.last = self._counters()
+
+    def _counters(self) -> tuple[int, int]:
+        fields = dict(line.split(": ") for line in self.path.read_text().splitlines())
+        return int(fields["syscw"]), int(fields["wchar"])
+
+    def __call__(self) -> bool:
+        (calls_before, bytes_before), (calls, written) = self.last, self._counters()
+        self.last = (calls, written)
+        return calls > calls_before and written == bytes_before
+
+
 def read_from_pty(path: Path, expected: int, received: list[Frame], stats: list) -> threading.Thread:
     """A reader thread, as the agent runs it: SerialLink on the pty path once the replay created it."""
 
     def run() -> None:
-        deadline = time.monotonic() + WAIT_S
-        while not path.is_symlink() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(path.is_symlink, WAIT_S)
         stop = threading.Event()
         timer = threading.Timer(WAIT_S, stop.set)  # a lost frame fails the test instead of hanging it
         timer.start()
@@ -265,7 +284,8 @@ def test_cm_replay_exits_on_sigterm_even_while_a_write_blocks(few_files: Path, t
                                stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     assert process.stderr.readline().startswith("replay: pty ready")
-    time.sleep(0.5)  # the tty buffer is full by now and the write waits for a reader that never comes
+    # Only a write that is refused for a full tty buffer makes this test mean something: wait until one was.
+    assert eventually(WriteRefused(process.pid), WAIT_S), "cm-replay never had a write refused"
     process.terminate()
     _, err = process.communicate(timeout=WAIT_S)
     assert process.returncode == 0 and "cm-replay: stopped" in err

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import HOST, Mosquitto, Subscriber, TlsFiles, eventually, free_port, make_test_ca, write_password_file
+from broker import HOST, Mosquitto, Subscriber, TlsFiles, free_port, make_test_ca, write_password_file
 from paho.mqtt.enums import CallbackAPIVersion
+from waiting import eventually
 
 from edge.config import MqttConfig
 from edge.mqtt.outbox import Outbox

@@ -11,44 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tables import write_fraud_table, write_seed_table
 
 from trainer.cli import main
 from trainer.dataset import DatasetError, load_table
 
 BIN = Path(sys.executable).parent
-SEED_HEADER = ",Bearing 1,Bearing 2,Bearing 3,Bearing4"
-
-
-def write_seed_table(path: Path, rows: int = 120, seed: int = 0, dead_bearing_at: int | None = None) -> Path:
-    """The seeds' merged table: one row per 10-minute snapshot, mean absolute g per bearing; bearing 3 fails late."""
-    rng = np.random.default_rng(seed)
-    level = np.array([0.060, 0.075, 0.082, 0.068]) * np.exp(np.cumsum(rng.normal(0, 0.004, (rows, 4)), axis=0))
-    level *= 1 + rng.normal(0, 0.01, (rows, 4))
-    growth = np.clip((np.arange(rows) - 0.75 * rows) / (0.25 * rows), 0, None)
-    level[:, 2] += 0.08 * growth**2
-    if dead_bearing_at is not None:
-        level[dead_bearing_at:, 1] = 0.001
-    times = pd.date_range("2004-02-12 10:32:39", periods=rows, freq="10min").strftime("%Y-%m-%d %H:%M:%S")
-    lines = [SEED_HEADER] + [f"{t},{a:.6f},{b:.6f},{c:.6f},{d:.6f}" for t, (a, b, c, d) in zip(times, level)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def write_fraud_table(path: Path, rows: int = 600, seed: int = 1) -> Path:
-    """creditcard-style: Time,V1..V6,Amount,Class with Class=1 (anomaly) rows far from the normal cloud."""
-    rng = np.random.default_rng(seed)
-    features = rng.normal(0, 1, (rows, 6))
-    amount = rng.gamma(2.0, 30.0, rows)
-    fraud = rng.random(rows) < 0.05
-    features[fraud] += rng.choice([-1, 1], (int(fraud.sum()), 6)) * rng.uniform(4, 7, (int(fraud.sum()), 6))
-    frame = pd.DataFrame(features, columns=[f"V{i}" for i in range(1, 7)])
-    frame.insert(0, "Time", np.sort(rng.uniform(0, 172_000, rows)).round(0))
-    frame["Amount"] = amount.round(2)
-    frame["Class"] = fraud.astype(int)
-    frame.to_csv(path, index=False)
-    return path
-
-
 @pytest.fixture(scope="module")
 def seed_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_seed_table(tmp_path_factory.mktemp("table") / "merged.csv")
