@@ -17,9 +17,9 @@ DEVICE = "pump-7"
 TOPIC = f"cm/{DEVICE}"
 
 
-def write_config(tmp_path: Path, broker: Mosquitto, bundle: Path, tty: Path) -> Path:
+def write_config(tmp_path: Path, broker: Mosquitto, bundle: Path, tty: Path, device: str = DEVICE) -> Path:
     config = tmp_path / "edge.toml"
-    config.write_text(f"""device_id = "{DEVICE}"
+    config.write_text(f"""device_id = "{device}"
 [serial]
 port = "{tty}"
 [model]
@@ -38,10 +38,11 @@ counters_interval_s = 1
 class Chain:
     """cm-edge reading a pty that cm-replay (or the test) writes into."""
 
-    def __init__(self, tmp_path: Path, broker: Mosquitto, bundle: Path) -> None:
+    def __init__(self, tmp_path: Path, broker: Mosquitto, bundle: Path, device: str = DEVICE) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.tmp_path = tmp_path
         self.tty = tmp_path / "ttyREPLAY"
-        self.config = write_config(tmp_path, broker, bundle, self.tty)
+        self.config = write_config(tmp_path, broker, bundle, self.tty, device)
         self.log = tmp_path / "agent.log"
         self.agent: subprocess.Popen | None = None
 
@@ -66,5 +67,10 @@ class Chain:
             self.agent.send_signal(signal.SIGTERM)
         return self.agent.wait(30)
 
+    def kill_agent(self) -> None:
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.kill()
+            self.agent.wait()
+
     def agent_log(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -10,10 +10,11 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from broker import Mosquitto, Subscriber, eventually
-from fleet_agents import ReplayedAgent
+from broker import Mosquitto, Subscriber
+from chain import Chain
 from fleet_helpers import start_fleet
 from trained import shared_bundle, shared_dropout_run
+from waiting import eventually
 
 from fleet.config import HistorianConfig
 from fleet.historian import open_historian
@@ -33,18 +34,18 @@ def test_every_alert_of_a_real_agent_published_while_the_service_was_killed_is_s
     run_dir, bundle = shared_dropout_run(), shared_bundle()
     url = f"sqlite://{tmp_path / 'historian.sqlite'}"
     fleet = start_fleet(request, tmp_path, broker.port, url)
-    agent = ReplayedAgent(tmp_path / DEVICE, DEVICE, broker, bundle)
+    agent = Chain(tmp_path / DEVICE, broker, bundle, DEVICE)
     try:
         with Subscriber(broker.port, f"{TOPIC}/#") as witness:
-            agent.start()
-            assert witness.wait_for(lambda s: s.on(f"{TOPIC}/status")[-1:] == [b"online"], 30), agent.read_log()
+            agent.start_agent()
+            assert witness.wait_for(lambda s: s.on(f"{TOPIC}/status")[-1:] == [b"online"], 30), agent.agent_log()
             fleet.kill()
             result = agent.replay(run_dir)
             assert result.returncode == 0, result.stderr
             assert witness.wait_for(lambda s: s.on(f"{TOPIC}/state") and json.loads(s.on(f"{TOPIC}/state")[-1])[
-                "state"] == "sensor_fault", 60), agent.read_log()  # the run ends in a sensor dropout
+                "state"] == "sensor_fault", 60), agent.agent_log()  # the run ends in a sensor dropout
             fleet.start()
-            assert agent.stop() == 0, agent.read_log()
+            assert agent.stop_agent() == 0, agent.agent_log()
             assert witness.wait_for(lambda s: b"offline" in s.on(f"{TOPIC}/status"), 10)
             published = {json.loads(p)["id"]: json.loads(p) for p in witness.on(f"{TOPIC}/alert")}
             retained_state = json.loads(witness.on(f"{TOPIC}/state")[-1])
@@ -61,4 +62,4 @@ def test_every_alert_of_a_real_agent_published_while_the_service_was_killed_is_s
         assert fleet.stop() == 0
         reader.close()
     finally:
-        agent.kill()
+        agent.kill_agent()

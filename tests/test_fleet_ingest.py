@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import Mosquitto, eventually
+from broker import Mosquitto
 from fleet_helpers import (
     contract_alert,
     contract_state,
@@ -23,6 +23,7 @@ from fleet_helpers import (
     start_fleet,
 )
 from paho.mqtt.enums import CallbackAPIVersion
+from waiting import eventually
 
 from edge.config import MqttConfig
 from edge.mqtt.outbox import Outbox
