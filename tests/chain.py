@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from broker import Mosquitto, Subscriber
+from waiting import eventually
 
 BIN = Path(sys.executable).parent
 DEVICE = "pump-7"
@@ -57,9 +58,17 @@ class Chain:
         self.start_agent()
         assert subscriber.wait_for(lambda s: s.on(f"{TOPIC}/status")[-1:] == [b"online"], 30), self.agent_log()
 
+    def replay_command(self, run_dir: Path, *extra: str) -> list:
+        return [BIN / "cm-replay", run_dir, "--port", f"pty:{self.tty}", "--speed", "max", "--no-progress", *extra]
+
     def replay(self, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([BIN / "cm-replay", run_dir, "--port", f"pty:{self.tty}", "--speed", "max",
-                               "--no-progress", *extra], capture_output=True, text=True, timeout=120)
+        return subprocess.run(self.replay_command(run_dir, *extra), capture_output=True, text=True, timeout=120)
+
+    def replay_waiting(self, run_dir: Path) -> subprocess.Popen:
+        """cm-replay started before the agent: it makes the pty and writes nothing until the agent opens it."""
+        replay = subprocess.Popen(self.replay_command(run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert eventually(lambda: self.tty.exists() or replay.poll() is not None, 60), "cm-replay made no pty"
+        return replay
 
     def stop_agent(self) -> int:
         assert self.agent is not None

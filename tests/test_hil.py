@@ -292,8 +292,11 @@ def test_a_silent_sensor_becomes_a_sensor_fault_and_recovers(chain, broker, run_
     with chain.config.open("a") as config:
         config.write("[sensor]\nstale_after_s = 1\n")
     with Subscriber(broker.port, f"{TOPIC}/#") as subscriber:
+        # The replay first: the agent's silence timer starts with the agent, and data must flow from then on,
+        # however long cm-replay takes to start on a loaded machine.
+        replay = chain.replay_waiting(healthy)
         chain.start_online(subscriber)
-        assert chain.replay(healthy).returncode == 0
+        assert replay.wait(120) == 0, replay.stderr.read() if replay.stderr else ""
         # Then nothing: after fault_after (2) silent periods the agent says the data is missing.
         assert subscriber.wait_for(lambda s: len(s.on(f"{TOPIC}/alert")) == 1, 30), chain.agent_log()
         (alert,) = payloads(subscriber, "alert")
