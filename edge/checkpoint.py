@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.mqtt.health import Health
+from edge.mqtt.health import LOG_ONLY, FaultSink
 from edge.scoring.detector import State
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def parse_checkpoint(raw: Any) -> Checkpoint:
                       None if zone is None else State(zone))
 
 
-def load_checkpoint(path: Path, model_id: str, health: Health | None = None) -> Checkpoint | None:
+def load_checkpoint(path: Path, model_id: str, health: FaultSink = LOG_ONLY) -> Checkpoint | None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -93,7 +93,7 @@ def load_checkpoint(path: Path, model_id: str, health: Health | None = None) -> 
     return checkpoint
 
 
-def _reject(path: Path, why: str, health: Health | None) -> None:
+def _reject(path: Path, why: str, health: FaultSink) -> None:
     aside = path.with_name(f"{path.name}.bad-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
     try:
         os.replace(path, aside)
@@ -101,13 +101,10 @@ def _reject(path: Path, why: str, health: Health | None) -> None:
     except OSError as error:
         kept = f"could not be moved aside ({error.strerror})"
     message = f"{path}: unusable detector checkpoint ({why}); {kept}; starting from normal"
-    if health is not None:
-        health.fault("storage", message, source="checkpoint")
-    else:
-        log.error("%s", message)
+    health.fault("storage", message, source="checkpoint")
 
 
-def save_checkpoint(path: Path, checkpoint: Checkpoint, health: Health | None = None) -> bool:
+def save_checkpoint(path: Path, checkpoint: Checkpoint, health: FaultSink = LOG_ONLY) -> bool:
     """Write the checkpoint atomically (mode 0600). False, reported, if the disk refuses; never raises."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
@@ -120,15 +117,11 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint, health: Health | None = 
     except OSError as error:
         message = (f"{path}: cannot save the detector checkpoint ({error.strerror}); a restart would begin "
                    f"from the last saved state")
-        if health is not None:
-            health.fault("storage", message, source="checkpoint-save")
-        else:
-            log.error("%s", message)
+        health.fault("storage", message, source="checkpoint-save")
         try:
             temporary.unlink(missing_ok=True)
         except OSError:
             pass
         return False
-    if health is not None:
-        health.clear("storage", source="checkpoint-save")
+    health.clear("storage", source="checkpoint-save")
     return True

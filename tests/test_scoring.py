@@ -15,10 +15,10 @@ from trained import shared_bundle, shared_dropout_run
 
 from edge.agent import Agent
 from edge.config import load_config
+from edge.ingest.losses import MISSING_DATA
 from edge.model.bundle import load_bundle
 from edge.mqtt.outbox import Outbox
 from edge.scoring.detector import State
-from edge.scoring.sensor import MISSING_DATA
 from edge.scoring.stream import StreamScorer, score_stream, unbroken_runs
 from firmware_bridge.frame import FrameDecoder
 from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, list_ims_files, read_counts, write_ims_file
@@ -84,7 +84,7 @@ def drive_agent(tmp_path: Path, run_dir: Path, bundle: Path, files: slice = slic
                       f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n')
     loaded = load_config(config)
     publisher = RecordingPublisher()
-    agent = Agent(loaded, load_bundle(bundle), outbox=Outbox(tmp_path / "outbox.sqlite"), publisher=publisher)  # type: ignore[arg-type]
+    agent = Agent(loaded, load_bundle(bundle), outbox=Outbox(tmp_path / "outbox.sqlite"), publisher=publisher)
     decoder = FrameDecoder()
     first_sample = 0
     taken = 0
