@@ -114,7 +114,7 @@ class Agent:
         settings = detector_settings(config, bundle)
         self.announcer = Announcer(config.device_id, ModelRef(bundle.card.id, bundle.card.model_sha256), self.pipeline,
                                    (settings.warning_threshold, settings.alarm_threshold), self.publisher,
-                                   checkpoint_path(config.outbox_path), self.health)
+                                   checkpoint_path(config.outbox_path), self.health, self.counters)
         self.recorder = Recorder(config.recorder, self.health) if config.recorder.enabled else None
         self.discovery = self._discovery(mqtt) if mqtt is not None and config.homeassistant.enabled else None
         self.watch = Watch(self.health)
@@ -200,7 +200,7 @@ class Agent:
         if reading.score is not None and not self._scored_once:
             self._scored_once = True
             log.info("first snapshot scored %.2f s after the agent was set up", self.clock.monotonic() - self._started)
-        self.announcer.reading(reading, transition, self.counters(), self.intake.time_source)
+        self.announcer.reading(reading, transition, self.intake.time_source)
         if self.recorder is not None:
             self.recorder.save(event)
 

@@ -9,6 +9,7 @@ it announced last (edge.checkpoint), so a restart neither clears an alarm falsel
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,7 +48,8 @@ class Publishing(Protocol):
 
 class Announcer:
     def __init__(self, device_id: str, model: ModelRef, pipeline: Pipeline, thresholds: tuple[float, float],
-                 publisher: Publishing, checkpoint: Path, health: FaultSink) -> None:
+                 publisher: Publishing, checkpoint: Path, health: FaultSink,
+                 counters: Callable[[], Mapping[str, int]]) -> None:
         self.device_id = device_id
         self.model = model
         self.pipeline = pipeline
@@ -55,6 +57,7 @@ class Announcer:
         self.publisher = publisher
         self.checkpoint = checkpoint
         self.health = health
+        self.counters = counters  # read for each telemetry record, after its alert was stored
         self._since_us: int | None = None  # when the announced state began
 
     def resume(self) -> None:
@@ -69,8 +72,7 @@ class Announcer:
         log.info("resuming in state %s (bearing %s) since %s%s", saved.state, saved.health, iso_time(saved.since_us),
                  f", raised by {saved.driver}" if saved.driver else "")
 
-    def reading(self, reading: Reading, transition: Transition | None, counters: dict[str, int],
-                time_source: TimeSource | None) -> None:
+    def reading(self, reading: Reading, transition: Transition | None, time_source: TimeSource | None) -> None:
         """A scored snapshot: its transition if it made one, else the retained state; then its telemetry."""
         channels = self.pipeline.channels
         if transition is not None:
@@ -80,7 +82,7 @@ class Announcer:
             if self._since_us is None:
                 self._since_us = reading.capture_time_us
             self.publisher.publish_state(payloads.state(self.device_id, reading, self._since_us, channels, self.model))
-        self.publisher.publish_telemetry(payloads.telemetry(self.device_id, reading, channels, counters,
+        self.publisher.publish_telemetry(payloads.telemetry(self.device_id, reading, channels, self.counters(),
                                                             time_source=time_source))
 
     def missing(self, transition: Transition | None, time_us: int) -> None:
@@ -93,10 +95,11 @@ class Announcer:
 
     def _transition(self, reading: Reading, transition: Transition) -> None:
         channels = self.pipeline.channels
-        alert = payloads.alert(self.device_id, transition, reading, channels, self.thresholds, self.model)
-        self.publisher.publish_alert(alert)
         self._since_us = reading.capture_time_us
-        self.publisher.publish_state(payloads.state(self.device_id, reading, self._since_us, channels, self.model))
+        alert = payloads.alert(self.device_id, transition, reading, channels, self.thresholds, self.model)
+        state = payloads.state(self.device_id, reading, self._since_us, channels, self.model)
+        self.publisher.publish_alert(alert)
+        self.publisher.publish_state(state)
         save_checkpoint(self.checkpoint, self._memory(), self.health)  # after the outbox commit: see above
         log.log(logging.WARNING if transition.state != State.NORMAL else logging.INFO,
                 "%s -> %s at %s (score %s, top channel %s%s)", transition.previous_state, transition.state,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from test_scoring import RecordingPublisher
+from publishing import RecordingPublisher
 from trained import shared_bundle, shared_run
 
 from edge.agent import Agent

@@ -7,10 +7,10 @@ and compares every snapshot's state and score with `cm-train evaluate`'s trace o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from publishing import RecordingPublisher
 from trained import shared_bundle, shared_dropout_run
 
 from edge.agent import Agent
@@ -27,37 +27,6 @@ from trainer.dataset import load_dataset
 from trainer.evaluate import run_detector
 
 FLAT_AT = 60  # a snapshot in the healthy part whose bearing 2 sensor is stuck
-
-
-class RecordingPublisher:
-    """Stands in for edge.mqtt.publisher.Publisher: keeps what the agent hands over instead of sending it."""
-
-    dropped_telemetry = 0
-
-    def __init__(self) -> None:
-        self.telemetry: list[dict[str, Any]] = []
-        self.alerts: list[dict[str, Any]] = []
-        self.states: list[dict[str, Any]] = []
-
-    def start(self) -> None: ...
-
-    def stop(self, timeout: float = 5.0) -> None: ...
-
-    def pending(self) -> int:
-        return 0
-
-    def publish_alert(self, payload: dict[str, Any]) -> int:
-        self.alerts.append(payload)
-        return len(self.alerts)
-
-    def publish_state(self, payload: dict[str, Any]) -> None:
-        self.states.append(payload)
-
-    def publish_telemetry(self, payload: dict[str, Any]) -> bool:
-        self.telemetry.append(payload)
-        return True
-
-    def publish_health(self, payload: dict[str, Any]) -> None: ...
 
 
 @pytest.fixture(scope="module")
