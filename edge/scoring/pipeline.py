@@ -15,7 +15,7 @@ from edge.scoring import diagnosis
 from edge.scoring.detector import Detector, State, Transition, ZoneAlarm
 from edge.scoring.reading import Reading
 from edge.scoring.sensor import SensorLimits
-from edge.scoring.stream import StreamScorer
+from edge.scoring.stream import Stream
 
 __all__ = ["MISSING_DATA", "Pipeline"]
 
@@ -31,7 +31,7 @@ class Pipeline:
         self.iso_group = iso_group
         # [machine] zone_alarm: the ISO zone, debounced like the score (k of n), beside the learned detector.
         zone = ZoneAlarm(settings) if zone_alarm and diagnosis.VELOCITY_FEATURE in spec.features else None
-        self.core = StreamScorer(bundle, settings, limits=limits, zone=zone)
+        self.core = Stream(bundle, settings, limits=limits, zone=zone)
 
     @property
     def detector(self) -> Detector:

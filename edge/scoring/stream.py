@@ -8,7 +8,7 @@ One home for the rules the agent, `cm-train evaluate` and training all apply, so
 - the window of the last W feature vectors: only snapshots that passed the checks enter it, and a fault
   or a missing snapshot empties it (a fault must never be scored as vibration);
 - the first W-1 snapshots after a reset are not scored: the window is not full yet;
-- the model (edge.model.runtime.Scorer) and the debounced detector (edge.scoring.detector.Detector), with the
+- the model (edge.model.runtime.Model) and the debounced detector (edge.scoring.detector.Detector), with the
   agent's zone alarm beside it when `[machine] zone_alarm` is on.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from edge.ingest.losses import MISSING_DATA
 from edge.model.bundle import Bundle, DetectorSettings
-from edge.model.runtime import Score, Scorer
+from edge.model.runtime import Model, Score
 from edge.scoring.detector import Detector, State, Transition, ZoneAlarm
 from edge.scoring.sensor import SensorCheck, SensorLimits
 
@@ -38,17 +38,18 @@ class Step:
     top_channel: int | None  # index of the channel that explains the state (see Detector.driver)
 
 
-class StreamScorer:
-    """Feed snapshots in order with `update()` (or `checked()`); lost snapshots with `missing()`."""
+class Stream:
+    """The streaming core (edge.model.runtime.Model only runs the model): feed snapshots in order with
+    `update()` (or `checked()`), lost snapshots with `missing()`."""
 
-    def __init__(self, bundle: Bundle, settings: DetectorSettings | None = None, scorer: Scorer | None = None,
+    def __init__(self, bundle: Bundle, settings: DetectorSettings | None = None, model: Model | None = None,
                  limits: SensorLimits = SensorLimits(), zone: ZoneAlarm | None = None) -> None:
         card = bundle.card
         self.sensor = SensorCheck(card.feature_spec.channels, card.healthy_min, limits)
-        self.scorer = scorer if scorer is not None else Scorer(bundle)
+        self.model = model if model is not None else Model(bundle)
         self.detector = Detector(settings or card.detector)
         self.zone = zone
-        self._window: deque[np.ndarray] = deque(maxlen=self.scorer.window)
+        self._window: deque[np.ndarray] = deque(maxlen=self.model.window)
 
     def update(self, features: np.ndarray, fault: str | None = None) -> Step:
         """One snapshot's features, and the raw-count check's reason if it failed (None: passed)."""
@@ -63,7 +64,7 @@ class StreamScorer:
         self._window.append(np.asarray(features, dtype=np.float64))
         if len(self._window) < self._window.maxlen:  # type: ignore[operator]
             return self._step(None, None, None)  # still filling the window: nothing to score yet
-        score = self.scorer.score(np.stack(self._window))
+        score = self.model.score(np.stack(self._window))
         transition = self.detector.update(score.score, channel_scores=score.channel_errors if score.per_channel else None)
         return self._step(score, None, transition)
 
@@ -87,7 +88,7 @@ class StreamScorer:
         return Step(score=score, fault=fault, state=state, reason=reason, transition=transition, top_channel=top)
 
 
-def score_stream(core: StreamScorer, features: np.ndarray, faults: Sequence[str | None] | None = None) -> list[Step]:
+def score_stream(core: Stream, features: np.ndarray, faults: Sequence[str | None] | None = None) -> list[Step]:
     """Every row of (N, C*F) features through the core, in order (faults: the raw-count checks, if any)."""
     reasons: Iterable[str | None] = faults if faults is not None else [None] * len(features)
     return [core.update(row, fault) for row, fault in zip(features, reasons)]
