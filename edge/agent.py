@@ -1,11 +1,11 @@
 """cm-edge: the agent that runs beside the machine.
 
-serial link → intake (guard, clock, snapshots, cadence, lost data) → pipeline (features, sensor checks,
-diagnosis, model, detector) → announcer (payloads → outbox → MQTT), every alert committed to the outbox
-before it is published. Start-up refuses a config and a
-bundle that do not agree, and says which values differ. Nothing that arrives on the serial line stops the
-agent: frames that do not fit the model are counted and discarded, and lost data becomes `sensor_fault`
-when it persists.
+One way through, each step once: serial link → intake (edge.ingest: guard, clock, snapshots, cadence, lost
+data) → pipeline (edge.scoring: features, sensor checks, diagnosis, model, detector) → announcer (payloads →
+publisher → outbox → MQTT, then the checkpoint), every alert committed to the outbox before it is published.
+The agent wires these parts and runs the loop. Start-up refuses a config and a bundle that do not agree,
+and says which values differ. Nothing that arrives on the serial line stops the agent: frames that do not
+fit the model are counted and discarded, and lost data becomes `sensor_fault` when it persists.
 """
 from __future__ import annotations
 

@@ -59,13 +59,14 @@ class Stream:
         """One snapshot whose sensor checks ran (`fault`: their reason, None: passed), with its ISO zones."""
         if fault is not None:
             return self._fault(fault)
-        if self.zone is not None:
-            self.zone.update(zones)
         self._window.append(np.asarray(features, dtype=np.float64))
-        if len(self._window) < self._window.maxlen:  # type: ignore[operator]
-            return self._step(None, None, None)  # still filling the window: nothing to score yet
-        score = self.model.score(np.stack(self._window))
-        transition = self.detector.update(score.score, channel_scores=score.channel_errors if score.per_channel else None)
+        score, transition = None, None  # still filling the window: nothing to score yet
+        if len(self._window) == self._window.maxlen:
+            score = self.model.score(np.stack(self._window))
+            transition = self.detector.update(score.score,
+                                              channel_scores=score.channel_errors if score.per_channel else None)
+        if self.zone is not None:
+            self.zone.update(zones)  # the zone needs no window: it judges every checked snapshot
         return self._step(score, None, transition)
 
     def missing(self, reason: str = MISSING_DATA) -> Step:
