@@ -52,7 +52,7 @@ LOWEST_STAMP := $(LOWEST)/.installed
 LOWEST_TESTS := tests/test_outbox.py tests/test_publisher.py tests/test_checkpoint.py tests/test_config.py \
                 tests/test_security.py tests/test_recorder.py tests/test_detector.py tests/test_features.py \
                 tests/test_sensor.py tests/test_snapshot.py tests/test_frame.py tests/test_link.py \
-                tests/test_replay.py tests/test_cadence.py tests/test_clock.py tests/test_guard.py
+                tests/test_replay.py tests/test_cadence.py tests/test_clock.py tests/test_guard.py tests/test_losses.py
 
 $(LOWEST_STAMP): pyproject.toml scripts/lowest_requirements.py
 	@test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)

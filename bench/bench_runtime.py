@@ -32,10 +32,10 @@ import numpy as np
 from edge.model.bundle import load_bundle
 from edge.scoring.detector import Detector
 from edge.model.features import snapshot_features
-from edge.model.runtime import Scorer
+from edge.model.runtime import Model
 imported = time.perf_counter() - started
 bundle = load_bundle(sys.argv[1])
-scorer = Scorer(bundle)
+scorer = Model(bundle)
 detector = Detector(bundle.card.detector)
 counts = np.random.default_rng(0).normal(0, 80, (20480, len(bundle.card.feature_spec.channels))).astype(np.int16)
 history = np.tile(snapshot_features(counts, 0.001), (scorer.window, 1))
@@ -104,11 +104,11 @@ def numpy_equals_litert(bundle_path: Path, count: int = 2000) -> dict:
 def per_snapshot_ms(bundle_path: Path, repeats: int) -> list[float]:
     from edge.model.bundle import load_bundle
     from edge.model.features import snapshot_features
-    from edge.model.runtime import Scorer
+    from edge.model.runtime import Model
     from edge.scoring.detector import Detector
 
     bundle = load_bundle(bundle_path)
-    scorer = Scorer(bundle)
+    scorer = Model(bundle)
     detector = Detector(bundle.card.detector)
     data = snapshots(DISTINCT)
     history = np.zeros((scorer.window, CHANNELS))
@@ -126,10 +126,10 @@ def per_snapshot_ms(bundle_path: Path, repeats: int) -> list[float]:
 
 def model_only_ms(bundle_path: Path, repeats: int) -> list[float]:
     from edge.model.bundle import load_bundle
-    from edge.model.runtime import Scorer
+    from edge.model.runtime import Model
 
     bundle = load_bundle(bundle_path)
-    scorer = Scorer(bundle)
+    scorer = Model(bundle)
     history = np.tile(np.array(bundle.card.scaler.maximum), (scorer.window, 1))
     timings = []
     for _ in range(repeats):

@@ -20,7 +20,7 @@ from typing import Any
 
 from edge.model import validation as v
 from edge.model.validation import Optional, required
-from edge.mqtt.health import Health
+from edge.mqtt.health import LOG_ONLY, FaultSink
 from edge.scoring.detector import State
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def parse_checkpoint(raw: Any, source: object) -> Checkpoint:
                       document["since_us"], document.get("driver"), None if zone is None else State(zone))
 
 
-def load_checkpoint(path: Path, model_id: str, health: Health | None = None) -> Checkpoint | None:
+def load_checkpoint(path: Path, model_id: str, health: FaultSink = LOG_ONLY) -> Checkpoint | None:
     if not path.exists():  # the first start, or one after the outbox was reset
         return None
     try:
@@ -82,7 +82,7 @@ def load_checkpoint(path: Path, model_id: str, health: Health | None = None) -> 
     return checkpoint
 
 
-def _reject(path: Path, why: str, health: Health | None) -> None:
+def _reject(path: Path, why: str, health: FaultSink) -> None:
     aside = path.with_name(f"{path.name}.bad-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
     try:
         os.replace(path, aside)
@@ -90,13 +90,10 @@ def _reject(path: Path, why: str, health: Health | None) -> None:
     except OSError as error:
         kept = f"could not be moved aside ({error.strerror})"
     message = f"unusable detector checkpoint ({why}); {kept}; starting from normal"  # (`why` names the file)
-    if health is not None:
-        health.fault("storage", message, source="checkpoint")
-    else:
-        log.error("%s", message)
+    health.fault("storage", message, source="checkpoint")
 
 
-def save_checkpoint(path: Path, checkpoint: Checkpoint, health: Health | None = None) -> bool:
+def save_checkpoint(path: Path, checkpoint: Checkpoint, health: FaultSink = LOG_ONLY) -> bool:
     """Write the checkpoint atomically (mode 0600). False, reported, if the disk refuses; never raises."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
@@ -109,15 +106,11 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint, health: Health | None = 
     except OSError as error:
         message = (f"{path}: cannot save the detector checkpoint ({error.strerror}); a restart would begin "
                    f"from the last saved state")
-        if health is not None:
-            health.fault("storage", message, source="checkpoint-save")
-        else:
-            log.error("%s", message)
+        health.fault("storage", message, source="checkpoint-save")
         try:
             temporary.unlink(missing_ok=True)
         except OSError:
             pass
         return False
-    if health is not None:
-        health.clear("storage", source="checkpoint-save")
+    health.clear("storage", source="checkpoint-save")
     return True

@@ -11,7 +11,7 @@ import numpy as np
 
 from edge.config import RecorderConfig
 from edge.ingest.snapshot import Snapshot
-from edge.mqtt.health import Health
+from edge.mqtt.health import LOG_ONLY, FaultSink
 from firmware_bridge.ims import IMS_SCALE, format_timestamp, list_ims_files, write_ims_file
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ RECORDING_MODE = 0o640
 
 
 class Recorder:
-    def __init__(self, config: RecorderConfig, health: Health | None = None) -> None:
+    def __init__(self, config: RecorderConfig, health: FaultSink = LOG_ONLY) -> None:
         self.config = config
         self.health = health
         self.quota_bytes = int(config.quota_mb * 1024 * 1024)
@@ -48,8 +48,7 @@ class Recorder:
             self._report(f"{self.config.directory}: cannot write a recording ({error.strerror}); retried at the "
                          f"next one")
             return
-        if self.health is not None:
-            self.health.clear("storage", source="recorder")
+        self.health.clear("storage", source="recorder")
         self._last_us = snapshot.capture_time_us
         self._files.append(path)
         self._bytes += path.stat().st_size
@@ -64,10 +63,7 @@ class Recorder:
         return moment
 
     def _report(self, message: str) -> None:
-        if self.health is not None:
-            self.health.fault("storage", message, source="recorder")
-        else:
-            log.error("%s", message)
+        self.health.fault("storage", message, source="recorder")
 
     def _enforce_quota(self) -> None:
         while self._bytes > self.quota_bytes and len(self._files) > 1:

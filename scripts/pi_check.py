@@ -269,7 +269,7 @@ def model_outputs(bundles: Path, kind: str | None) -> dict[str, object]:
     from trained import run_features
 
     from edge.model.bundle import load_bundle
-    from edge.model.runtime import Scorer, load_interpreter
+    from edge.model.runtime import Model, load_interpreter
 
     results: dict[str, object] = {}
     for bundle_dir in sorted(p for p in bundles.iterdir() if (p / "model_card.json").exists()):
@@ -281,7 +281,7 @@ def model_outputs(bundles: Path, kind: str | None) -> dict[str, object]:
         results[f"{bundle_dir.name}:interpreter"] = type(interpreter).__module__
     if kind:
         os.environ["CM_INTERPRETER"] = kind
-    scores, errors = score_windows(Scorer(load_bundle(bundles / "bundle")), run_features(bundles / "run"))
+    scores, errors = score_windows(Model(load_bundle(bundles / "bundle")), run_features(bundles / "run"))
     results["bundle:scores"], results["bundle:channel_errors"] = scores, errors
     return results
 

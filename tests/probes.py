@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.model.runtime import Scorer
+from edge.model.runtime import Model
 
 
 def int8_inputs(shape: tuple[int, ...], zero_point: int, count: int = 400, seed: int = 0) -> list[np.ndarray]:
@@ -31,7 +31,7 @@ def raw_outputs(interpreter, inputs: list[np.ndarray]) -> np.ndarray:
     return np.array(outputs)
 
 
-def score_windows(scorer: Scorer, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def score_windows(scorer: Model, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores and per-channel raw errors of every window of `features`, oldest first."""
     scores = [scorer.score(features[i:i + scorer.window]) for i in range(len(features) - scorer.window + 1)]
     return np.array([s.score for s in scores]), np.array([s.raw_errors for s in scores])

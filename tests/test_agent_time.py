@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from publishers import RecordingPublisher
+from publishing import RecordingPublisher
 from trained import shared_bundle, shared_run
 
 from edge.agent import Agent
@@ -49,7 +49,7 @@ def test_boot_relative_time_is_anchored_and_re_anchored_after_a_sensor_restart(t
     publisher = RecordingPublisher()
     clock = Clock()
     agent = Agent(load_config(config), load_bundle(shared_bundle()), outbox=Outbox(tmp_path / "outbox.sqlite"),
-                  publisher=publisher, clock=clock)  # type: ignore[arg-type]
+                  publisher=publisher, clock=clock)
     decoder = FrameDecoder()
     files = list_ims_files(shared_run())[:8]
     sequence = 0
@@ -76,7 +76,7 @@ def test_boot_relative_time_is_anchored_and_re_anchored_after_a_sensor_restart(t
     assert abs(stamps[0] - (first_done - SNAPSHOT_S)) < 0.002
     assert all(later > earlier for earlier, later in zip(stamps, stamps[1:]))  # the restart did not go back
     assert stamps[5] - stamps[4] > 7.0  # the reboot's gap is in the timeline, not hidden
-    assert agent.stream_clock.anchors == 2
+    assert agent.intake.clock.anchors == 2
     assert all(t["state"] == "normal" for t in telemetry)
     # Every scored snapshot kept as its own file: the restart overwrote nothing.
     assert len(list_ims_files(recordings)) == 8

@@ -124,6 +124,14 @@ def test_zone_alarm_stands_beside_the_learned_score(machine: tuple[Path, Path]) 
     assert with_zone[-1][0].defect is not None  # an alarm carries a defect object, whatever raised it
     without = run(Pipeline(bundle, deaf))
     assert {reading.state for reading, _ in without} == {State.NORMAL} and all(t is None for _, t in without)
+    # A lost snapshot is judged against what was announced (the zone alarm), and so is the way back from it.
+    lost = Pipeline(bundle, deaf, iso_group="2-rigid", zone_alarm=True)
+    run(lost)
+    assert lost.missing() is None
+    fault = lost.missing()
+    assert fault is not None and (fault.previous_state, fault.state) == (State.ALARM, State.SENSOR_FAULT)
+    back = [t for _, t in run(lost) if t is not None]
+    assert [(t.previous_state, t.state) for t in back] == [(State.SENSOR_FAULT, State.ALARM)]
     # Restarted from the agent's checkpoint (learned detector normal, zone alarm): still in alarm from the first
     # snapshot, and no second alarm announced.
     resumed = Pipeline(bundle, deaf, iso_group="2-rigid", zone_alarm=True)

@@ -1,7 +1,7 @@
 """The pure-numpy int8 interpreter (for 32-bit Pi OS) gives exactly LiteRT's int8 outputs on the trainer's models.
 
 Compared raw, tensor for tensor, on bundles the trainer fitted for windows 1, 2, 4 and 1 to 22 input
-columns, and with the vibration feature set (4 channels x 10 features), with inputs that span the whole int8 range (saturating ones included), and through the Scorer on
+columns, and with the vibration feature set (4 channels x 10 features), with inputs that span the whole int8 range (saturating ones included), and through the Model on
 the features of a synthetic run to failure and far beyond the training range.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from trained import TABLE_SHAPES, run_features, shared_bundle, shared_run, table
 
 from edge.model.bundle import load_bundle
 from edge.model.numpy_interpreter import NumpyInterpreter, UnsupportedModelError
-from edge.model.runtime import INTERPRETER_ENV, Scorer, load_interpreter
+from edge.model.runtime import INTERPRETER_ENV, Model, load_interpreter
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_scores_equal_litert_through_the_scorer() -> None:
     for kind in ("ai_edge_litert", "numpy"):
         os.environ[INTERPRETER_ENV] = kind
         try:
-            scorers[kind] = Scorer(bundle)
+            scorers[kind] = Model(bundle)
         finally:
             del os.environ[INTERPRETER_ENV]
     assert isinstance(scorers["numpy"]._interpreter, NumpyInterpreter)

@@ -12,8 +12,8 @@ import pytest
 from trained import as_version_1, shared_bundle, shared_run
 
 from edge.model.bundle import CARD_FILE, BundleError, ModelCard, load_bundle
-from edge.model.runtime import Scorer, load_interpreter
-from edge.scoring.stream import StreamScorer, score_stream
+from edge.model.runtime import Model, load_interpreter
+from edge.scoring.stream import Stream, score_stream
 from trainer.dataset import load_dataset
 
 pytestmark = pytest.mark.slow
@@ -96,7 +96,7 @@ def test_missing_card_and_bad_json(tmp_path: Path, bundle_copy: Path) -> None:
 
 
 def _scores(bundle, model_path=None, rows=70):
-    core = StreamScorer(bundle, scorer=Scorer(bundle, model_path=model_path))
+    core = Stream(bundle, model=Model(bundle, model_path=model_path))
     steps = score_stream(core, load_dataset(shared_run()).features[:rows])
     return [step.score for step in steps if step.score is not None]
 
@@ -120,7 +120,7 @@ def test_each_channel_is_scored_against_its_own_healthy_error() -> None:
         assert score.per_channel
         np.testing.assert_allclose(score.channel_errors, score.raw_errors / reference)
         assert score.score == score.channel_errors.max()
-    scorer = Scorer(bundle)
+    scorer = Model(bundle)
     with pytest.raises(ValueError, match="expected features of shape"):
         scorer.score(np.zeros((scorer.window + 1, 4)))
 
@@ -140,8 +140,8 @@ def test_a_card_without_references_keeps_the_mean_score(tmp_path: Path) -> None:
 def test_edge_scores_without_tensorflow() -> None:
     code = (
         "import sys, numpy as np\n"
-        "from edge.model.bundle import load_bundle\nfrom edge.model.runtime import Scorer\n"
-        f"b = load_bundle({str(shared_bundle())!r})\ns = Scorer(b)\n"
+        "from edge.model.bundle import load_bundle\nfrom edge.model.runtime import Model\n"
+        f"b = load_bundle({str(shared_bundle())!r})\ns = Model(b)\n"
         "print(s.score(np.tile(b.card.scaler.maximum, (s.window, 1))).score)\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'pandas', 'matplotlib')]\n"
         "assert not heavy, heavy\n"

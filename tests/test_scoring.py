@@ -10,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from publishers import RecordingPublisher
+from publishing import RecordingPublisher
 from trained import shared_bundle, shared_dropout_run
 
 from edge.agent import Agent
 from edge.config import load_config
+from edge.ingest.losses import MISSING_DATA
 from edge.model.bundle import load_bundle
 from edge.mqtt.outbox import Outbox
 from edge.scoring.detector import State
-from edge.scoring.sensor import MISSING_DATA
-from edge.scoring.stream import StreamScorer, score_stream, unbroken_runs
+from edge.scoring.stream import Stream, score_stream, unbroken_runs
 from firmware_bridge.frame import FrameDecoder
 from firmware_bridge.ims import IMS_SAMPLE_RATE, IMS_SCALE, list_ims_files, read_counts, write_ims_file
 from firmware_bridge.replay import frames_for_file
@@ -53,7 +53,7 @@ def drive_agent(tmp_path: Path, run_dir: Path, bundle: Path, files: slice = slic
                       f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n')
     loaded = load_config(config)
     publisher = RecordingPublisher()
-    agent = Agent(loaded, load_bundle(bundle), outbox=Outbox(tmp_path / "outbox.sqlite"), publisher=publisher)  # type: ignore[arg-type]
+    agent = Agent(loaded, load_bundle(bundle), outbox=Outbox(tmp_path / "outbox.sqlite"), publisher=publisher)
     decoder = FrameDecoder()
     first_sample = 0
     taken = 0
@@ -111,7 +111,7 @@ def test_window_fills_before_scoring_and_restarts_after_a_fault() -> None:
     bundle = load_bundle(shared_bundle())
     window = bundle.card.feature_spec.window
     healthy = np.asarray(bundle.card.scaler.maximum)
-    core = StreamScorer(bundle)
+    core = Stream(bundle)
     steps = score_stream(core, np.tile(healthy, (6, 1)), [None, None, "flatline:bearing1", None, None, None])
     scored = [step.score is not None for step in steps]
     assert scored == [False] * (window - 1) + [True] * (3 - window) + [False] * window + [True] * (4 - window)
@@ -126,7 +126,7 @@ def test_window_fills_before_scoring_and_restarts_after_a_fault() -> None:
 
 def test_feature_dropout_is_a_fault_even_without_raw_counts() -> None:
     bundle = load_bundle(shared_bundle())
-    core = StreamScorer(bundle)
+    core = Stream(bundle)
     dead = np.asarray(bundle.card.healthy_min) * 0.01
     step = core.update(dead)
     assert step.score is None and step.fault is not None and step.fault.startswith("dropout:")

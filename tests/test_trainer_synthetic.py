@@ -9,7 +9,7 @@ import pytest
 from trained import RUN_FILES, make_synthetic_run, shared_bundle, shared_dropout_run, shared_run
 
 from edge.model.bundle import load_bundle
-from edge.model.runtime import Scorer
+from edge.model.runtime import Model
 from trainer.cli import main
 from trainer.dataset import load_dataset, parse_time
 
@@ -70,7 +70,7 @@ def test_dead_sensor_at_the_end_is_a_sensor_fault_not_healthy(tmp_path: Path) ->
 
 def test_input_ten_times_beyond_the_training_range_scores_above_the_alarm() -> None:
     bundle = load_bundle(shared_bundle())
-    scorer = Scorer(bundle)
+    scorer = Model(bundle)
     low, high = np.array(bundle.card.scaler.minimum), np.array(bundle.card.scaler.maximum)
     window = scorer.window
     everywhere = np.tile(low + 10 * (high - low), (window, 1))

@@ -21,7 +21,7 @@ from edge.ingest.clock import iso_time
 from edge.model.bundle import Bundle, ModelCard, check_channels, load_bundle
 from edge.scoring import diagnosis
 from edge.scoring.detector import State
-from edge.scoring.stream import StreamScorer, score_stream
+from edge.scoring.stream import Stream, score_stream
 from firmware_bridge.recording import RecordingSpec
 from trainer.dataset import Dataset, load_dataset, parse_time
 from trainer.options import DatasetSpec, EvaluateOptions
@@ -41,7 +41,7 @@ class Trace:
 def run_detector(dataset: Dataset, bundle: Bundle) -> Trace:
     """Every snapshot through edge.scoring.stream, the agent's own streaming core, in order."""
     count = len(dataset)
-    steps = score_stream(StreamScorer(bundle), dataset.features, dataset.faults or None)
+    steps = score_stream(Stream(bundle), dataset.features, dataset.faults or None)
     channels = len(bundle.card.feature_spec.channels)
     scores = np.full(count, np.nan)
     errors = np.full((count, channels), np.nan)

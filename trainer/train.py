@@ -34,8 +34,8 @@ from edge.model.bundle import (
     file_sha256,
     write_card,
 )
-from edge.model.runtime import Score, Scorer
-from edge.scoring.stream import StreamScorer, score_stream, unbroken_runs
+from edge.model.runtime import Model, Score
+from edge.scoring.stream import Stream, score_stream, unbroken_runs
 from trainer import calibrate, export
 from trainer.dataset import Dataset, DatasetError, load_dataset
 from trainer.model import build_autoencoder, windows
@@ -164,14 +164,14 @@ def training_windows(dataset: Dataset, scaler: Scaler, rows: np.ndarray, window:
     return np.concatenate(parts)
 
 
-def streamed(bundle: Bundle, scorer: Scorer, dataset: Dataset, rows: np.ndarray) -> list[Score]:
+def streamed(bundle: Bundle, scorer: Model, dataset: Dataset, rows: np.ndarray) -> list[Score]:
     """`rows` scored as the agent would score them (edge.scoring.stream), restarting the window at every gap."""
     return [step.score for run in unbroken_runs(rows)
-            for step in score_stream(StreamScorer(bundle, scorer=scorer), dataset.features[run])
+            for step in score_stream(Stream(bundle, model=scorer), dataset.features[run])
             if step.score is not None]
 
 
-def streamed_scores(bundle: Bundle, scorer: Scorer, dataset: Dataset, rows: np.ndarray) -> np.ndarray:
+def streamed_scores(bundle: Bundle, scorer: Model, dataset: Dataset, rows: np.ndarray) -> np.ndarray:
     return np.array([score.score for score in streamed(bundle, scorer, dataset, rows)], dtype=np.float64)
 
 
@@ -250,11 +250,11 @@ def _export(trained: Trained, dataset: Dataset, span: Span, options: FitOptions,
 def _calibrate(draft: Bundle, dataset: Dataset, span: Span, options: FitOptions) -> tuple[Bundle, calibrate.Thresholds]:
     """Per-channel error references, then thresholds on the int8 model's scores of the training span (with
     labels: the F1-best threshold on the validation split)."""
-    raw = Scorer(draft)  # the card has no per-channel references yet: raw per-channel errors
+    raw = Model(draft)  # the card has no per-channel references yet: raw per-channel errors
     reference = calibrate.channel_reference(*(np.array([s.raw_errors for s in streamed(draft, raw, dataset, r)])
                                                for r in (span.fit_rows, span.calibration_rows)))
     bundle = replace(draft, card=replace(draft.card, channel_error_reference=reference))
-    int8 = Scorer(bundle)
+    int8 = Model(bundle)
     fit_scores = streamed_scores(bundle, int8, dataset, span.fit_rows)
     calibration_scores = streamed_scores(bundle, int8, dataset, span.calibration_rows)
     limits = calibrate.thresholds(options.threshold_rule, fit_scores, calibration_scores, int(span.rows.size))
@@ -270,8 +270,8 @@ def _check(bundle: Bundle, dataset: Dataset, span: Span, limits: calibrate.Thres
            window: int) -> tuple[export.QuantizationCheck, dict]:
     """The float32 twin must agree with the int8 model's decisions, and an input far beyond the training range
     must score beyond the alarm threshold (the int8 input must not saturate below it); returns the card's record."""
-    int8 = Scorer(bundle)
-    floats = Scorer(bundle, model_path=bundle.path / FLOAT_MODEL_FILE)
+    int8 = Model(bundle)
+    floats = Model(bundle, model_path=bundle.path / FLOAT_MODEL_FILE)
     int8_scores, float_scores = (
         np.concatenate([streamed_scores(bundle, scorer, dataset, r) for r in (span.fit_rows, span.calibration_rows)])
         for scorer in (int8, floats))
@@ -388,13 +388,13 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
     )
 
 
-def _saturation_score(scorer: Scorer, scaler: Scaler, window: int) -> float:
+def _saturation_score(scorer: Model, scaler: Scaler, window: int) -> float:
     """Score of an input SATURATION_FACTOR times beyond the training range on every channel."""
     low, high = np.asarray(scaler.minimum), np.asarray(scaler.maximum)
     beyond = low + SATURATION_FACTOR * (high - low)
     return scorer.score(np.tile(beyond, (window, 1))).score
 
 
-def _tensor_quantization(scorer: Scorer) -> dict:
+def _tensor_quantization(scorer: Model) -> dict:
     scale, zero_point = scorer.input_quantization
     return {"scale": scale, "zero_point": zero_point}

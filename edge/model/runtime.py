@@ -97,8 +97,9 @@ class _Quantization:
         return (values.astype(np.float64) - self.zero_point) * self.scale
 
 
-class Scorer:
-    """Scores windows of W raw feature vectors with one reused interpreter and preallocated buffers."""
+class Model:
+    """The bundle's model, run: scores windows of W raw feature vectors with one reused interpreter and
+    preallocated buffers."""
 
     def __init__(self, bundle: Bundle, model_path: Path | None = None, num_threads: int = 1) -> None:
         card = bundle.card
@@ -159,7 +160,7 @@ def check_model(bundle: Bundle) -> None:
     card_file = bundle.path / CARD_FILE
     try:
         with _quiet_native_stderr():
-            Scorer(bundle)
+            Model(bundle)
     except (ValueError, RuntimeError) as error:
         detail = " ".join(str(error).split())  # one line, whatever the interpreter's message looks like
         raise BundleError(f"{card_file}: feature_spec.window/feature_spec.channels or model_file: {detail}") from None

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from edge.ingest.clock import iso_time, unsynchronised
 
@@ -21,6 +21,26 @@ log = logging.getLogger(__name__)
 
 COMPONENTS = ("storage", "broker", "clock", "link")
 
+
+class FaultSink(Protocol):
+    """Where a component reports what is wrong with the agent itself: the agent's Health, or LOG_ONLY."""
+
+    def fault(self, component: str, message: str, source: str = "") -> None: ...
+
+    def clear(self, component: str, source: str = "") -> None: ...
+
+
+class LoggedFaults:
+    """A component used on its own (a test, a tool, the bench) has nobody to tell but the log."""
+
+    def fault(self, component: str, message: str, source: str = "") -> None:
+        log.error("%s", message)
+
+    def clear(self, component: str, source: str = "") -> None:
+        pass
+
+
+LOG_ONLY = LoggedFaults()  # keeps no state: one for every component that is given no Health
 
 
 @dataclass(frozen=True)

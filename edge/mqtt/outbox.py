@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge.mqtt.health import Health
+from edge.mqtt.health import LOG_ONLY, FaultSink
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _damaged(error: sqlite3.Error) -> bool:
 class Outbox:
     """A durable FIFO of MQTT messages. Safe to share between threads (paho's network thread removes)."""
 
-    def __init__(self, path: str | Path, health: Health | None = None) -> None:
+    def __init__(self, path: str | Path, health: FaultSink = LOG_ONLY) -> None:
         self.path = Path(path)
         self.health = health
         self._lock = threading.RLock()  # the connection and the held messages
@@ -229,9 +229,7 @@ class Outbox:
         self._next_id = max([self._next_id, *(i.id + 1 for i in salvaged)])
         message = (f"{self.path} was damaged ({error}): moved to {aside.name} for inspection; "
                    f"{len(salvaged)} stored message(s) recovered into a fresh outbox")
-        log.error("%s", message)
-        if self.health is not None:
-            self.health.fault("storage", message, source="outbox-damaged")
+        self.health.fault("storage", message, source="outbox-damaged")
         try:
             self._db = self._connect()
         except sqlite3.Error as open_error:
@@ -247,10 +245,7 @@ class Outbox:
         self._failing = True
         message = (f"{self.path}: cannot {action} ({error}); {len(self._held)} alert(s) held in memory "
                    f"and retried every {RETRY_S:g} s")
-        if self.health is not None:
-            self.health.fault("storage", message, source="outbox")
-        else:
-            log.error("%s", message)
+        self.health.fault("storage", message, source="outbox")
 
     def _store_held(self) -> bool:
         """Write the held messages to disk, oldest first, in one transaction. Caller holds _lock."""
@@ -281,8 +276,7 @@ class Outbox:
         if self._failing:
             self._failing = False
             log.info("%s: the disk takes writes again; %d held message(s) stored", self.path, len(items))
-            if self.health is not None:
-                self.health.clear("storage", source="outbox")
+            self.health.clear("storage", source="outbox")
         return True
 
     def _transaction(self) -> _Transaction:

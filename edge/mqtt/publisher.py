@@ -36,7 +36,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import MQTT_PROTOCOLS, MqttConfig
-from edge.mqtt.health import Health
+from edge.mqtt.health import LOG_ONLY, FaultSink
 from edge.mqtt.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _paho_log(client: mqtt.Client, userdata: Any, level: int, text: str) -> None
 class Publisher:
     """Publishes the agent's messages; alerts go through the outbox and survive outages and restarts."""
 
-    def __init__(self, config: MqttConfig, outbox: Outbox, health: Health | None = None) -> None:
+    def __init__(self, config: MqttConfig, outbox: Outbox, health: FaultSink = LOG_ONLY) -> None:
         self.config = config
         self.outbox = outbox
         self.health = health
@@ -271,7 +271,7 @@ class Publisher:
         """Caller holds _ack_lock."""
         if item_id is not None:
             self.outbox.remove(item_id)
-            if self._refused.pop(item_id, None) is not None and not self._refused and self.health is not None:
+            if self._refused.pop(item_id, None) is not None and not self._refused:
                 self.health.clear("broker")
             self._ack_lock.notify_all()
 
@@ -421,10 +421,7 @@ class Publisher:
         plan.due = time.monotonic() + plan.delay
         message = (f"broker {self._where()} refused alerts on {topic} ({reason}); {len(self._refused)} alert(s) "
                    f"kept in the outbox and retried: check the broker's ACL for user {user}")
-        if self.health is not None:
-            self.health.fault("broker", message)  # only hands the report over: safe under our locks
-        else:
-            log.error("%s", message)
+        self.health.fault("broker", message)  # Health only hands the report over: safe under our locks
 
     def _where(self) -> str:
         return f"{self.config.host}:{self.config.port}"

@@ -6,7 +6,8 @@ the last n snapshots, and cleared only after `clear_after` consecutive snapshots
 wanders from channel to channel does not add up to an alarm, and the alarm knows which channel raised it
 (`driver`): that is the bearing an alert names, not whichever channel happened to peak on one snapshot.
 Sensor faults are a state of their own: never a healthy reading, never a bearing alarm. edge.scoring.stream feeds
-it for the agent, `cm-train evaluate` and training alike.
+it for the agent, `cm-train evaluate` and training alike; with `[machine] zone_alarm` the agent's stream also
+feeds a ZoneAlarm beside it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from enum import StrEnum
 import numpy as np
 
 from edge.model.bundle import DetectorSettings
+from edge.scoring.diagnosis import ZONES
 
 
 class State(StrEnum):
@@ -125,3 +127,45 @@ class Detector:
         self._state = state
         self.reason = reason
         return transition
+
+
+_RANK = {State.NORMAL: 0, State.WARNING: 1, State.ALARM: 2}
+
+
+class ZoneAlarm:
+    """[machine] zone_alarm: the ISO 20816 zone of the velocity RMS, debounced like the score (k of n on the zone
+    number 1-4: C warns, D alarms), beside the learned detector. What the device announces is the worse of the
+    two, and a sensor fault stays a sensor fault; `announced` is that state, so the transitions are of it."""
+
+    def __init__(self, settings: DetectorSettings) -> None:
+        self.detector = Detector(DetectorSettings(warning_threshold=2.5, alarm_threshold=3.5, k=settings.k,
+                                                  n=settings.n, clear_after=settings.clear_after))
+        self.announced = State.NORMAL
+        self._reason: str | None = None  # the worst zone of the last snapshot that had one, e.g. iso_zone_d:bearing1
+
+    @property
+    def health(self) -> State:
+        return self.detector.health
+
+    def update(self, zones: dict[str, str] | None) -> None:
+        """One snapshot that passed the sensor checks, with its channels' zones (None: no velocity feature)."""
+        if not zones:
+            return
+        worst = max(zones, key=lambda name: ZONES.index(zones[name]))
+        self.detector.update(float(ZONES.index(zones[worst]) + 1))
+        self._reason = f"iso_zone_{zones[worst].lower()}:{worst}"
+
+    def announce(self, state: State, reason: str | None) -> tuple[State, str | None, Transition | None]:
+        """The learned detector's state and reason, merged with the zone's; a transition if what is announced changed."""
+        if state != State.SENSOR_FAULT and _RANK[self.health] > _RANK[state]:
+            state, reason = self.health, self._reason or "iso_zone_d:None"
+        transition = None if state == self.announced else Transition(state, self.announced, reason)
+        self.announced = state
+        return state, reason, transition
+
+    def resume(self, state: State, zone: State | None) -> None:
+        """Continue from a checkpoint: the learned detector's `state` and the zone detector's (None: not saved)."""
+        self.announced = state
+        if zone is not None:
+            self.detector.resume(zone, zone, None)
+            self.announce(state, None)

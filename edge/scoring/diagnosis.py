@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge.model.bearing import DEFECTS
+from edge.model.features import Analysis
 
 KINDS = {"bpfo": "outer_race", "bpfi": "inner_race", "bsf": "rolling_element", "ftf": "cage"}
 UNKNOWN = "unknown"
@@ -62,6 +63,16 @@ def diagnose(line_hz: np.ndarray, prominence: np.ndarray, channels: Sequence[str
     clear = best >= MIN_PROMINENCE and best >= MIN_MARGIN * runner_up
     kind = KINDS[DEFECTS[column]] if clear else UNKNOWN
     return Defect(kind, float(line_hz[channel, column]), channels[int(channel)], best)
+
+
+def assess(analysis: Analysis, names: Sequence[str], channels: Sequence[str],
+           group: str = DEFAULT_ISO_GROUP) -> tuple[dict[str, str] | None, Defect | None]:
+    """One snapshot's diagnosis: each channel's zone and the defect its envelope lines point to (the vibration
+    set; None for a set without velocity or envelope lines). The caller keeps the defect for warnings and alarms."""
+    iso = zones(analysis.features, names, channels, group)
+    if analysis.line_hz is None or analysis.prominence is None:
+        return iso, None
+    return iso, diagnose(analysis.line_hz, analysis.prominence, channels)
 
 
 def zone(velocity_mm_s: float, group: str = DEFAULT_ISO_GROUP) -> str:

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MISSING_DATA = "missing_data"  # a snapshot lost: a gap in the sample index, frames that had to be discarded
-
 
 @dataclass(frozen=True)
 class SensorLimits:
@@ -66,6 +64,25 @@ def check_features(
     level = np.asarray(features)[::per_channel]
     low = (floor > 0) & (level < limits.dropout_ratio * floor)
     return _reason("dropout", low, channel_names) if low.any() else None
+
+
+class SensorCheck:
+    """Every check of one snapshot in one place: the raw counts first (flatline, clipping), then the features
+    (dropout against the card's healthy minimum). Callers without the raw counts (training, `cm-train
+    evaluate`, which checked the counts when they loaded the files) check the features alone."""
+
+    def __init__(self, channel_names: Sequence[str], healthy_min: Sequence[float] | np.ndarray,
+                 limits: SensorLimits = SensorLimits()) -> None:
+        self.channel_names = channel_names
+        self.healthy_min = np.asarray(healthy_min, dtype=np.float64)
+        self.limits = limits
+
+    def snapshot(self, counts: np.ndarray, scale: float | None, features: np.ndarray) -> str | None:
+        """The reason the snapshot is no reading of the machine, e.g. 'flatline:bearing3', or None."""
+        return check_counts(counts, self.channel_names, self.limits, scale) or self.features(features)
+
+    def features(self, features: np.ndarray) -> str | None:
+        return check_features(features, self.healthy_min, self.channel_names, self.limits)
 
 
 def _reason(kind: str, mask: np.ndarray, channel_names: Sequence[str]) -> str:

@@ -1,12 +1,15 @@
 """The streaming-scoring core: a stream of snapshot features in, scores and detector states out.
 
 One home for the rules the agent, `cm-train evaluate` and training all apply, so they cannot drift apart:
-- sensor checks on the features (a dropout against the card's healthy minimum), after the caller's checks
-  on the raw counts where it has them;
+- a snapshot that failed its sensor checks (edge.scoring.sensor) is a fault: the agent's pipeline checks the
+  raw counts and the features in one call and passes the verdict (`checked`); callers without the raw counts
+  (`update`: training and `cm-train evaluate`, which checked the counts when they loaded the files) have the
+  features checked here;
 - the window of the last W feature vectors: only snapshots that passed the checks enter it, and a fault
   or a missing snapshot empties it (a fault must never be scored as vibration);
 - the first W-1 snapshots after a reset are not scored: the window is not full yet;
-- the model (edge.model.runtime.Scorer) and the debounced detector (edge.scoring.detector.Detector).
+- the model (edge.model.runtime.Model) and the debounced detector (edge.scoring.detector.Detector), with the
+  agent's zone alarm beside it when `[machine] zone_alarm` is on.
 """
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.ingest.losses import MISSING_DATA
 from edge.model.bundle import Bundle, DetectorSettings
-from edge.model.runtime import Score, Scorer
-from edge.scoring.detector import Detector, State, Transition
-from edge.scoring.sensor import MISSING_DATA, SensorLimits, check_features
+from edge.model.runtime import Model, Score
+from edge.scoring.detector import Detector, State, Transition, ZoneAlarm
+from edge.scoring.sensor import SensorCheck, SensorLimits
 
 
 @dataclass(frozen=True)
@@ -34,29 +38,35 @@ class Step:
     top_channel: int | None  # index of the channel that explains the state (see Detector.driver)
 
 
-class StreamScorer:
-    """Feed snapshots in order with `update()`; lost snapshots with `missing()`."""
+class Stream:
+    """The streaming core (edge.model.runtime.Model only runs the model): feed snapshots in order with
+    `update()` (or `checked()`), lost snapshots with `missing()`."""
 
-    def __init__(self, bundle: Bundle, settings: DetectorSettings | None = None, scorer: Scorer | None = None,
-                 limits: SensorLimits = SensorLimits()) -> None:
+    def __init__(self, bundle: Bundle, settings: DetectorSettings | None = None, model: Model | None = None,
+                 limits: SensorLimits = SensorLimits(), zone: ZoneAlarm | None = None) -> None:
         card = bundle.card
-        self.channels = card.feature_spec.channels
-        self.healthy_min = np.asarray(card.healthy_min, dtype=np.float64)
-        self.scorer = scorer if scorer is not None else Scorer(bundle)
+        self.sensor = SensorCheck(card.feature_spec.channels, card.healthy_min, limits)
+        self.model = model if model is not None else Model(bundle)
         self.detector = Detector(settings or card.detector)
-        self.limits = limits
-        self._window: deque[np.ndarray] = deque(maxlen=self.scorer.window)
+        self.zone = zone
+        self._window: deque[np.ndarray] = deque(maxlen=self.model.window)
 
     def update(self, features: np.ndarray, fault: str | None = None) -> Step:
         """One snapshot's features, and the raw-count check's reason if it failed (None: passed)."""
-        fault = fault or check_features(features, self.healthy_min, self.channels, self.limits)
+        return self.checked(features, fault or self.sensor.features(features))
+
+    def checked(self, features: np.ndarray, fault: str | None, zones: dict[str, str] | None = None) -> Step:
+        """One snapshot whose sensor checks ran (`fault`: their reason, None: passed), with its ISO zones."""
         if fault is not None:
             return self._fault(fault)
         self._window.append(np.asarray(features, dtype=np.float64))
-        if len(self._window) < self._window.maxlen:  # type: ignore[operator]
-            return self._step(None, None, None)  # still filling the window: nothing to score yet
-        score = self.scorer.score(np.stack(self._window))
-        transition = self.detector.update(score.score, channel_scores=score.channel_errors if score.per_channel else None)
+        score, transition = None, None  # still filling the window: nothing to score yet
+        if len(self._window) == self._window.maxlen:
+            score = self.model.score(np.stack(self._window))
+            transition = self.detector.update(score.score,
+                                              channel_scores=score.channel_errors if score.per_channel else None)
+        if self.zone is not None:
+            self.zone.update(zones)  # the zone needs no window: it judges every checked snapshot
         return self._step(score, None, transition)
 
     def missing(self, reason: str = MISSING_DATA) -> Step:
@@ -73,11 +83,13 @@ class StreamScorer:
         top = detector.driver if detector.health in (State.WARNING, State.ALARM) else None
         if score is not None and (top is None or not score.per_channel):
             top = int(np.argmax(score.channel_errors))
-        return Step(score=score, fault=fault, state=detector.state,
-                    reason=fault if fault is not None else detector.reason, transition=transition, top_channel=top)
+        state, reason = detector.state, fault if fault is not None else detector.reason
+        if self.zone is not None:
+            state, reason, transition = self.zone.announce(state, reason)
+        return Step(score=score, fault=fault, state=state, reason=reason, transition=transition, top_channel=top)
 
 
-def score_stream(core: StreamScorer, features: np.ndarray, faults: Sequence[str | None] | None = None) -> list[Step]:
+def score_stream(core: Stream, features: np.ndarray, faults: Sequence[str | None] | None = None) -> list[Step]:
     """Every row of (N, C*F) features through the core, in order (faults: the raw-count checks, if any)."""
     reasons: Iterable[str | None] = faults if faults is not None else [None] * len(features)
     return [core.update(row, fault) for row, fault in zip(features, reasons)]

@@ -1,15 +1,12 @@
-"""A publisher that keeps what the agent hands over, for tests that drive the real Agent in-process and compare
-what it would publish (the MQTT path itself is tested against a real broker in test_publisher and test_hil).
-
-    from publishers import RecordingPublisher
-"""
+"""What tests pass the Agent instead of an MQTT publisher, where what is compared is what the agent would publish."""
 from __future__ import annotations
 
 from typing import Any
 
 
 class RecordingPublisher:
-    """Stands in for edge.mqtt.publisher.Publisher: keeps what the agent hands over instead of sending it."""
+    """Stands in for edge.mqtt.publisher.Publisher (an edge.announcer.Publishing): keeps what the agent hands over
+    instead of sending it, and in which order (`sent`: "alert", "state", "telemetry")."""
 
     dropped_telemetry = 0
 
@@ -17,6 +14,7 @@ class RecordingPublisher:
         self.telemetry: list[dict[str, Any]] = []
         self.alerts: list[dict[str, Any]] = []
         self.states: list[dict[str, Any]] = []
+        self.sent: list[str] = []
 
     def start(self) -> None: ...
 
@@ -27,13 +25,16 @@ class RecordingPublisher:
 
     def publish_alert(self, payload: dict[str, Any]) -> int:
         self.alerts.append(payload)
+        self.sent.append("alert")
         return len(self.alerts)
 
     def publish_state(self, payload: dict[str, Any]) -> None:
         self.states.append(payload)
+        self.sent.append("state")
 
     def publish_telemetry(self, payload: dict[str, Any]) -> bool:
         self.telemetry.append(payload)
+        self.sent.append("telemetry")
         return True
 
     def publish_health(self, payload: dict[str, Any]) -> None: ...
