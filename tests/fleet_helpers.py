@@ -95,7 +95,9 @@ url = "{historian_url}"
 
     def start(self, timeout: float = 30.0) -> FleetService:
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([BIN / "cm-fleet", "serve", "--config", self.config], stdout=log,
+            # README.md's command line, run in the directory that holds this service's fleet.toml.
+            command = ["cm-fleet", "serve", "--config", "fleet.toml"]
+            self.process = subprocess.Popen([BIN / command[0], *command[1:]], cwd=self.config.parent, stdout=log,
                                             stderr=subprocess.STDOUT)
         self.starts += 1
         deadline = time.monotonic() + timeout

@@ -46,10 +46,12 @@ pytestmark = pytest.mark.slow
 # Run by another test, as written.
 ELSEWHERE = {
     "make demo": "tests/test_demo.py",
+    "cm-fleet serve --config fleet.toml": "tests/fleet_helpers.py",  # every fleet test's service (FleetService)
 }
 
 EXCLUDED = {
     "make test": "this suite is what it runs",
+    "pip install -e '.[fleet]'": "make install installs the fleet extra into the venv this suite runs in",
     "cm-replay /data/ims/2nd_test --port /dev/ttyUSB0 --baudrate 2000000 --speed 60":
         "hardware: a USB-UART adapter wired to a Pi (the same replay through a pty and a socket runs here)",
     "sudo deploy/install.sh --bundle ~/bundles/ims1":
