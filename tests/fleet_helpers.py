@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from postgres import PostgresCluster
+from waiting import eventually
 
 from edge.mqtt.payloads import ModelRef, alert, state, telemetry
 from edge.scoring.detector import State, Transition
@@ -100,11 +100,11 @@ url = "{historian_url}"
             self.process = subprocess.Popen([BIN / command[0], *command[1:]], cwd=self.config.parent, stdout=log,
                                             stderr=subprocess.STDOUT)
         self.starts += 1
-        deadline = time.monotonic() + timeout
-        while self.read_log().count("connected to ") < self.starts:  # its session and subscriptions are in place
-            assert self.process.poll() is None, f"cm-fleet exited ({self.process.returncode}):\n{self.read_log()}"
-            assert time.monotonic() < deadline, f"cm-fleet not connected after {timeout} s:\n{self.read_log()}"
-            time.sleep(0.05)
+        process = self.process
+        # Connected: its session and subscriptions are in place.
+        assert eventually(lambda: self.read_log().count("connected to ") >= self.starts or process.poll() is not None,
+                          timeout), f"cm-fleet not connected after {timeout} s:\n{self.read_log()}"
+        assert process.poll() is None, f"cm-fleet exited ({process.returncode}):\n{self.read_log()}"
         return self
 
     def stop(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -86,17 +86,24 @@ def test_every_alert_is_stored_exactly_once_across_a_stop_and_a_sigkill(request,
         sender = threading.Thread(target=publish)
         sender.start()
         try:
-            time.sleep(1.0)
+            # Each phase lasts until the stream has moved on by a condition, not for a fixed time.
+            def stored_more() -> Callable[[], bool]:
+                before = len(reader.alert_ids())
+                return lambda: len(reader.alert_ids()) > before + 20
+
+            def published_more(count: int) -> Callable[[], bool]:
+                before = len(pump.published)
+                return lambda: len(pump.published) > before + count
+
+            assert eventually(stored_more(), 30), fleet.read_log()
             assert fleet.stop() == 0, fleet.read_log()
-            stopped_at = len(pump.published)
-            time.sleep(2.0)  # alerts published now wait in the service's session at the broker
-            assert len(pump.published) > stopped_at + 50
+            assert eventually(published_more(50), 30)  # alerts published now wait in the service's session
             fleet.start()
-            time.sleep(1.0)
+            assert eventually(stored_more(), 30), fleet.read_log()
             fleet.kill()  # mid-batch, perhaps: whatever was not committed was not acknowledged either
-            time.sleep(1.0)
+            assert eventually(published_more(50), 30)
             fleet.start()
-            time.sleep(1.0)
+            assert eventually(stored_more(), 30), fleet.read_log()
         finally:
             done.set()
             sender.join()
