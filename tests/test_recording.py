@@ -111,6 +111,84 @@ def test_real_femto_run_reads_and_its_end_exceeds_int16_at_a_milli_g(femto_dir: 
     assert (recording.times[-1] - recording.times[0]).total_seconds() == pytest.approx(870 * 10, abs=1)
 
 
+def restamp(path: Path, hours: int) -> None:
+    """Move every row of a FEMTO file `hours` along the clock (its hour column), as a glitching clock would."""
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    path.write_text("".join(",".join([str((int(r[0]) + hours) % 24), *r[1:]]) + "\n" for r in rows))
+
+
+def test_a_real_run_with_one_stamp_six_hours_early_stays_on_its_day(
+        femto_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A copy of the start of a real run with one file stamped six hours before its neighbours (as in a real
+    FEMTO run): not a midnight crossing. Every other snapshot keeps its own stamp and day; the doubted one is
+    dated between its neighbours and named."""
+    run = tmp_path / "Bearing3_1"
+    run.mkdir()
+    for number in range(1, 13):
+        name = f"acc_{number:05d}.csv"
+        (run / name).write_bytes((femto_dir / "Bearing3_1" / name).read_bytes())
+    honest = open_recording(run).times
+    restamp(run / "acc_00006.csv", -6)
+    with caplog.at_level("WARNING"):
+        recording = open_recording(run)
+    assert recording.times[:5] == honest[:5] and recording.times[6:] == honest[6:]  # no day lost or gained
+    assert honest[4] < recording.times[5] < honest[6]
+    assert abs((recording.times[5] - honest[5]).total_seconds()) < 1
+    assert len(recording.doubted) == 1 and "acc_00006.csv: stamped 03:11:29" in recording.doubted[0]
+    assert "acc_00006.csv (stamped 03:11:29)" in caplog.text
+    assert open_recording(run).snapshot(5).time == recording.times[5]
+
+
+@pytest.mark.parametrize("bad", [0, 4, 9])  # the first, one inside, the last
+def test_a_bad_stamp_across_midnight_is_doubted_and_midnight_still_moves_to_the_next_day(tmp_path: Path, bad: int) -> None:
+    rng = np.random.default_rng(3)
+    run = write_femto(tmp_path / "run", [three_decimals(rng, 32, 2) for _ in range(10)], start_s=86400 - 40)
+    honest = open_recording(run).times
+    assert honest[-1].day == honest[0].day + 1 and open_recording(run).doubted == ()
+    for hours in (-6, 5):
+        restamp(run / f"acc_{bad + 1:05d}.csv", hours)
+        recording = open_recording(run)
+        assert [t for i, t in enumerate(recording.times) if i != bad] == [t for i, t in enumerate(honest) if i != bad]
+        assert recording.times[bad] == honest[bad] and len(recording.doubted) == 1  # the cadence is exact here
+        assert f"acc_{bad + 1:05d}.csv" in recording.doubted[0]
+        restamp(run / f"acc_{bad + 1:05d}.csv", -hours)
+
+
+@pytest.mark.slow
+def test_cm_train_fit_and_evaluate_name_the_doubted_stamp(femto_dir: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from trainer.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for number in range(1, 61):
+        name = f"acc_{number:05d}.csv"
+        (run / name).write_bytes((femto_dir / "Bearing3_1" / name).read_bytes())
+    restamp(run / "acc_00040.csv", -6)
+    bundle, report = tmp_path / "bundle", tmp_path / "report"
+    assert main(["fit", str(run), "--out", str(bundle), "--epochs", "2", "--quiet"]) == 0
+    assert "warning: doubted time stamp: " in capsys.readouterr().err
+    warnings = json.loads((bundle / "model_card.json").read_text())["provenance"]["training_warnings"]
+    assert [w for w in warnings if "acc_00040.csv: stamped 03:17:09" in w]
+    assert main(["evaluate", str(bundle), str(run), "--out", str(report)]) == 0
+    assert "acc_00040.csv" in capsys.readouterr().err
+    doubted = json.loads((report / "report.json").read_text())["doubted_time_stamps"]
+    assert len(doubted) == 1 and "acc_00040.csv" in doubted[0]
+
+
+def test_a_pause_in_the_recording_is_a_gap_not_a_bad_stamp(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    first = write_femto(tmp_path / "a", [three_decimals(rng, 32, 2) for _ in range(6)], start_s=8 * 3600)
+    write_femto(tmp_path / "b", [three_decimals(rng, 32, 2) for _ in range(6)], start_s=11 * 3600)
+    for number in range(1, 7):  # three hours later, the run goes on
+        (tmp_path / "b" / f"acc_{number:05d}.csv").rename(first / f"acc_{number + 6:05d}.csv")
+    recording = open_recording(first)
+    assert recording.doubted == ()
+    assert (recording.times[6] - recording.times[5]).total_seconds() == 3 * 3600 - 50
+
+
 @pytest.mark.parametrize("text,message", [
     ("8,47,5,1.9e5,0.1,0.2\n8,47,5,1.9e5,0.1\n", r"acc_00001.csv:2: expected 6 columns \(as on line 1\), found 5"),
     ("8,47,5,1.9e5,0.1,0.2\n8,47,5,1.9e5,0.1,abc\n", r"acc_00001.csv:2: column 6: 'abc' is not a number"),

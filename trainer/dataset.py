@@ -45,6 +45,7 @@ class Dataset:
     feature_config: FeatureConfig = field(default_factory=FeatureConfig)  # how the features were computed (the card records it)
     line_hz: np.ndarray | None = None  # vibration set: (snapshots, channels, 4) envelope lines found
     prominence: np.ndarray | None = None  # vibration set: (snapshots, channels, 4) their prominence
+    doubted: tuple[str, ...] = ()  # recordings: time stamps that did not fit their neighbours (dated from them)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -133,6 +134,8 @@ def load_recording(path: Path, spec: DatasetSpec = DatasetSpec()) -> Dataset:
     except ValueError as error:
         raise DatasetError(f"{path}: {error}") from None
     analysed = _analyse(recording, extractor)
+    for doubt in recording.doubted:
+        print(f"warning: doubted time stamp: {doubt}", file=sys.stderr)
     return Dataset(
         source=str(path),
         kind=recording.format,
@@ -147,6 +150,7 @@ def load_recording(path: Path, spec: DatasetSpec = DatasetSpec()) -> Dataset:
         feature_config=config,
         line_hz=np.array(analysed.lines) if analysed.lines else None,
         prominence=np.array(analysed.prominences) if analysed.prominences else None,
+        doubted=recording.doubted,
     )
 
 

@@ -187,7 +187,7 @@ class Episodes:
 def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.datetime64 | None,
                  train_until: np.datetime64 | None, iso_group: str = EvaluateOptions.iso_group) -> dict:
     """report.json: what was scored, when the detector raised what (and the lead time), its episodes, the
-    margins, the sensor faults; the vibration set adds ISO zones and labelled data its metrics."""
+    margins, the sensor faults, the doubted time stamps; the vibration set adds ISO zones and labelled data its metrics."""
     episodes = Episodes.of(trace.states)
     stamps = dataset.timestamps
     in_training = stamps <= train_until if train_until is not None else np.zeros(len(stamps), dtype=bool)
@@ -195,6 +195,7 @@ def build_report(dataset: Dataset, bundle: Bundle, trace: Trace, failure_at: np.
               | _episodes_report(dataset, bundle.card, trace, episodes, in_training, iso_group)
               | _margins(bundle.card, trace, in_training, episodes.first_warning) | _faults(trace))
     report |= _zones_report(dataset, bundle.card, episodes.first_alarm, iso_group)
+    report["doubted_time_stamps"] = list(dataset.doubted)  # files dated from their neighbours (the recording's clock)
     if dataset.labels is not None:
         report |= labelled_metrics(dataset, bundle, trace, in_training)
     return report

@@ -111,7 +111,8 @@ def split_holdout(rows: np.ndarray, window: int, holdout_fraction: float, source
 
 
 def training_warnings(dataset: Dataset, rows: np.ndarray, fit_rows: np.ndarray, calibration_rows: np.ndarray) -> list[str]:
-    """What is wrong with the training span but does not stop training: too few snapshots, or already drifting.
+    """What is wrong with the data but does not stop training: time stamps the recording's reader doubted,
+    too few snapshots, or a span already drifting.
 
     Drift: per channel, how far the held-out end of the span reaches beyond the range of the fitted part,
     in units of that range. On cm-synth runs a healthy span reaches at most about 0.5 ranges beyond; a span
@@ -119,7 +120,7 @@ def training_warnings(dataset: Dataset, rows: np.ndarray, fit_rows: np.ndarray, 
     but says so, and the card and the evaluation report carry the warning. Checked from
     RECOMMENDED_HEALTHY snapshots on.
     """
-    found = []
+    found = [f"time stamp doubted and dated from its neighbours: {doubt}" for doubt in dataset.doubted]
     if rows.size < calibrate.RECOMMENDED_HEALTHY:
         found.append(f"only {rows.size} healthy snapshots in the training span ({calibrate.RECOMMENDED_HEALTHY} or more "
                      f"recommended): thresholds widened by {calibrate.small_sample_factor(int(rows.size)):.2f}x; "

@@ -5,15 +5,19 @@ semicolon-separated; temp_ files are ignored.
 """
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
+from firmware_bridge.recording.dating import date_times_of_day
 from firmware_bridge.recording.snapshots import Recording, SnapshotFiles, cut, file_per_snapshots
 from firmware_bridge.recording.spec import RecordingError, RecordingSpec, select_channels
 from firmware_bridge.recording.table import delimiter, read_table
+
+log = logging.getLogger(__name__)
 
 FORMAT = "femto"
 FEMTO_SAMPLE_RATE = 25600
@@ -21,7 +25,8 @@ FEMTO_CHANNELS = ("horizontal", "vertical")
 _TIME_COLUMNS = 4  # hour, minute, second, microsecond
 _NAME = re.compile(r"acc_(\d+)\.csv")
 # FEMTO records the time of day only; snapshots are dated on this (arbitrary, fixed) day so that runs
-# replay and train deterministically. A run that passes midnight moves on to the next day.
+# replay and train deterministically. A run that passes midnight moves on to the next day; a stamp that does not
+# fit its neighbours' cadence is doubted, not taken for midnight (dating.py).
 FEMTO_DATE = datetime(2012, 1, 1, tzinfo=UTC)
 
 
@@ -36,7 +41,8 @@ def open_femto(path: Path, spec: RecordingSpec) -> Recording:
     names = list(FEMTO_CHANNELS) if n_acc == 2 else [f"acc{c}" for c in range(1, n_acc + 1)]
     selection = select_channels(names, spec.channels, files[0])
     length, per_file = cut(files[0], len(first), spec.snapshot_samples)
-    layout = SnapshotFiles(files, _times(files, first), spec.sample_rate_hz or FEMTO_SAMPLE_RATE, length, per_file)
+    stamps, doubted = _times(files, first)
+    layout = SnapshotFiles(files, stamps, spec.sample_rate_hz or FEMTO_SAMPLE_RATE, length, per_file, doubted)
 
     def table_of(number: int) -> np.ndarray:
         table = first if number == 0 else _table(files[number], first.shape[1])
@@ -69,21 +75,25 @@ def _table(path: Path, columns: int | None = None) -> np.ndarray:
     return table.values
 
 
-def _times(files: list[Path], first: np.ndarray) -> list[datetime]:
-    """Capture time of each file from its first row's time of day; days advance when the clock wraps.
+def _times(files: list[Path], first: np.ndarray) -> tuple[list[datetime], tuple[str, ...]]:
+    """Capture time of each file from its first row's time of day, and the files whose stamp was doubted.
 
-    Only each file's first line is read here (the files are read in full when their snapshot is).
+    Days advance when the clock wraps at the run's cadence; a stamp that fits neither neighbour is dated
+    between them (dating.py). Only each file's first line is read here (files are read in full when their
+    snapshot is).
     """
-    times: list[datetime] = []
-    day = FEMTO_DATE
-    previous: timedelta | None = None
-    for path in files:
-        of_day = _time_of_day(path, first[0] if path == files[0] else _first_row(path))
-        if previous is not None and of_day < previous:
-            day += timedelta(days=1)
-        previous = of_day
-        times.append(day + of_day)
-    return times
+    of_day = [_time_of_day(path, first[0] if path == files[0] else _first_row(path)) for path in files]
+    dated = date_times_of_day(of_day, FEMTO_DATE)
+    doubted = tuple(f"{files[k]}: stamped {_clock(of_day[k])}, which does not fit the {dated.cadence_s:g} s cadence "
+                    f"of its neighbours: dated {dated.times[k]:%H:%M:%S} from them" for k in dated.doubted)
+    if doubted:
+        log.warning("%s: %d snapshot time stamp(s) doubted and dated from their neighbours: %s", files[0].parent,
+                    len(doubted), ", ".join(f"{files[k].name} (stamped {_clock(of_day[k])})" for k in dated.doubted))
+    return list(dated.times), doubted
+
+
+def _clock(of_day: timedelta) -> str:
+    return (datetime.min + of_day).strftime("%H:%M:%S")
 
 
 def _time_of_day(path: Path, row: np.ndarray) -> timedelta:

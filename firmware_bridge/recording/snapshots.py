@@ -39,6 +39,7 @@ class Recording:
     snapshot_samples: int
     times: tuple[datetime, ...]
     _read: Callable[[int], RecordedSnapshot] = field(repr=False, compare=False)
+    doubted: tuple[str, ...] = ()  # one message per time stamp that did not fit its neighbours (dated from them)
 
     def __len__(self) -> int:
         return len(self.times)
@@ -82,6 +83,7 @@ class SnapshotFiles:
     rate: int
     length: int
     per_file: int
+    doubted: tuple[str, ...] = ()  # files whose stamp was doubted, one message each (Recording.doubted)
 
     def times(self) -> tuple[datetime, ...]:
         return tuple(t + offset(part * self.length, self.rate) for t in self.stamps for part in range(self.per_file))
@@ -116,4 +118,4 @@ def file_per_snapshots(path: Path, kind: str, selection: Selection, layout: Snap
                                 layout.where(number, start))
 
     return Recording(path, kind, selection.names, selection.columns, scale_for(k), layout.rate, layout.length,
-                     layout.times(), read)
+                     layout.times(), read, layout.doubted)
