@@ -100,11 +100,12 @@ def test_labelled_blobs_reach_f1_09_with_the_default_threshold(tmp_path: Path) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("samples,random_state", [(1000, 0), (3000, 0)])
+@pytest.mark.parametrize("samples,random_state", [(1000, 0), (3000, 0), (500, 7)])
 def test_labelled_blobs_of_other_sizes_and_states_fit_with_default_flags(tmp_path: Path, samples: int,
                                                                         random_state: int) -> None:
     """Tables the export once refused ("int8 and float32 decisions disagree on 3.54% of 254 ..." and "1.34% of
-    744"; correlation 0.999, largest relative difference 2.5% and 6.4%), all for decisions near a threshold: the default fit exports and reaches F1 0.9.
+    744"; correlation 0.999, largest relative difference 2.5% and 6.4%), all for decisions near a threshold,
+    and one (500 rows, state 7) whose anomalies were taken for a sensor dropout and never scored (F1 0.05): the default fit exports and reaches F1 0.9.
     (The sweep over 500 to 5,000 rows and 10 random states: bench/bench_labelled.py.)"""
     table = write_blobs_table(tmp_path / "blobs.csv", samples, random_state)
     bundle = tmp_path / "bundle"
@@ -114,6 +115,20 @@ def test_labelled_blobs_of_other_sizes_and_states_fit_with_default_flags(tmp_pat
     assert main(["evaluate", str(bundle), str(table), "--out", str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["f1"] >= 0.9 and report["roc_auc"] > 0.95
+
+
+def test_only_table_columns_that_look_like_levels_can_drop_out(tmp_path: Path, seed_table: Path) -> None:
+    """A dead sensor's mean-abs column reads near zero: a dropout. A make_blobs coordinate that came close to
+    zero in the healthy span is no level: low values there are anomalies to score (they were faults once)."""
+    from trainer.train import dropout_levels
+
+    blobs = load_table(write_blobs_table(tmp_path / "blobs.csv", 500, 7), "label")
+    healthy = np.flatnonzero(~blobs.labels[:250])  # type: ignore[index]
+    levels = dropout_levels(blobs, healthy)
+    assert levels == tuple(0.0 for _ in levels)  # every coordinate: some near or below zero
+    table = load_table(seed_table)
+    rows = np.arange(60)
+    assert dropout_levels(table, rows) == tuple(float(v) for v in table.features[rows].min(axis=0))
 
 
 def test_the_int8_check_forgives_borderline_decisions_and_refuses_hidden_anomalies() -> None:

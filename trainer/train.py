@@ -43,6 +43,7 @@ from trainer.options import FitOptions
 
 MIN_HELD_OUT_WINDOWS = 3  # the thresholds never rest on a single held-out window
 SATURATION_FACTOR = 10.0
+MAGNITUDE_SHARE = 0.25  # a table column whose healthy minimum is below this share of its maximum cannot drop out
 DRIFT_LIMIT = 1.5  # held-out end of the training span beyond the fitted range, in fitted ranges  # the card records the score of an input this many times the training range
 
 
@@ -154,6 +155,21 @@ def labelled_splits(dataset: Dataset, in_training: np.ndarray) -> tuple[np.ndarr
     if after.size < 4 or not dataset.labels[after[: after.size // 2]].any():
         return None
     return after[: after.size // 2], after[after.size // 2:]
+
+
+def dropout_levels(dataset: Dataset, rows: np.ndarray) -> tuple[float, ...]:
+    """The card's healthy_min: per column the healthy minimum, which the agent's dropout check
+    (edge.scoring.sensor) measures a channel's level against (a dead sensor reads near zero).
+
+    A table's columns are whatever the user measured: one whose healthy values come close to zero (its minimum
+    below MAGNITUDE_SHARE of its maximum: a make_blobs coordinate, an amount) is no level a sensor drops out
+    from, and a low value there is an anomaly to score, not a fault that hides it: 0 there, which the check
+    skips. Recordings' features are computed here (levels by construction) and keep their minimum.
+    """
+    low, high = dataset.features[rows].min(axis=0), dataset.features[rows].max(axis=0)
+    if dataset.kind != "table":
+        return tuple(float(v) for v in low)
+    return tuple(float(v) if v >= MAGNITUDE_SHARE * h else 0.0 for v, h in zip(low, high))
 
 
 def training_windows(dataset: Dataset, scaler: Scaler, rows: np.ndarray, window: int) -> np.ndarray:
@@ -365,7 +381,7 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
         scaler=scaler,
         threshold_rule=options.threshold_rule,
         detector=DetectorSettings(warning_threshold=1.0, alarm_threshold=1.0),
-        healthy_min=tuple(float(v) for v in dataset.features[rows].min(axis=0)),
+        healthy_min=dropout_levels(dataset, rows),
         quantization={},
         provenance={
             "source": dataset.source,
