@@ -286,7 +286,7 @@ def _calibrate(draft: Bundle, dataset: Dataset, span: Span, options: FitOptions)
 def _check(bundle: Bundle, dataset: Dataset, span: Span, limits: calibrate.Thresholds,
            window: int) -> tuple[export.QuantizationCheck, dict]:
     """The float32 twin must not clearly disagree with the int8 model's decisions (borderline ones near a
-    threshold aside), and an input far beyond the training range, on every column and on each alone, must
+    threshold aside), and an input far beyond the training range, on every channel and on each alone, must
     score beyond the alarm threshold (the int8 input must not saturate below it); returns the card's record."""
     int8 = Model(bundle)
     floats = Model(bundle, model_path=bundle.path / FLOAT_MODEL_FILE)
@@ -296,10 +296,11 @@ def _check(bundle: Bundle, dataset: Dataset, span: Span, limits: calibrate.Thres
     check = export.compare(int8_scores, float_scores, limits.warning, limits.alarm)
     export.require_agreement(check)
     saturation = _saturation_score(int8, bundle.card.scaler, window)
-    alone = _one_channel_saturation_scores(int8, bundle.card.scaler, window)
+    names = bundle.card.feature_spec.channels
+    alone = _one_channel_saturation_scores(int8, bundle.card.scaler, window, len(names))
     weakest = int(np.argmin(alone))
     for what, score in ((f"an input {SATURATION_FACTOR:g}x beyond the training range", saturation),
-                        (f"column {weakest + 1} alone {SATURATION_FACTOR:g}x beyond its training range", alone[weakest])):
+                        (f"channel {names[weakest]} alone {SATURATION_FACTOR:g}x beyond its training range", alone[weakest])):
         if score <= limits.alarm:
             raise export.ExportError(
                 f"int8 saturation check failed: {what} scores {score:.4g}, not above the alarm threshold "
@@ -310,7 +311,7 @@ def _check(bundle: Bundle, dataset: Dataset, span: Span, limits: calibrate.Thres
         "input": _tensor_quantization(int8),
         "representative_headroom": export.HEADROOM,
         f"score_at_{SATURATION_FACTOR:g}x_training_range": saturation,
-        f"lowest_score_one_column_at_{SATURATION_FACTOR:g}x_training_range": float(alone[weakest]),
+        f"lowest_score_one_channel_at_{SATURATION_FACTOR:g}x_training_range": float(alone[weakest]),
         "float_model_file": FLOAT_MODEL_FILE,
         "float_model_sha256": file_sha256(bundle.path / FLOAT_MODEL_FILE),
     }
@@ -417,14 +418,17 @@ def _saturation_score(scorer: Model, scaler: Scaler, window: int) -> float:
     return scorer.score(np.tile(beyond, (window, 1))).score
 
 
-def _one_channel_saturation_scores(scorer: Model, scaler: Scaler, window: int) -> np.ndarray:
-    """Per feature column: the score when it alone is SATURATION_FACTOR times beyond the training range and
-    every other column sits mid-range (one failing bearing among healthy ones)."""
+def _one_channel_saturation_scores(scorer: Model, scaler: Scaler, window: int, channels: int) -> np.ndarray:
+    """Per channel: the score when its features alone are SATURATION_FACTOR times beyond the training range and
+    every other channel's sit mid-range (one failing bearing among healthy ones). Columns are channel-major; a
+    channel's score averages its features, so one feature alone (a crest factor) is no anomaly to require."""
     low, high = np.asarray(scaler.minimum), np.asarray(scaler.maximum)
+    per_channel = low.size // channels
     scores = []
-    for column in range(low.size):
+    for channel in range(channels):
         row = (low + high) / 2
-        row[column] = low[column] + SATURATION_FACTOR * (high[column] - low[column])
+        mine = slice(channel * per_channel, (channel + 1) * per_channel)
+        row[mine] = low[mine] + SATURATION_FACTOR * (high[mine] - low[mine])
         scores.append(scorer.score(np.tile(row, (window, 1))).score)
     return np.array(scores)
 
