@@ -17,30 +17,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the suite's table writers: the bench measures the tables the tests use
+
+from tables import write_blobs_table  # noqa: E402
 
 from trainer.cli import main  # noqa: E402
 
 
-def blobs_table(path: Path, samples: int, random_state: int) -> Path:
-    """As tests/test_trainer_table.py builds one: two Gaussian blobs in 15 dimensions, a time and a label column."""
-    from sklearn.datasets import make_blobs  # the dev extra
-
-    features, labels = make_blobs(n_samples=samples, n_features=15, centers=2, center_box=(-4, 4), cluster_std=1.75,
-                                  random_state=random_state)
-    frame = pd.DataFrame(features, columns=[f"x{i}" for i in range(15)])
-    frame.insert(0, "time", np.arange(samples))
-    frame["label"] = labels
-    frame.to_csv(path, index=False)
-    return path
-
-
 def one(samples: int, state: int, work: Path) -> dict:
-    table = blobs_table(work / f"blobs_{samples}_{state}.csv", samples, state)
+    table = write_blobs_table(work / f"blobs_{samples}_{state}.csv", samples, state)
     bundle, report = work / f"bundle_{samples}_{state}", work / f"report_{samples}_{state}"
     started = time.perf_counter()
     err = io.StringIO()

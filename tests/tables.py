@@ -1,7 +1,7 @@
 """Features tables as the trainer takes them: the seeds' merged table (one row per snapshot, mean absolute g per
-bearing) and a creditcard-style labelled table.
+bearing), a creditcard-style labelled table and make_blobs-like labelled tables.
 
-    from tables import write_fraud_table, write_seed_table
+    from tables import write_blobs_table, write_fraud_table, write_seed_table
 """
 from __future__ import annotations
 
@@ -39,5 +39,19 @@ def write_fraud_table(path: Path, rows: int = 600, seed: int = 1) -> Path:
     frame.insert(0, "Time", np.sort(rng.uniform(0, 172_000, rows)).round(0))
     frame["Amount"] = amount.round(2)
     frame["Class"] = fraud.astype(int)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def write_blobs_table(path: Path, samples: int, random_state: int) -> Path:
+    """The classic undercomplete-autoencoder setup: two Gaussian blobs in 15 dimensions, class 1 = anomaly,
+    as a table with a time column (seconds) and a label column."""
+    from sklearn.datasets import make_blobs  # the dev extra; never used by edge or trainer
+
+    features, labels = make_blobs(n_samples=samples, n_features=15, centers=2, center_box=(-4, 4), cluster_std=1.75,
+                                  random_state=random_state)
+    frame = pd.DataFrame(features, columns=[f"x{i}" for i in range(15)])
+    frame.insert(0, "time", np.arange(samples))
+    frame["label"] = labels
     frame.to_csv(path, index=False)
     return path

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-from tables import write_fraud_table, write_seed_table
+from tables import write_blobs_table, write_fraud_table, write_seed_table
 
 from trainer.cli import main
 from trainer.dataset import DatasetError, load_table
@@ -56,20 +55,6 @@ def test_dead_sensor_in_a_table_is_a_sensor_fault(seed_bundle: Path, tmp_path: P
     assert report["sensor_fault_snapshots"] == 40
     assert report["sensor_faults"] == ["dropout:Bearing 2"]
     assert report["final_state"] == "sensor_fault"
-
-
-def write_blobs_table(path: Path, samples: int, random_state: int) -> Path:
-    """The classic undercomplete-autoencoder setup: two Gaussian blobs in 15 dimensions, class 1 = anomaly,
-    as a table with a time column (seconds) and a label column."""
-    from sklearn.datasets import make_blobs  # the dev extra; never used by edge or trainer
-
-    features, labels = make_blobs(n_samples=samples, n_features=15, centers=2, center_box=(-4, 4), cluster_std=1.75,
-                                  random_state=random_state)
-    frame = pd.DataFrame(features, columns=[f"x{i}" for i in range(15)])
-    frame.insert(0, "time", np.arange(samples))
-    frame["label"] = labels
-    frame.to_csv(path, index=False)
-    return path
 
 
 @pytest.mark.slow
