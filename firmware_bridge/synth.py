@@ -154,7 +154,7 @@ def _impact_train(rng: np.random.Generator, plan: RunPlan, index: int) -> np.nda
     slip = rng.uniform(0.01, 0.02)
     spacing = period * (1 + slip * rng.standard_normal(count))
     times = rng.uniform(0, period) + np.concatenate(([0.0], np.cumsum(spacing[:-1])))
-    times = np.rint(times).astype(np.int64)
+    times = np.rint(times).astype(np.intp)  # bincount takes the platform's index type: int32 on 32-bit Pi OS
     times = times[times < IMS_SNAPSHOT_SAMPLES]
     strength = plan.severity[index] * rng.lognormal(0.0, 0.25, times.size)
     train = np.bincount(times, weights=strength, minlength=IMS_SNAPSHOT_SAMPLES)
