@@ -1,6 +1,7 @@
 """`cm-fleet`: the fleet's server side.
 
     cm-fleet serve --config fleet.toml     ingest every agent's messages into the historian
+    cm-fleet simulate --devices 1000       that many virtual devices speaking the agent's MQTT contract
 """
 from __future__ import annotations
 
@@ -19,12 +20,57 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="ingest every agent's MQTT messages into the historian")
     serve.add_argument("--config", required=True, help="the fleet.toml to read")
+    _simulate_parser(commands)
     return parser
+
+
+def _simulate_parser(commands: argparse._SubParsersAction) -> None:
+    from fleet.simulate import SimulationConfig as Sim  # its defaults, stated once
+
+    simulate = commands.add_parser("simulate", help="virtual devices speaking the agent's MQTT contract (load, faults)")
+    simulate.add_argument("--devices", type=int, required=True, help="how many devices, each its own MQTT connection")
+    simulate.add_argument("--host", default=Sim.host)
+    simulate.add_argument("--port", type=int, default=Sim.port)
+    simulate.add_argument("--topic-prefix", default=Sim.topic_prefix)
+    simulate.add_argument("--id-prefix", default=Sim.id_prefix, help="device ids are ID_PREFIX-00000, ...")
+    simulate.add_argument("--telemetry-interval", type=float, default=Sim.telemetry_interval_s, help="seconds")
+    simulate.add_argument("--alert-interval", type=float, default=Sim.alert_interval_s,
+                          help="each device's mean seconds between state transitions (one alert each)")
+    simulate.add_argument("--health-interval", type=float, default=Sim.health_interval_s, help="seconds")
+    simulate.add_argument("--duration", type=float, default=Sim.duration_s, help="seconds (default: until SIGTERM)")
+    simulate.add_argument("--drain-timeout", type=float, default=Sim.drain_timeout_s,
+                          help="seconds to wait at the end for pending alerts' acknowledgements")
+    simulate.add_argument("--reconnect-min", type=float, default=Sim.reconnect_min_s, help="seconds (jitter from)")
+    simulate.add_argument("--reconnect-max", type=float, default=Sim.reconnect_max_s, help="seconds (jitter to)")
+    simulate.add_argument("--credentials", default=Sim.credentials,
+                          help="a file of device_id:password lines: each device logs in as itself")
+    simulate.add_argument("--seed", type=int, default=Sim.seed)
+    simulate.add_argument("--summary", help="write the summary (JSON) here")
+    simulate.add_argument("--ledger", help="write every alert sent (JSON lines: id, device_id, created_us) here")
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from fleet.simulate import SimulationConfig, SimulationError, simulate
+
+    try:
+        config = SimulationConfig(
+            devices=args.devices, host=args.host, port=args.port, topic_prefix=args.topic_prefix,
+            id_prefix=args.id_prefix, telemetry_interval_s=args.telemetry_interval, alert_interval_s=args.alert_interval,
+            health_interval_s=args.health_interval, duration_s=args.duration, drain_timeout_s=args.drain_timeout,
+            reconnect_min_s=args.reconnect_min, reconnect_max_s=args.reconnect_max, credentials=args.credentials,
+            seed=args.seed)
+        summary = simulate(config, args.summary, args.ledger)
+    except SimulationError as error:
+        print(f"cm-fleet: {error}", file=sys.stderr)
+        return 2
+    return 0 if summary.alerts_pending == 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "simulate":
+        return _simulate(args)
     from fleet.service import serve  # after the arguments: --help stays fast
 
     try:
