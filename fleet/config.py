@@ -35,7 +35,10 @@ class FleetMqttConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
-    group: str = "cm-fleet"  # the shared subscription's group: instances of one group split the load
+    # The shared subscription's group: instances of one group split the load. "" subscribes without sharing
+    # (one instance): Debian's Mosquitto 2.0.11 keeps a plain subscription of a persistent session across its
+    # restart, not a shared one (deploy/plant-group.md).
+    group: str = "cm-fleet"
     client_id: str = ""  # default: cm-fleet-{hostname}; must stay the same across restarts (the session is kept)
     session_expiry_s: int = 7 * 24 * 3600  # how long the broker keeps this service's queued alerts while it is down
     keepalive: int = 30
@@ -105,7 +108,7 @@ def _check(config: FleetConfig, path: Path) -> FleetConfig:
     mqtt, historian, ingest = config.mqtt, config.historian, config.ingest
     checks = [
         ("mqtt.topic_prefix", mqtt.topic_prefix, PREFIX_PATTERN.match(mqtt.topic_prefix), "levels of A-Z a-z 0-9 _ -"),
-        ("mqtt.group", mqtt.group, GROUP_PATTERN.match(mqtt.group), "1-64 of A-Z a-z 0-9 _ -"),
+        ("mqtt.group", mqtt.group, mqtt.group == "" or GROUP_PATTERN.match(mqtt.group), "1-64 of A-Z a-z 0-9 _ -"),
         ("mqtt.port", mqtt.port, 0 < mqtt.port < 65536, "1-65535"),
         ("mqtt.session_expiry_s", mqtt.session_expiry_s, 0 < mqtt.session_expiry_s <= 0xFFFFFFFF, "1-4294967295"),
         ("historian.url", historian.url, historian.url.startswith(("sqlite://", "postgresql://", "postgres://")),

@@ -49,7 +49,8 @@ class Received:
 
 
 def subscriptions(config: FleetMqttConfig) -> list[tuple[str, int]]:
-    return [(f"$share/{config.group}/{config.topic_prefix}/+/{kind}", 1) for kind in KINDS]
+    share = f"$share/{config.group}/" if config.group else ""  # "": one instance, a plain subscription
+    return [(f"{share}{config.topic_prefix}/+/{kind}", 1) for kind in KINDS]
 
 
 class RejectLog:

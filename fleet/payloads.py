@@ -99,7 +99,7 @@ class Validator:
     def _explain(self, kind: str, decoded: Any, violation: fastjsonschema.JsonSchemaValueException) -> str:
         error = jsonschema.exceptions.best_match(self._schemas[kind].iter_errors(decoded))
         if error is None:  # one of the cases where fastjsonschema is the stricter (module docstring)
-            return _short(f"{violation.name.removeprefix('data').lstrip('.') or '(root)'}: {violation.message}")
+            return _short(f"{(violation.name or 'data').removeprefix('data').lstrip('.') or '(root)'}: {violation.message}")
         return _short(f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}")
 
     @staticmethod

@@ -215,8 +215,7 @@ class VirtualDevice:
         self.fleet.connected(self)
         self._publish(self.topics.status, ONLINE, qos=1, retain=True)
         self._publish(self.topics.health, encode(self.health.payload()), qos=1, retain=True)
-        if self.snapshot:
-            self._publish_state(time.time_ns() // 1000)
+        self._publish_state(time.time_ns() // 1000)  # the current state, retained, as the agent does at start
         for alert_id, payload in list(self.pending.items()):  # not acknowledged yet: send again, same id
             self._publish_alert(alert_id, payload)
 
