@@ -105,6 +105,8 @@ class Mosquitto:
     config: str | None = None
     persistence: bool = False  # keep retained messages and sessions across stop()/start(), like Debian's default
     process: subprocess.Popen | None = None
+    extra: str = ""  # lines added to the config, generated or given: a bridge, limits (use {port}/{directory})
+    log_types: str = "all"  # Mosquitto's log_type values; a benchmark at 10,000 msg/s logs less ("error warning")
 
     @property
     def config_path(self) -> Path:
@@ -121,7 +123,9 @@ class Mosquitto:
             text = f"listener {self.port} {HOST}\nallow_anonymous true\n"
         # Under root Mosquitto would switch to the `mosquitto` user and lose access to the test's files.
         persistence = f"persistence true\npersistence_location {self.directory}/\n" if self.persistence else ""
-        return f"user {getpass.getuser()}\n{persistence}log_dest stderr\nlog_type all\n{text}"
+        logging = "".join(f"log_type {kind}\n" for kind in self.log_types.split())
+        extra = self.extra.format(port=self.port, tls_port=self.tls_port, directory=self.directory)
+        return f"user {getpass.getuser()}\n{persistence}log_dest stderr\n{logging}{text}{extra}"
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
         if self.process is not None:
