@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench install system-deps pi-deps pi-check clean lowest lint
+.PHONY: demo test bench bench-fleet install system-deps pi-deps pi-check clean lowest lint
 
 install: $(STAMP)
 
@@ -92,3 +92,9 @@ bench: $(STAMP) system-deps
 
 clean:
 	rm -rf build demo-out bench/results.json bench/real_results.json .pytest_cache $(LOWEST)
+
+# The fleet at scale (issue 21): cm-fleet simulate's devices on one Mosquitto, cm-fleet serve storing them;
+# appends to bench/fleet_results.json. FLEET_DEVICES=1000 for one size; FLEET_BENCH_ARGS=--faults adds the faults.
+FLEET_DEVICES ?= 1000,5000,10000
+bench-fleet: $(STAMP) system-deps
+	$(BIN)/python bench/bench_fleet.py --devices $(FLEET_DEVICES) $(FLEET_BENCH_ARGS)
