@@ -13,9 +13,11 @@ and reports the time until every device was back and the alerts' audit after all
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -100,10 +102,26 @@ def _telemetry_rows(url: str) -> int:
 def _settled_rows(url: str) -> int:
     """The telemetry count once it stops growing: cm-fleet has stored the broker's backlog."""
     rows = -1
-    while (now := _telemetry_rows(url)) != rows:
+    while (now := _telemetry_rows(url)) != rows:  # 10 s without a new row (a WAL checkpoint can pause it for seconds)
         rows = now
-        time.sleep(3)
+        time.sleep(10)
     return rows
+
+
+def _sent_per_s(log: str) -> float | None:
+    """The simulator's telemetry rate between its first and last progress report (every 10 s): its steady rate."""
+    reports = [(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), int(sent)) for stamp, sent in
+               re.findall(r"^(\S+ \S+) INFO fleet.simulate: \d+/\d+ connected; .* telemetry sent (\d+)", log, re.M)]
+    if len(reports) < 2:
+        return None
+    (t0, n0), (t1, n1) = reports[0], reports[-1]
+    return round((n1 - n0) / (t1 - t0), 1)
+
+
+def _fleet_counts(log: str) -> dict[str, int]:
+    """What cm-fleet took in, by kind, from its last words on SIGTERM ("stopped: stored {...}")."""
+    found = re.findall(r"stopped: stored (\{[^}]*\})", log)
+    return ast.literal_eval(found[-1]) if found else {}
 
 
 def _database_bytes(path: Path) -> int:
@@ -133,13 +151,16 @@ def run(devices: int, duration: float, alert_interval: float, faults: bool, dire
         rows0, bytes0 = _telemetry_rows(url), _database_bytes(database)
         time.sleep(duration)
         rows1, bytes1 = _telemetry_rows(url), _database_bytes(database)
+        per_row = (bytes1 - bytes0) / max(1, rows1 - rows0)  # a raw telemetry record, its index and its WAL share
         steady = {"telemetry_stored_per_s": round((rows1 - rows0) / duration, 1),
-                  "historian_bytes_per_device_per_day": round((bytes1 - bytes0) / devices / duration * 86400)}
+                  "historian_bytes_per_telemetry_row": round(per_row),
+                  # what a device sending every second adds per day, raw (the compactor folds it after the retention)
+                  "historian_bytes_per_device_per_day": round(per_row * 86400)}
         fault_log: list[dict[str, Any]] = []
         if faults:
             fault_log = _faults(broker, fleet, sampler, simulation)
         summary = simulation.wait(total + 600)
-        steady["telemetry_sent_per_s"] = round(summary["tally"]["telemetry_sent"] / max(1e-9, summary["duration_s"]), 1)
+        steady["telemetry_sent_per_s"] = _sent_per_s(simulation.read_log())
         ended = time.monotonic()
         drained = eventually(lambda: audit(simulation.ledger(), stored_alerts(url)).clean(), 600)
         rows_final = _settled_rows(url)
@@ -147,6 +168,7 @@ def run(devices: int, duration: float, alert_interval: float, faults: bool, dire
         result = audit(simulation.ledger(), stored_alerts(url))
         time.sleep(1.5)  # a last CPU sample of cm-fleet with its whole backlog stored
         fleet.stop()
+        delivered = _fleet_counts(fleet.read_log())
     finally:
         resources = sampler.stop()
         if simulation is not None:
@@ -162,6 +184,7 @@ def run(devices: int, duration: float, alert_interval: float, faults: bool, dire
         "alert_latency_ms_p50": _percentile(result.latencies_ms, 50),
         "alert_latency_ms_p99": _percentile(result.latencies_ms, 99),
         "telemetry_sent": summary["tally"]["telemetry_sent"], "telemetry_stored": rows_final,
+        "telemetry_delivered_to_cm_fleet": delivered.get("telemetry") if not faults else None,  # a SIGKILL loses its count
         "telemetry_dropped_by_devices": summary["tally"]["telemetry_dropped"],
         "backlog_drained_after_end_s": drain_s, **steady,
         "cm_fleet_cpu_us_per_message": _per_message(resources, "cm_fleet", rows_final + result.alerts_stored), "outages": summary["outages"], "fault_log": fault_log, "resources": resources,
@@ -176,15 +199,17 @@ def _faults(broker: Mosquitto, fleet: FleetService, sampler: Sampler, simulation
     broker.stop()
     broker.start()
     sampler.watch("broker", broker.process.pid)
-    log.append({"fault": "broker_restart", "down_s": round(time.monotonic() - start, 2)})
-    summary_marker = "devices back"
-    eventually(lambda: summary_marker in simulation.read_log(), 120)
-    log[-1]["devices_back_after_s"] = round(time.monotonic() - start, 2)
+    returned = time.monotonic()
+    log.append({"fault": "broker_restart", "down_s": round(returned - start, 2)})
+    eventually(lambda: "devices back" in simulation.read_log(), 300)
+    log[-1]["all_devices_back_after_return_s"] = round(time.monotonic() - returned, 2)
     time.sleep(5)
     start = time.monotonic()
+    connects = fleet.read_log().count("connected to ")
     fleet.kill()
     fleet.start(timeout=120)
     sampler.watch("cm_fleet", fleet.process.pid)
+    eventually(lambda: fleet.read_log().count("connected to ") > connects, 120)  # its session resumed
     log.append({"fault": "fleet_sigkill", "back_after_s": round(time.monotonic() - start, 2)})
     return log
 
