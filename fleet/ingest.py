@@ -6,6 +6,8 @@
 - MQTT 5 with a persistent session (clean_start False and a session expiry): while this service is down the
   broker queues the QoS 1 messages (alerts, state, status, health) for it and delivers them when it returns.
 - A shared subscription: several instances with the same `group` split the stream (each its own client id).
+  `group = ""` subscribes plainly (one instance): Debian's Mosquitto 2.0.11 restores a persistent session's plain
+  subscriptions after its restart, not its shared ones (deploy/plant-group.md).
 - Manual acknowledgement (paho 2's `manual_ack`): a message is PUBACKed only after the transaction that stored
   it committed, so a crash or SIGKILL between receiving and storing leaves it unacknowledged and the broker
   sends it again. What arrives twice is stored once: alerts by their id, telemetry by (device, time).

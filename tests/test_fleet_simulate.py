@@ -66,7 +66,7 @@ def test_faults_lose_no_alert_and_store_none_twice(tmp_path, request, fault):
         url = _historian(tmp_path)
         start = start_fleet if fault == "fleet_sigkill" else _start_unshared_fleet
         fleet = start(request, tmp_path, broker.port, url)
-        simulation = Simulation(tmp_path, broker.port, devices, "--duration", "9", *options).start()
+        simulation = Simulation(tmp_path, broker.port, devices, "--duration", "6", *options).start()
         request.addfinalizer(simulation.kill)
         assert eventually(lambda: len(stored_alerts(url)) >= 10, 30), simulation.read_log()
         if fault == "fleet_sigkill":
