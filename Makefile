@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[trainer,fleet,dev]'
 	@touch $@
 
-# Debian's mosquitto (real broker for the tests), gcc and g++ (compile the C encoder and the Arduino sketch on the host), openssl (test CA)
-# and postgresql (the fleet historian's tests start a private cluster with its initdb and pg_ctl).
+# Debian's mosquitto (real broker for the tests), gcc and g++ (compile the C encoder and the Arduino sketch on the host), openssl (test CA),
+# postgresql (the fleet historian's tests start a private cluster with its initdb and pg_ctl), chromium (the
+# dashboard's browser tests drive it through Playwright: no browser download) and systemd (systemd-analyze
+# checks deploy/cm-fleet.service).
 system-deps:
 	@missing=""; \
 	 { command -v mosquitto || test -x /usr/sbin/mosquitto; } >/dev/null 2>&1 || missing="$$missing mosquitto"; \
@@ -24,6 +26,8 @@ system-deps:
 	 command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
 	 command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	 command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	 command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	 if [ -n "$$missing" ]; then \
 	   echo "installing Debian packages:$$missing"; \
 	   $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
