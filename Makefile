@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench install system-deps pi-deps pi-check clean lowest lint
+.PHONY: demo fleet-demo test bench install system-deps pi-deps pi-check clean lowest lint
 
 install: $(STAMP)
 
@@ -91,8 +91,13 @@ pi-check: $(STAMP) system-deps pi-deps
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+# A small fleet on this machine: Mosquitto, cm-fleet serve (and its dashboard, once built) and a few real agents
+# replaying a run to failure in a loop; prints the dashboard's URL and a login. Ctrl-C stops it. See scripts/fleet_demo.py.
+fleet-demo: $(STAMP) system-deps
+	$(BIN)/python scripts/fleet_demo.py
+
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf build demo-out bench/results.json bench/real_results.json .pytest_cache $(LOWEST)
+	rm -rf build demo-out fleet-demo-out bench/results.json bench/real_results.json .pytest_cache $(LOWEST)

@@ -79,6 +79,19 @@ def test_the_example_config_is_what_cm_fleet_reads() -> None:
     assert config.ingest == FleetConfig().ingest
 
 
+def test_the_install_makes_the_shared_group_a_secret(tmp_path: Path) -> None:
+    """deploy/README.md's `sed` line, as written (without sudo), on a copy of the example: a random group."""
+    line = next(line for line in (DEPLOY / "README.md").read_text().splitlines() if line.startswith("sudo sed -i"))
+    groups = set()
+    for attempt in range(2):
+        copy = tmp_path / f"fleet-{attempt}.toml"
+        shutil.copy(DEPLOY / "fleet.example.toml", copy)
+        command = line.removeprefix("sudo ").replace("/etc/cm/fleet.toml", str(copy))
+        subprocess.run(["bash", "-c", command], check=True, timeout=30)
+        groups.add(load_config(copy).mqtt.group)
+    assert len(groups) == 2 and all(re.fullmatch(r"cm-fleet-[0-9a-f]{24}", group) for group in groups), groups
+
+
 @dataclass(frozen=True)
 class DeployedBroker:
     broker: Mosquitto
