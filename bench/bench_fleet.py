@@ -134,9 +134,8 @@ def run(devices: int, duration: float, alert_interval: float, faults: bool, dire
     broker = Mosquitto(directory / "broker", persistence=True, extra=BROKER_LIMITS, log_types="error warning")
     broker.start()
     sampler = Sampler().start()
-    fleet = FleetService(directory, broker.port, url)
     # One instance: a plain subscription survives the broker restart below (fleet/config.py: mqtt.group).
-    fleet.config.write_text(fleet.config.read_text().replace("[mqtt]\n", '[mqtt]\ngroup = ""\n'))
+    fleet = FleetService(directory, broker.port, url, mqtt='group = ""\n')
     simulation: Simulation | None = None
     try:
         fleet.start()

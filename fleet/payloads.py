@@ -2,22 +2,25 @@
 Schema (edge/mqtt/schemas) and that the payload's device is the topic's device.
 
 A payload that fails any check becomes a `Rejected` with a short reason, never an exception: one hostile
-or broken sender must not stop or delay the others.
+or broken sender must not stop or delay the others. That includes what the schemas allow but a database cannot
+store (a lone surrogate or NUL in a string, an integer beyond 64 bits, 1e400 read as infinity, a date-time with
+month 13): accepted, it would fail its batch's transaction again and again and so hold back every agent's alerts.
 
-The schemas are compiled to Python code by fastjsonschema: jsonschema interprets them (its $ref lookups cost
-~1.3 ms a payload, about 800 payloads/s, the ingest's old limit). jsonschema still words the detail of a
-rejection (its best_match names the deepest cause), so only the rare rejected payload pays for it. Where the
-two differ, fastjsonschema is the stricter and the historian needs it: it checks `format: date-time` (a
-month 13 that matches the schema's pattern would otherwise reach the historian, whose date parser refuses it
-and so the whole batch, again and again) and reads a pattern's `$` as the end of the text, not before a
-trailing newline (tests/test_fleet_payloads.py lists both).
+The schemas are compiled to Python code by fastjsonschema, which decides: jsonschema interprets them (its $ref
+lookups cost ~1.3 ms a payload, about 800 payloads/s, the ingest's old limit). jsonschema, with the same
+date-time check, still words the detail of a rejection (its best_match names the deepest cause), so only the
+rare rejected payload pays for it. They differ in one reading: fastjsonschema takes a pattern's `$` as the end
+of the text, jsonschema (re.search) also before a trailing newline; the stricter reading is kept
+(tests/test_fleet_payloads.py shows both agree everywhere else).
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import fastjsonschema
@@ -42,14 +45,66 @@ class Rejected:
     detail: str  # what exactly, for the log line (bounded length)
 
 
-def _validator(kind: str) -> jsonschema.protocols.Validator:
-    cls = jsonschema.Draft202012Validator
-    return cls(load_schema(kind), format_checker=cls.FORMAT_CHECKER)
+INT64 = range(-(2**63), 2**63)  # what a BIGINT column (and SQLite's INTEGER) holds
+
+
+def is_date_time(instance: object) -> bool:
+    """`format: date-time` as the historian reads it (month 13 or second 60 would fail there): really parsed."""
+    if not isinstance(instance, str):
+        return True  # the format applies to strings only; `type` judges the rest
+    try:
+        datetime.fromisoformat(instance).timestamp()
+    except (ValueError, OverflowError):
+        return False
+    return True
+
+
+def _format_checker() -> jsonschema.FormatChecker:
+    """jsonschema's checkers, with `date-time` really parsed: without the optional rfc3339-validator jsonschema
+    lets any string through."""
+    checker = jsonschema.FormatChecker()
+    checker.checks("date-time")(is_date_time)
+    return checker
+
+
+def reference_validator(kind: str) -> jsonschema.protocols.Validator:
+    """jsonschema's validator of the kind's schema: words a rejection's detail; the reference in the tests."""
+    return jsonschema.Draft202012Validator(load_schema(kind), format_checker=_format_checker())
+
+
+def _unstorable(decoded: Any) -> str | None:
+    """Why a value of the decoded JSON cannot be stored as it is, or None. Iterative: json.loads already bounds
+    the depth, but a recursive walk would use up the stack that the service's threads share."""
+    pending = [decoded]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return "a string holds NUL (PostgreSQL's text cannot)"
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "a string holds a lone surrogate (not UTF-8)"
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int):
+            if value not in INT64:
+                return "an integer beyond 64 bits"
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return "a number beyond a double's range"
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return None
 
 
 def _compiled(kind: str) -> Callable[[Any], Any]:
     """The schema as a Python function that raises JsonSchemaValueException on the first violation."""
-    return fastjsonschema.compile(load_schema(kind))
+    return fastjsonschema.compile(load_schema(kind), formats={"date-time": is_date_time})
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -63,7 +118,7 @@ class Validator:
         self.prefix = prefix
         self.max_payload_bytes = max_payload_bytes
         self._levels = prefix.count("/") + 1
-        self._schemas = {kind: _validator(kind) for kind in KINDS}  # words the detail of a rejection
+        self._schemas = {kind: reference_validator(kind) for kind in KINDS}  # words the detail of a rejection
         self._compiled = {kind: _compiled(kind) for kind in KINDS}  # decides
 
     def topic(self, topic: str) -> tuple[str, str] | Rejected:
@@ -88,6 +143,9 @@ class Validator:
         decoded = self._decode(kind, payload)
         if isinstance(decoded, Rejected):
             return decoded
+        problem = _unstorable(decoded)
+        if problem is not None:
+            return Rejected("bad_value", problem)
         try:
             self._compiled[kind](decoded)
         except fastjsonschema.JsonSchemaValueException as violation:
@@ -98,7 +156,7 @@ class Validator:
 
     def _explain(self, kind: str, decoded: Any, violation: fastjsonschema.JsonSchemaValueException) -> str:
         error = jsonschema.exceptions.best_match(self._schemas[kind].iter_errors(decoded))
-        if error is None:  # one of the cases where fastjsonschema is the stricter (module docstring)
+        if error is None:  # where fastjsonschema is the stricter (module docstring)
             return _short(f"{(violation.name or 'data').removeprefix('data').lstrip('.') or '(root)'}: {violation.message}")
         return _short(f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}")
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from broker import Mosquitto
-from fleet_helpers import FleetService
+from fleet_helpers import FleetService, start_fleet
 from simulation import Simulation, audit, stored_alerts
 from waiting import eventually
 
@@ -36,10 +36,7 @@ keepalive_interval 10
 def _central_fleet(request, directory, port: int, url: str) -> FleetService:
     # A plain subscription (group ""): the central broker restarts below, and Debian's Mosquitto 2.0.11 does not
     # restore a shared subscription of a persistent session (fleet/config.py, deploy/plant-group.md).
-    service = FleetService(directory, port, url)
-    service.config.write_text(service.config.read_text().replace("[mqtt]\n", '[mqtt]\ngroup = ""\n'))
-    request.addfinalizer(lambda: service.kill() if service.running() else None)
-    return service.start()
+    return start_fleet(request, directory, port, url, mqtt='group = ""\n')
 
 
 def _bridge_up(site: Mosquitto) -> bool:

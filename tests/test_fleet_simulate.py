@@ -27,10 +27,7 @@ def _start_unshared_fleet(request, directory: Path, port: int, url: str) -> Flee
     """cm-fleet with a plain subscription (group ""): Debian's Mosquitto 2.0.11 does not restore a persistent
     session's shared subscription after its restart, so what the devices publish before cm-fleet subscribes again
     would be acknowledged with "no matching subscribers" and dropped (deploy/plant-group.md)."""
-    service = FleetService(directory, port, url)
-    service.config.write_text(service.config.read_text().replace("[mqtt]\n", '[mqtt]\ngroup = ""\n'))
-    request.addfinalizer(lambda: service.kill() if service.running() else None)
-    return service.start()
+    return start_fleet(request, directory, port, url, mqtt='group = ""\n')
 
 
 def _assert_stored_once(simulation: Simulation, url: str, timeout: float = 30.0) -> None:
