@@ -128,7 +128,8 @@ def _database_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))  # the WAL too
 
 
-def run(devices: int, duration: float, alert_interval: float, faults: bool, directory: Path) -> dict[str, Any]:
+def run(devices: int, duration: float, alert_interval: float, faults: bool, directory: Path,
+        telemetry_interval: float = 1.0) -> dict[str, Any]:
     database = directory / "historian.sqlite"
     url = f"sqlite://{database}"
     broker = Mosquitto(directory / "broker", persistence=True, extra=BROKER_LIMITS, log_types="error warning")
@@ -143,7 +144,8 @@ def run(devices: int, duration: float, alert_interval: float, faults: bool, dire
         sampler.watch("cm_fleet", fleet.process.pid)
         total = duration + (40 if faults else 0)
         simulation = Simulation(directory, broker.port, devices, "--duration", str(total), "--alert-interval",
-                                str(alert_interval), "--drain-timeout", "120").start()
+                                str(alert_interval), "--telemetry-interval", str(telemetry_interval),
+                                "--drain-timeout", "120").start()
         sampler.watch("simulator", simulation.process.pid)
         assert eventually(lambda: "devices connected after" in simulation.read_log(), 300), simulation.read_log()[-2000:]
         connected_at = time.monotonic()
@@ -154,7 +156,7 @@ def run(devices: int, duration: float, alert_interval: float, faults: bool, dire
         steady = {"telemetry_stored_per_s": round((rows1 - rows0) / duration, 1),
                   "historian_bytes_per_telemetry_row": round(per_row),
                   # what a device sending every second adds per day, raw (the compactor folds it after the retention)
-                  "historian_bytes_per_device_per_day": round(per_row * 86400)}
+                  "historian_bytes_per_device_per_day": round(per_row * 86400 / telemetry_interval)}
         fault_log: list[dict[str, Any]] = []
         if faults:
             fault_log = _faults(broker, fleet, sampler, simulation)
@@ -176,7 +178,8 @@ def run(devices: int, duration: float, alert_interval: float, faults: bool, dire
             fleet.kill()
         broker.stop()
     return {
-        "devices": devices, "duration_s": duration, "telemetry_offered_per_s": devices,  # one per second each "alert_interval_s": alert_interval, "faults": faults,
+        "devices": devices, "duration_s": duration, "telemetry_offered_per_s": round(devices / telemetry_interval, 1),
+        "alert_interval_s": alert_interval, "faults": faults,
         "all_connected_s": summary["all_connected_s"], "connected_for_s": round(time.monotonic() - connected_at, 1),
         "alerts_sent": result.alerts_sent, "alerts_stored": result.alerts_stored, "alerts_lost": result.alerts_lost,
         "alerts_stored_twice": result.alerts_stored_twice, "alerts_drained": drained,
@@ -186,7 +189,8 @@ def run(devices: int, duration: float, alert_interval: float, faults: bool, dire
         "telemetry_delivered_to_cm_fleet": delivered.get("telemetry") if not faults else None,  # a SIGKILL loses its count
         "telemetry_dropped_by_devices": summary["tally"]["telemetry_dropped"],
         "backlog_drained_after_end_s": drain_s, **steady,
-        "cm_fleet_cpu_us_per_message": _per_message(resources, "cm_fleet", rows_final + result.alerts_stored), "outages": summary["outages"], "fault_log": fault_log, "resources": resources,
+        "cm_fleet_cpu_us_per_message": _per_message(resources, "cm_fleet", rows_final + result.alerts_stored),
+        "outages": summary["outages"], "fault_log": fault_log, "resources": resources,
         "fd_limit": summary["fd_limit"],
     }
 
@@ -224,13 +228,14 @@ def main() -> int:
     parser.add_argument("--devices", default="1000,5000,10000", help="comma-separated N, one run each")
     parser.add_argument("--duration", type=float, default=60.0, help="steady seconds measured per run")
     parser.add_argument("--alert-interval", type=float, default=60.0, help="each device's mean seconds between alerts")
+    parser.add_argument("--telemetry-interval", type=float, default=1.0, help="each device's seconds between records")
     parser.add_argument("--faults", action="store_true", help="then restart the broker and SIGKILL cm-fleet")
     args = parser.parse_args()
     entries = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     for devices in (int(n) for n in args.devices.split(",")):
         load = round(os.getloadavg()[0], 2)
         with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
-            entry = run(devices, args.duration, args.alert_interval, args.faults, Path(tmp))
+            entry = run(devices, args.duration, args.alert_interval, args.faults, Path(tmp), args.telemetry_interval)
         entry |= {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.machine(),
                   "cpus": os.cpu_count(), "load_1min_before": load}
         print(json.dumps(entry), flush=True)
