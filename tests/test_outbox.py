@@ -253,14 +253,23 @@ def test_one_outbox_one_agent_a_second_process_is_refused_naming_the_first(tmp_p
     assert stat.S_IMODE((tmp_path / "outbox.sqlite.lock").stat().st_mode) == 0o600
 
 
+def places(path: Path, payload: bytes) -> dict[str, int]:
+    """Where in the file each table keeps `payload`: the row in `outbox`, its copy in `outbox_copy`."""
+    data = path.read_bytes()
+    with contextlib.closing(sqlite3.connect(path)) as db:  # SQLite's dbstat: which page belongs to which table
+        tables = dict(db.execute("SELECT pageno, name FROM dbstat"))
+    found = {tables[at // 4096 + 1]: at for at in range(len(data)) if data.startswith(payload, at)}
+    assert sorted(found) == ["outbox", "outbox_copy"], "each row is stored twice"
+    return found
+
+
 def garble(path: Path, payload: bytes, copies: int, size: int = 64) -> None:
-    """Overwrite `size` bytes inside the first `copies` stored copies of `payload`, as a failing SD card
-    does: the pages stay well formed, so SQLite's integrity check sees nothing."""
+    """Overwrite `size` bytes inside the row of `payload` (and inside its copy too if `copies` is 2), as a
+    failing SD card does: the pages stay well formed, so SQLite's integrity check sees nothing."""
+    found = places(path, payload)
     data = bytearray(path.read_bytes())
-    found = [index for index in range(len(data)) if data.startswith(payload, index)]
-    assert len(found) == 2, "each row is stored twice"
-    for start in found[:copies]:
-        data[start + 20:start + 20 + size] = os.urandom(size)
+    for table in ["outbox", "outbox_copy"][:copies]:
+        data[found[table] + 20:found[table] + 20 + size] = os.urandom(size)
     path.write_bytes(bytes(data))
 
 

@@ -384,24 +384,29 @@ class Outbox:
         """The stored messages, each checked against its checksum; a damaged row is replaced by its intact
         copy, and a message with no intact copy is quarantined and reported. Caller holds _lock."""
         assert self._db is not None
-        versions: dict[int, list[tuple]] = {}
-        for table in _TABLES:
-            for row in self._db.execute(f"SELECT {_STORED} FROM {table} ORDER BY id"):
-                versions.setdefault(row[0], []).append(row)
+        # The copy is read only where the row fails or is missing: a reconnect's re-send reads one table.
+        main = {row[0]: row for row in self._db.execute(f"SELECT {_STORED} FROM outbox")}
+        copies = {row[0] for row in self._db.execute("SELECT id FROM outbox_copy")}
         good: list[OutboxItem] = []
         repaired: list[OutboxItem] = []
         lost: list[tuple] = []
-        for item_id in sorted(versions):
-            rows = versions[item_id]
-            intact = next((item for item in map(_verified, rows) if item is not None), None)
+        for item_id in sorted(main.keys() | copies):
+            row = main.get(item_id)
+            intact = None if row is None else _verified(row)
+            if intact is not None and item_id in copies:
+                good.append(intact)
+                continue
+            copy = self._db.execute(f"SELECT {_STORED} FROM outbox_copy WHERE id = ?", (item_id,)).fetchone()
+            rows = [found for found in (row, copy) if found is not None]
+            checked = [_verified(found) for found in rows]
+            intact = next((item for item in checked if item is not None), None)
             if intact is None:
                 lost.extend(rows)
                 continue
             good.append(intact)
-            if len(rows) < len(_TABLES) or any(_verified(row) != intact for row in rows):
-                repaired.append(intact)
-                self._quarantine([row for row in rows if _verified(row) != intact], "failed its checksum; "
-                                 "replaced by its intact copy")
+            repaired.append(intact)
+            self._quarantine([found for found, item in zip(rows, checked, strict=True) if item is None],
+                             "failed its checksum; replaced by its intact copy")
         if repaired:
             with self._transaction():
                 for table in _TABLES:
