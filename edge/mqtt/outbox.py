@@ -234,9 +234,6 @@ class Outbox:
             db.execute(f"PRAGMA page_size={salvage.DEFAULT_PAGE_SIZE}")  # a new file's: the page reader's guess
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            # Deleted rows are zeroed: salvaging a damaged file from its pages must not bring back alerts
-            # that were acknowledged long ago.
-            db.execute("PRAGMA secure_delete=ON")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 1:
                 _migrate_from_1(db)
