@@ -365,3 +365,26 @@ def test_acknowledged_alerts_do_not_come_back_from_a_damaged_file(tmp_path: Path
     corrupt_page(path, 1)
     with Outbox(path, health=Health("pi")) as outbox:
         assert [item.payload for item in outbox.pending()] == payloads[90:]
+
+
+def test_a_damaged_frame_of_a_killed_agents_log_loses_no_alert(tmp_path: Path) -> None:
+    """SIGKILL leaves the newest rows in the write-ahead log (`-wal`). SQLite replays it up to the first frame
+    whose checksum fails and silently drops every commit after it; the outbox reads the log's pages itself."""
+    path = tmp_path / "outbox.sqlite"
+    older = fill(path, 20)  # closed: in the file itself
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+    confirmed = [int(child.stdout.readline()) for _ in range(60)]
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    log = Path(f"{path}-wal")
+    frame = 24 + 4096
+    with log.open("r+b") as file:  # the 4th frame's page: a damaged block of the SD card
+        file.seek(32 + 3 * frame + 24 + 2000)
+        file.write(os.urandom(64))
+    health = Health("pi")
+    with Outbox(path, health=health) as outbox:
+        items = outbox.pending()
+    assert [item.payload for item in items[:20]] == older
+    assert [item.id for item in items[20:20 + len(confirmed)]] == confirmed  # at most the add in progress is extra
+    assert "write-ahead log" in health.faults()["storage"].message

@@ -16,7 +16,10 @@ The storage itself may fail, and then the outbox holds on rather than giving up:
   carries a CRC-32 of all its fields, checked whenever it is read to be published. Every row is also kept
   twice, in `outbox` and `outbox_copy` (written in the same transaction, on other pages), so one damaged
   page or row costs no alert: a row that fails its check is replaced by its copy; one whose copies all
-  fail is moved to the table `quarantine` (kept for inspection, never sent) and reported.
+  fail is moved to the table `quarantine` (kept for inspection, never sent) and reported;
+- a damaged frame in the write-ahead log left by an unclean stop: SQLite replays the log up to it and
+  drops every commit after it without a word; at start the log's pages are read too, and the intact rows
+  SQLite does not see are stored again and reported.
 
 One outbox, one agent: the outbox holds an exclusive lock on `<outbox>.lock` (with the holder's pid) while
 it is open. A second agent on the same path would publish the first one's alerts twice and share its
@@ -207,12 +210,16 @@ class Outbox:
     # -- opening, checking, recovering -----------------------------------------------------------------
     def _open(self, check: bool) -> bool:
         """Open (or reopen) the file; a damaged one is replaced. False (and a fault) if the disk refuses."""
+        # A write-ahead log left behind (the agent was killed, the power cut) is read from its pages before
+        # SQLite replays it: SQLite stops at the first damaged frame and drops every commit after it.
+        logged = _rows_from_pages(self.path) if check and _log_left(self.path) else []
         try:
             self._db = self._connect()
             if check:
                 result = self._db.execute("PRAGMA quick_check").fetchone()[0]
                 if result != "ok":
                     raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
+                self._requeue_unseen(logged)
         except sqlite3.Error as error:
             if _damaged(error):
                 self._recover(error)
@@ -220,6 +227,21 @@ class Outbox:
             self._disk_failed(error, "open")
             return False
         return True
+
+    def _requeue_unseen(self, rows: list[tuple]) -> None:
+        """Store again the intact rows of the log's pages that SQLite does not see. Caller holds _lock."""
+        assert self._db is not None
+        seen = {row[0] for table in _TABLES for row in self._db.execute(f"SELECT id FROM {table}")}
+        unseen = [item for item in (_verified(row) for row in rows) if item is not None and item.id not in seen]
+        if not unseen:
+            return
+        unseen = list({item.id: item for item in unseen}.values())
+        self._held = {item.id: item for item in sorted(unseen, key=lambda item: item.id)} | self._held
+        self._next_id = max([self._next_id, *(item.id + 1 for item in unseen)])
+        message = (f"{self.path}: {len(unseen)} stored message(s) (ids {_ids(unseen)}) were in its write-ahead log "
+                   "but SQLite no longer read them (a damaged log frame drops every commit after it): re-queued")
+        self.health.fault("storage", message, source="outbox-log")
+        self._store_held()
 
     def _connect(self) -> sqlite3.Connection:
         if not self.path.exists():
@@ -548,6 +570,13 @@ class _Transaction:
             self.db.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # no transaction is active after some errors
+
+
+def _log_left(path: Path) -> bool:
+    try:
+        return Path(f"{path}-wal").stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _ids(items: Iterable[OutboxItem | tuple]) -> str:
