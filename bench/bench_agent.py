@@ -1,6 +1,13 @@
 """Benchmarks of the agent: the per-snapshot pipeline in process, and cm-edge as a user runs it (start-up
 time to the first scored snapshot, resident memory, end-to-end latency from the last frame of a snapshot to
 its telemetry and alerts at an MQTT subscriber through a real Mosquitto).
+
+Both hops run without Nagle's algorithm, as deployed: the agent sets TCP_NODELAY on its connection and the
+broker runs with `set_tcp_nodelay true` (deploy/mosquitto/cm.conf). A snapshot is two small publishes back
+to back (state, then telemetry; an alert before them at a transition), and with Nagle on either hop the
+second waits for the first's TCP acknowledgement (telemetry, 2 x 140 snapshots on a busy 2-core machine:
+10.0 ms median with Nagle on both hops, 10.6 with TCP_NODELAY on the agent only, 13.6 on the broker only,
+3.4 with neither; minimum 2.1-2.3 ms in every case).
 """
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the test suite's Mosquitto launcher and subscriber
 
-from broker import Mosquitto, Subscriber  # noqa: E402
+from broker import HOST, Mosquitto, Subscriber  # noqa: E402
 from figures import figure, row  # noqa: E402
 
 from edge.ingest.snapshot import Snapshot  # noqa: E402
@@ -26,6 +33,7 @@ from firmware_bridge.replay import PtyPort, frames_for_file  # noqa: E402
 from firmware_bridge.synth import generate  # noqa: E402
 
 WORK = REPO / "bench" / "work"
+BROKER = f"listener {{port}} {HOST}\nallow_anonymous true\nset_tcp_nodelay true\n"  # as deploy/mosquitto/cm.conf
 FILES = 140
 BIN = Path(sys.executable).parent
 
@@ -75,7 +83,7 @@ def live_agent(run_dir: Path, bundle: Path) -> dict:
     window = load_bundle(bundle).card.feature_spec.window
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
-        with Mosquitto(tmp / "broker") as broker, Subscriber(broker.port, "cm/bench/#") as subscriber:
+        with Mosquitto(tmp / "broker", config=BROKER) as broker, Subscriber(broker.port, "cm/bench/#") as subscriber:
             tty = tmp / "tty"
             port = PtyPort(tty)
             started = time.monotonic()

@@ -172,6 +172,7 @@ class Agent:
                 self.on_frame(frame)
             self.check_noise()
             self.check_stale()
+            self.announcer.retry()  # a checkpoint the disk refused
             if self.clock.monotonic() >= next_counters:
                 log.info("counters: %s", " ".join(f"{k}={v}" for k, v in self.counters().items()))
                 self.watch.check(self.link.stats)

@@ -9,6 +9,7 @@ it announced last (edge.checkpoint), so a restart neither clears an alarm falsel
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from edge.scoring.pipeline import Pipeline
 from edge.scoring.reading import Reading
 
 log = logging.getLogger("cm-edge")
+CHECKPOINT_RETRY_S = 1.0  # how often a checkpoint the disk refused is tried again
 
 
 class Publishing(Protocol):
@@ -59,10 +61,12 @@ class Announcer:
         self.health = health
         self.counters = counters  # read for each telemetry record, after its alert was stored
         self._since_us: int | None = None  # when the announced state began
+        self._unsaved: Checkpoint | None = None  # the disk refused it: retried until it is written
+        self._retry_at = 0.0
 
     def resume(self) -> None:
         """Continue from the checkpoint of this model, if there is a usable one."""
-        saved = load_checkpoint(self.checkpoint, self.model.id, self.health)
+        saved = load_checkpoint(self.checkpoint, self.model.id, self.health, self.pipeline.channels)
         if saved is None:
             return
         channels = self.pipeline.channels
@@ -100,11 +104,22 @@ class Announcer:
         state = payloads.state(self.device_id, reading, self._since_us, channels, self.model)
         self.publisher.publish_alert(alert)
         self.publisher.publish_state(state)
-        save_checkpoint(self.checkpoint, self._memory(), self.health)  # after the outbox commit: see above
+        self._save(self._memory())  # after the outbox commit: see above
         log.log(logging.WARNING if transition.state != State.NORMAL else logging.INFO,
                 "%s -> %s at %s (score %s, top channel %s%s)", transition.previous_state, transition.state,
                 alert["timestamp"], alert["score"], alert["top_channel"],
                 f", {transition.reason}" if transition.reason else "")
+
+    def _save(self, checkpoint: Checkpoint) -> None:
+        saved = save_checkpoint(self.checkpoint, checkpoint, self.health)
+        self._unsaved = None if saved else checkpoint
+        self._retry_at = time.monotonic() + CHECKPOINT_RETRY_S
+
+    def retry(self) -> None:
+        """Try again to save a checkpoint the disk refused (the agent's loop calls this every tick): the
+        storage fault clears as soon as the disk takes it, not at the next transition."""
+        if self._unsaved is not None and time.monotonic() >= self._retry_at:
+            self._save(self._unsaved)
 
     def _memory(self) -> Checkpoint:
         detector, zone = self.pipeline.detector, self.pipeline.zone

@@ -4,15 +4,17 @@ A restart (power cut, update, crash) must neither announce a false all-clear nor
 twice. The state is a small JSON file beside the outbox, replaced atomically; a checkpoint written for
 another model is ignored, because its thresholds meant something else.
 
-A checkpoint that cannot be trusted (garbled JSON, an unknown state, a time no clock can read) is
-reported, moved aside for inspection and ignored: the agent starts from `normal` rather than crash-loop.
-A checkpoint that cannot be written (full or read-only disk) is reported; the next transition tries again.
+A checkpoint that cannot be trusted (garbled JSON, an unknown state, a time no clock can read, a channel
+the bundle does not have) is reported, moved aside for inspection and ignored: the agent starts from
+`normal` rather than crash-loop. A checkpoint that cannot be written (full or read-only disk) is reported
+and retried (edge.announcer) until the disk takes it, which clears the fault.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,7 +70,10 @@ def parse_checkpoint(raw: Any, source: object) -> Checkpoint:
                       document["since_us"], document.get("driver"), None if zone is None else State(zone))
 
 
-def load_checkpoint(path: Path, model_id: str, health: FaultSink = LOG_ONLY) -> Checkpoint | None:
+def load_checkpoint(path: Path, model_id: str, health: FaultSink = LOG_ONLY,
+                    channels: Sequence[str] | None = None) -> Checkpoint | None:
+    """The checkpoint of this model, or None. `channels`: the bundle's; a checkpoint whose alarm was raised
+    by a channel outside them is refused (it was written for another sensor layout, or damaged)."""
     if not path.exists():  # the first start, or one after the outbox was reset
         return None
     try:
@@ -78,6 +83,10 @@ def load_checkpoint(path: Path, model_id: str, health: FaultSink = LOG_ONLY) -> 
         return None
     if checkpoint.model_id != model_id:
         log.info("%s: checkpoint of model %s ignored: this bundle is %s", path, checkpoint.model_id, model_id)
+        return None
+    if channels is not None and checkpoint.driver is not None and checkpoint.driver not in channels:
+        _reject(path, f"{path}: driver: expected one of the bundle's channels ({', '.join(channels)}), "
+                f"got {checkpoint.driver!r}", health)
         return None
     return checkpoint
 

@@ -61,8 +61,11 @@ class MqttConfig:
     tls_insecure: bool = False  # skip the host name check (self-signed broker certs addressed by IP)
     keepalive: int = 30
     protocol: str = MQTT_PROTOCOLS[0]
-    reconnect_min: float = 1.0  # seconds; paho doubles the delay after each failed attempt up to reconnect_max
-    reconnect_max: float = 60.0
+    # Seconds between connection attempts: doubling from reconnect_min up to reconnect_max, each drawn at
+    # random below that bound (edge.mqtt.publisher.ReconnectDelay). reconnect_max is also the longest the
+    # agent takes to notice that the broker is back.
+    reconnect_min: float = 0.5
+    reconnect_max: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ def _schema(folder: Path) -> v.Validator:
             Optional("tls_insecure"): v.boolean,
             Optional("keepalive"): v.integer(1, 65535, "seconds from 1 to 65535"),  # two bytes of the CONNECT packet
             Optional("protocol"): vol.All(_protocol_name, v.one_of(MQTT_PROTOCOLS)),
+            **{Optional(key): v.number(positive=True) for key in ("reconnect_min", "reconnect_max")},
         },
         Optional("outbox"): {Optional("path"): path},
         Optional("telemetry"): {Optional("counters_interval_s"): v.number(positive=True)},
@@ -188,6 +192,10 @@ def _agent(path: Path, document: dict[str, Any]) -> AgentConfig:
     mqtt = document["mqtt"]
     if ("tls_cert" in mqtt) != ("tls_key" in mqtt):
         raise ConfigError(f"{path}: mqtt.tls_cert and mqtt.tls_key: expected both or neither")
+    shortest, longest = (mqtt.get(key, getattr(MqttConfig, key)) for key in ("reconnect_min", "reconnect_max"))
+    if longest < shortest:
+        raise ConfigError(f"{path}: mqtt.reconnect_max: expected at least mqtt.reconnect_min ({shortest:g} s), "
+                          f"got {longest:g}")
     if "password_file" in mqtt and "username" not in mqtt:
         raise ConfigError(f"{path}: mqtt.username: required when mqtt.password_file is set")
     given = {"log_level": document.get("log_level"), "outbox_path": document.get("outbox", {}).get("path"),

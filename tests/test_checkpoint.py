@@ -86,3 +86,19 @@ def test_the_same_transition_always_gets_the_same_alert_id() -> None:
               alert_id("pump-7", Transition(State.ALARM, State.NORMAL, None), GOOD["since_us"]),
               alert_id("pump-7", Transition(State.SENSOR_FAULT, State.WARNING, None), GOOD["since_us"])}
     assert first not in others and len(others) == 4
+
+
+def test_a_checkpoint_naming_a_channel_the_bundle_lacks_is_refused_naming_file_and_channel(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.detector.json"
+    text = json.dumps(GOOD | {"driver": "bearing9"})
+    path.write_text(text)
+    health = Health("pump-7")
+    channels = ("bearing1", "bearing2", "bearing3", "bearing4")
+    assert load_checkpoint(path, MODEL, health, channels) is None
+    (aside,) = tmp_path.glob("outbox.detector.json.bad-*")
+    assert aside.read_text() == text and not path.exists()
+    message = health.faults()["storage"].message
+    assert str(path) in message and "'bearing9'" in message and "bearing1, bearing2, bearing3, bearing4" in message
+    path.write_text(json.dumps(GOOD | {"driver": "bearing3"}))  # one of them: taken
+    loaded = load_checkpoint(path, MODEL, Health("pump-7"), channels)
+    assert loaded is not None and loaded.driver == "bearing3"

@@ -231,6 +231,10 @@ def test_a_damaged_outbox_page_is_set_aside_and_every_stored_alert_still_arrives
     assert second.stop() == 0
 
 
+def saved_state(agent: Agent) -> str:
+    return json.loads((agent.state / "outbox.detector.json").read_text())["state"]
+
+
 def full_disk() -> None:
     """In the agent's process, before exec: every write beyond byte 0 fails with EFBIG, as on a full disk.
 
@@ -253,11 +257,15 @@ def test_a_full_disk_holds_alerts_in_memory_delivers_them_and_stores_them_later(
         message = health(subscriber)[-1]["faults"]["storage"]["message"]
         assert "outbox.sqlite" in message and "held in memory" in message
         assert agent.running()
+        transitions = agent.transitions()
         resource.prlimit(agent.process.pid, resource.RLIMIT_FSIZE, (hard, hard))  # space again
-        # The held alerts go to disk (and the outbox empties as they are acknowledged); the checkpoint is
-        # saved again at the next transition, and the fault clears.
+        # The held alerts go to disk (and the outbox empties as they are acknowledged), the checkpoint is
+        # saved again, and the fault clears at once: not at the next transition.
         assert eventually(lambda: "disk takes writes again" in agent.log, 30), agent.log
         assert eventually(lambda: agent.stored_alerts() == 0, 30), agent.log
+        assert subscriber.wait_for(cleared, 30), agent.log
+        assert agent.transitions() == transitions
+        assert saved_state(agent) == transitions[-1][1]
         agent.replay(later_run)
         expect_every_alert(agent, subscriber, 2 * CYCLES + 2)
         assert subscriber.wait_for(cleared, 30), agent.log
@@ -298,7 +306,12 @@ def test_a_read_only_directory_mid_run_costs_no_alert(tmp_path, broker, bundle, 
             assert subscriber.wait_for(faulted("storage"), 30), agent.log
             assert "cannot save the detector checkpoint" in health(subscriber)[-1]["faults"]["storage"]["message"]
             assert agent.running()
-        agent.replay(later_run)  # writable again: the next transition saves the checkpoint, the fault clears
+            transitions = agent.transitions()
+        # Writable again: the checkpoint is saved and the fault clears at once, before any transition.
+        assert subscriber.wait_for(cleared, 30), agent.log
+        assert agent.transitions() == transitions
+        assert saved_state(agent) == transitions[-1][1]
+        agent.replay(later_run)
         expect_every_alert(agent, subscriber, 2 * CYCLES + 2)
         assert subscriber.wait_for(cleared, 30), agent.log
         assert agent.running()
@@ -309,7 +322,8 @@ def test_a_read_only_directory_mid_run_costs_no_alert(tmp_path, broker, bundle, 
     b'{"model_id": "cm-',  # cut short by a power failure on a disk without journaling
     b"\x00" * 64,  # a block of zeros
     "since_us", "health",
-], ids=["garbled", "zeros", "since_us-1e20", "health-sensor_fault"])
+    "driver",  # an alarm raised by a channel the bundle does not have: if taken, the agent would resume in alarm
+], ids=["garbled", "zeros", "since_us-1e20", "health-sensor_fault", "driver-bearing9"])
 def test_a_bad_checkpoint_is_reported_set_aside_and_alerts_keep_their_ids(tmp_path, broker, bundle, fault_run,
                                                                         agents, checkpoint):
     with Subscriber(broker.port, f"{TOPIC}/#") as subscriber:
@@ -324,13 +338,20 @@ def test_a_bad_checkpoint_is_reported_set_aside_and_alerts_keep_their_ids(tmp_pa
             path.write_bytes(checkpoint)
         else:  # a well-formed file with a value no agent could have written
             values = json.loads(path.read_text())
-            values[checkpoint] = 1e20 if checkpoint == "since_us" else "sensor_fault"
+            if checkpoint == "driver":
+                values |= {"state": "alarm", "health": "alarm", "driver": "bearing9"}
+            else:
+                values[checkpoint] = 1e20 if checkpoint == "since_us" else "sensor_fault"
             path.write_text(json.dumps(values))
         before = delivered(subscriber)
         second = Agent(tmp_path, broker, bundle).start()
         agents.append(second)
         assert subscriber.wait_for(faulted("storage"), 30), second.log
-        assert "unusable detector checkpoint" in health(subscriber)[-1]["faults"]["storage"]["message"]
+        message = health(subscriber)[-1]["faults"]["storage"]["message"]
+        assert "unusable detector checkpoint" in message and str(path) in message
+        assert isinstance(checkpoint, bytes) or f"{checkpoint}:" in message  # the key at fault
+        if checkpoint == "driver":
+            assert "'bearing9'" in message
         assert list(first.state.glob("outbox.detector.json.bad-*"))
         # The same snapshots again (a sensor re-sending its buffer): the agent starts from normal and raises
         # the same transitions, under the same ids, so a consumer sees each alert once.

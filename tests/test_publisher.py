@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from edge.config import MqttConfig
 from edge.mqtt import payloads as messages
 from edge.mqtt.health import Health
 from edge.mqtt.outbox import Outbox
-from edge.mqtt.publisher import Publisher, PublisherError, topics
+from edge.mqtt.publisher import Publisher, PublisherError, ReconnectDelay, topics
 from edge.mqtt.schemas import validate
 from edge.scoring.detector import State, Transition
 
@@ -404,3 +405,26 @@ def test_the_health_report_is_retained_and_sent_again_after_a_reconnect(broker: 
     with Subscriber(broker.port, T.health) as late:  # Home Assistant starting later still sees it
         assert late.wait_for(lambda s: len(s.messages) == 1) and late.messages[0].retain
         assert json.loads(late.messages[0].payload)["problem"] is True
+
+
+def test_reconnect_delays_double_up_to_the_cap_each_drawn_at_random_below_it() -> None:
+    bounds: list[tuple[float, float]] = []
+    delay = ReconnectDelay(0.5, 3.0, draw=lambda low, high: bounds.append((low, high)) or high)
+    waits = [delay.next() for _ in range(6)]
+    assert waits == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+    assert all(low == 0.5 for low, _ in bounds)
+    delay.reset()  # connected: the next outage starts from the shortest wait again
+    assert delay.next() == 0.5
+    drawn = ReconnectDelay(0.5, 3.0)
+    spread = [drawn.next() for _ in range(400)][4:]  # past the doubling: all at the cap's bound
+    assert all(0.5 <= wait <= 3.0 for wait in spread)
+    assert max(spread) - min(spread) > 1.5  # jittered: a fleet that lost its broker together spreads out
+
+
+def test_the_broker_connection_sends_small_messages_without_delay(broker: Mosquitto, outbox: Outbox,
+                                                                  started) -> None:
+    """Nagle's algorithm would hold telemetry back behind the unacknowledged state before it (tens of ms)."""
+    publisher = started(Publisher(config(broker), outbox))
+    assert eventually(lambda: publisher.connected, 10)
+    sock = publisher._client.socket()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

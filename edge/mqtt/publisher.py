@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import socket
 import sys
 import threading
 import time
@@ -76,6 +78,36 @@ def drop_in_flight(client: mqtt.Client) -> None:
     # paho 2.0 and 2.1 have no public call for it: these are the two lines 2.2's drop_out_messages runs.
     with client._out_message_mutex:
         client._out_messages.clear()
+
+
+class ReconnectDelay:
+    """How long to wait before the next connection attempt: doubling from `shortest` up to `longest`, each
+    wait drawn at random between `shortest` and that bound ("full jitter"), so a fleet that lost its
+    broker at the same moment does not come back at the same moment. The bound is also the longest time
+    between the broker's return and the agent's next attempt."""
+
+    def __init__(self, shortest: float, longest: float, draw: Callable[[float, float], float] = random.uniform) -> None:
+        self.shortest = shortest
+        self.longest = longest
+        self._draw = draw
+        self._failures = 0
+
+    def next(self) -> float:
+        bound = min(self.longest, self.shortest * 2 ** min(self._failures, 32))
+        self._failures += 1
+        return self._draw(self.shortest, bound)
+
+    def reset(self) -> None:
+        self._failures = 0
+
+
+def no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """TCP_NODELAY on the broker connection. Without it Nagle's algorithm holds a small publish back until
+    the previous one is acknowledged (an alert, then its state, then telemetry: tens of ms each)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass  # not a TCP socket: nothing to tune
 
 
 @dataclass
@@ -143,6 +175,7 @@ class Publisher:
         self._dropped_telemetry = 0
         self._retained: dict[str, bytes] = {}  # e.g. Home Assistant discovery: (re)sent on every connect
         self._listeners: dict[str, Callable[[bytes], None]] = {}  # subscribed on every connect
+        self._reconnect = ReconnectDelay(config.reconnect_min, config.reconnect_max)
         self._client = self._make_client()
 
     # -- setup -------------------------------------------------------------------------------------------
@@ -165,8 +198,9 @@ class Publisher:
                 raise PublisherError(f"{files}: cannot load the TLS certificates: {error}") from None
             client.tls_insecure_set(config.tls_insecure)
         client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
-        # paho annotates whole seconds but computes with any number; tests reconnect within 0.2 s.
+        # paho's own doubling, for a wait no callback of ours precedes; ours replace it (_next_attempt).
         client.reconnect_delay_set(config.reconnect_min, config.reconnect_max)  # type: ignore[arg-type]
+        client.on_socket_open = no_delay
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -364,6 +398,7 @@ class Publisher:
             for topic in self._listeners:
                 client.subscribe(topic, qos=1)
             self._online = True
+        self._reconnect.reset()
         if self._outage_started is not None:
             log.info("connected to MQTT broker %s after %.0f s; re-sending %d stored alert(s)", self._where(),
                      time.monotonic() - self._outage_started, len(pending))
@@ -372,9 +407,17 @@ class Publisher:
                      self.config.username or "anonymous", len(pending))
         self._outage_started = None
 
+    def _next_attempt(self, client: mqtt.Client) -> None:
+        """Set paho's wait before its next attempt to our jittered delay. paho calls on_connect_fail and
+        on_disconnect before it waits, and a wait set with min == max is exactly that long."""
+        delay = self._reconnect.next()
+        # paho annotates whole seconds but computes with any number.
+        client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
+
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this from inside its `except OSError`, so the exception is still the one being handled.
         error = sys.exc_info()[1]
+        self._next_attempt(client)
         self._report_outage(logging.WARNING, f"cannot connect to MQTT broker {self._where()}: "
                             f"{error or 'connection failed'}")
 
@@ -382,6 +425,7 @@ class Publisher:
                        reason: mqtt.ReasonCode, properties: Any) -> None:
         with self._send_lock:
             was_online, self._online = self._online, False
+        self._next_attempt(client)
         if was_online and reason.is_failure:
             self._report_outage(logging.WARNING, f"lost the connection to MQTT broker {self._where()}: {reason}")
 
