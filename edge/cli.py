@@ -1,7 +1,8 @@
 """cm-edge: the agent that runs beside the machine (see edge.agent for what it does).
 
-Start-up refuses a config and a bundle that do not agree, and says which values differ; `--check` says
-whether the agent would start, without starting it.
+Start-up refuses a config and a bundle that do not agree, and says which values differ; once the config
+lists trusted keys (model.trusted_keys), it also refuses a bundle that is unsigned, signed by another key or
+changed since, and says which file or key. `--check` says whether the agent would start, without starting it.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from edge.agent import Agent, detector_settings, snapshot_interval_s
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.model.bundle import Bundle, BundleError, load_bundle
 from edge.model.runtime import check_model
+from edge.model.signature import verify
 from edge.mqtt.outbox import OutboxError, holder
 from edge.mqtt.publisher import PublisherError
 
@@ -48,6 +50,10 @@ def _show(value: object) -> str:
 
 def prepare(config_path: str) -> tuple[AgentConfig, Bundle]:
     config = load_config(config_path)
+    if config.trusted_keys:  # before the card is read: nothing of an unsigned or changed bundle is believed
+        signed = verify(config.bundle, config.trusted_keys)
+        log.info("bundle %s: signature by key %s (%s) verified, %d files", config.bundle, signed.key.key_id,
+                 signed.key.source, len(signed.files))
     bundle = load_bundle(config.bundle)
     check_bundle_against_config(config, bundle)
     try:

@@ -48,10 +48,11 @@ EDGE_TESTS = {
     "full": ("test_config.py", "test_detector.py", "test_features.py", "test_frame.py", "test_link.py",
              "test_outbox.py", "test_publisher.py", "test_sensor.py", "test_snapshot.py", "test_synth.py",
              "test_numpy_interpreter.py", "test_security.py",
-             "test_ims.py", "test_replay.py", "test_install.py"),
+             "test_ims.py", "test_replay.py", "test_install.py", "test_signature.py", "test_signature_cli.py"),
     # CI: the numerics an ARM CPU could change (the model's int8 outputs, the features); the codec, the
     # link, the publisher and the detector are exercised on the device by the HIL step anyway.
-    "ci": ("test_numpy_interpreter.py", "test_features.py"),
+    # test_signature: the Ed25519 check that refuses bundles, through cryptography's wheel for that CPU.
+    "ci": ("test_numpy_interpreter.py", "test_features.py", "test_signature.py"),
 }
 NEEDS_LITERT = ("test_int8_outputs_equal_litert_exactly", "test_scores_equal_litert_through_the_scorer",
                 "test_load_interpreter_order_and_choice")
