@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_signature import CONFIG
+from trained import shared_bundle
 
 from edge.model.signature import load_public_key
 from fleet.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
-from tests.test_signature import CONFIG
-from tests.trained import shared_bundle
 
 BIN = Path(sys.executable).parent
 
