@@ -81,7 +81,9 @@ CPUINFO_A7 = "".join(
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "mosquitto", "openssl")
 ARCHES = {
     "arm64": Arch("arm64", "aarch64", "cortex-a72", "aarch64", BASE_PACKAGES, False, CPUINFO_A72),
-    "armhf": Arch("armhf", "arm", "cortex-a7", "armv7l", BASE_PACKAGES + ("python3-numpy",), True, CPUINFO_A7),
+    # python3-cryptography: PyPI has no cffi wheel for armv7l (pyproject.toml, the edge extra).
+    "armhf": Arch("armhf", "arm", "cortex-a7", "armv7l", BASE_PACKAGES + ("python3-numpy", "python3-cryptography"), True,
+                  CPUINFO_A7),
 }
 
 
