@@ -21,6 +21,7 @@ from firmware_bridge.link import DEFAULT_BAUDRATE
 DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # it becomes an MQTT topic level: no '/', '+', '#'
 TOPIC_PREFIX = re.compile(r"[^+#/]([^+#]*[^+#/])?")  # one or more topic levels: no wildcards, no empty first or last
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FLEET_LEVEL = "_fleet"  # {prefix}/_fleet/...: the fleet's topics (edge.rollout), never a device's
 # MQTT 5 first: over 3.1.1 a broker's refusal of an alert cannot be told from its delivery (edge.mqtt.publisher).
 MQTT_PROTOCOLS = ("5", "3.1.1")
 
@@ -222,6 +223,9 @@ def _agent(path: Path, document: dict[str, Any]) -> AgentConfig:
         **{name: kind(**document.get(name, {})) for name, kind in sections.items()},
         **{key: value for key, value in given.items() if value is not None},
     )
+    if config.device_id == FLEET_LEVEL:
+        raise ConfigError(f"{path}: device_id: {FLEET_LEVEL!r} is reserved: {config.mqtt.topic_prefix}/{FLEET_LEVEL}/ holds the "
+                          f"fleet's bundles and desired documents, which a device of that name could forge")
     if config.outbox_path.is_dir():  # (whether its directory can be written is edge.preflight's, in --check)
         raise ConfigError(f"{path}: outbox.path: expected a file path (the outbox is created there), not a directory, "
                           f"got {str(config.outbox_path)!r}")

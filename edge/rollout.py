@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge.compatibility import MismatchError, check_bundle_against_config, check_same_stream
-from edge.config import AgentConfig
+from edge.config import FLEET_LEVEL, AgentConfig
 from edge.ingest.clock import iso_time
 from edge.ingest.snapshot import Snapshot
 from edge.model import validation as v
@@ -74,7 +74,8 @@ class RolloutTopics:
 
 
 def rollout_topics(prefix: str, device_id: str) -> RolloutTopics:
-    return RolloutTopics(f"{prefix}/_fleet/desired/{device_id}", f"{prefix}/{device_id}/model", f"{prefix}/_fleet/bundles")
+    return RolloutTopics(f"{prefix}/{FLEET_LEVEL}/desired/{device_id}", f"{prefix}/{device_id}/model",
+                         f"{prefix}/{FLEET_LEVEL}/bundles")
 
 
 def store_path(config: AgentConfig) -> Path:
