@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from broker import Mosquitto, Subscriber, free_port, make_test_ca, write_password_file
 from test_security import deploy_config
+
+from edge.config import ConfigError, load_config
 
 pytestmark = pytest.mark.waits
 USERS = {"pi-1": "pi-1 secret", "pi-2": "pi-2 secret", "cm-fleet": "fleet secret"}
@@ -56,8 +59,6 @@ def test_devices_read_only_their_own_desired_document_and_cannot_forge_the_fleet
 
 def test_no_device_may_be_called_like_the_fleets_topics(tmp_path: Path) -> None:
     """A device named _fleet would write cm/_fleet/# through the device pattern: its config is refused."""
-    from edge.config import ConfigError, load_config
-
     config = tmp_path / "edge.toml"
     config.write_text('device_id = "_fleet"\n[serial]\nport = "/dev/null"\n[model]\nbundle = "b"\n[mqtt]\nhost = "h"\n')
     with pytest.raises(ConfigError, match=f"{config}: device_id: '_fleet' is reserved"):
