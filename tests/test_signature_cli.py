@@ -32,8 +32,8 @@ class Keys:
         return load_public_key(self.public).key_id
 
 
-def run(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=120)
+def run(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,15 @@ def test_sign_names_a_bad_key_file(tmp_path: Path, keys: tuple[Keys, Keys]) -> N
     shutil.copytree(shared_bundle(), tmp_path / "bundle")
     result = run(BIN / "cm-fleet", "sign", tmp_path / "bundle", "--key", fleet.public)
     assert result.returncode == 2 and f"--key {fleet.public}: expected an unencrypted PEM private key" in result.stderr
+
+
+def test_the_readme_commands_as_written(tmp_path: Path) -> None:
+    """README.md's two lines (tests/test_docs.py lists them here), in a folder laid out as they assume."""
+    shutil.copytree(shared_bundle(), tmp_path / "bundles" / "pump7")
+    for command in (["cm-fleet", "keygen", "--out", "keys/"],
+                    ["cm-fleet", "sign", "bundles/pump7", "--key", "keys/bundle-signing.key"]):
+        result = run(BIN / command[0], *command[1:], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    key = load_public_key(tmp_path / "keys" / PUBLIC_KEY_FILE)
+    assert f"signed with key {key.key_id}" in result.stdout
+    assert json.loads((tmp_path / "bundles" / "pump7" / "MANIFEST.sig").read_text())["key_id"] == key.key_id
