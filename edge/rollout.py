@@ -166,13 +166,20 @@ class Rollout:
         self.now = now
         self.topics = rollout_topics(config.mqtt.topic_prefix, config.device_id)
         self.store = BundleStore(store_path(config))
-        self.active = Installed(running, archive_sha256(pack(running.path)))
+        self.active = Installed(running, self._identify(running))
         current = self.store.current()
         self.previous = current.previous if current is not None and current.active == self.active.sha256 else None
         self.outcome: dict[str, Any] | None = self._load_outcome()
         self.candidate: Candidate | None = None
         self.wanted: Desired | None = None  # the desired document being worked on, waiting for its archive
         self.inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+
+    def _identify(self, running: Bundle) -> str:
+        """The running bundle's sha256: its directory's name when it came from the store (whatever tool made the
+        fleet's archive), else that of the archive `pack` makes of it (the fleet's, when it packs the same files)."""
+        if running.path.parent == self.store.root and SHA256.fullmatch(running.path.name):
+            return running.path.name
+        return archive_sha256(pack(running.path))
 
     def start(self) -> None:
         self.messenger.listen(self.topics.desired, lambda payload: self.inbox.put((self.topics.desired, payload)))
@@ -245,6 +252,7 @@ class Rollout:
         if self._already(desired):
             return
         self._drop_candidate_for(desired)
+        self.wanted = None  # an archive still awaited for an earlier document is no longer wanted
         if desired.bundle == self.active.sha256:
             self._set_outcome("active", "the desired bundle is the active one", rollout=desired.rollout,
                               bundle=desired.bundle)

@@ -153,6 +153,16 @@ def test_a_good_bundle_is_scored_in_shadow_then_takes_over_without_a_restart(set
     assert subscriber.wait_for(lambda s: reports(s)[-1]["active"]["id"] == "candidate-model"
                                and reports(s)[-1]["rollout"]["status"] == "active", 15)
 
+    # Rollback: the fleet wants the previous bundle again; it is in the store, so nothing is downloaded.
+    previous = report["previous"]
+    retain(subscriber, DESIRED, json.dumps({"bundle": previous, "rollout": "r2", "probation": {"snapshots": 3}}).encode())
+    assert subscriber.wait_for(lambda s: last_status(s, "r2")(s) and status_of(s, "r2")["rollout"]["status"] == "probation",
+                               30), chain.agent_log()
+    assert chain.replay(healthy).returncode == 0
+    assert subscriber.wait_for(lambda s: status_of(s, "r2")["rollout"]["status"] == "active", 60), chain.agent_log()
+    assert status_of(subscriber, "r2")["active"]["id"] == "active-model"
+    assert status_of(subscriber, "r2")["active"]["bundle"] == previous and status_of(subscriber, "r2")["previous"] == sha
+
 
 def store_path_of(chain: Chain) -> Path:
     from edge.config import load_config
