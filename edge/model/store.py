@@ -109,7 +109,7 @@ class BundleStore:
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
             current = Current(str(document["active"]), document.get("previous"))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no store yet (or no state directory: preflight's to say)
             return None
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise StoreError(f"{path}: expected {{\"active\": sha256, \"previous\": sha256 or null}}: {error}") from None
