@@ -88,8 +88,11 @@ class Announcer:
                                                             time_source=time_source, candidate=candidate))
 
     def switch(self, model: ModelRef, pipeline: Pipeline, thresholds: tuple[float, float]) -> None:
-        """A rollout put another model in charge (edge.rollout), between two snapshots, at an unchanged state."""
+        """A rollout put another model in charge (edge.rollout), between two snapshots, at an unchanged state; the
+        checkpoint is saved under the new model's id, so a restart resumes that state rather than starting over."""
         self.model, self.pipeline, self.thresholds = model, pipeline, thresholds
+        if self._since_us is not None:
+            save_checkpoint(self.checkpoint, self._memory(), self.health)
 
     def missing(self, transition: Transition | None, time_us: int) -> None:
         """A snapshot lost at `time_us`: announced only when it moved the state (to `sensor_fault`)."""

@@ -21,6 +21,8 @@ from chain import TOPIC, Chain
 from trained import shared_bundle, shared_run
 from waiting import eventually
 
+from edge.checkpoint import checkpoint_path, load_checkpoint
+from edge.config import load_config
 from edge.model.store import CURRENT_FILE, archive_sha256, pack
 from edge.mqtt.schemas import validate
 from edge.rollout import store_path
@@ -147,6 +149,9 @@ def test_a_good_bundle_is_scored_in_shadow_then_takes_over_without_a_restart(set
 
     current = json.loads((store_path_of(chain) / CURRENT_FILE).read_text())
     assert current == {"active": sha, "previous": report["previous"]}
+    # The state announced so far is kept under the new model's id: a restart resumes it (edge.checkpoint).
+    saved = load_checkpoint(checkpoint_path(load_config(chain.config).outbox_path), "candidate-model")
+    assert saved is not None and saved.state == "normal"
     assert chain.stop_agent() == 0
     chain.start_online(subscriber)  # after a restart the store's bundle runs, and the rollout is not redone
     assert eventually(lambda: "candidate-model" in chain.agent_log().split("agent pump-7 started")[-1], 30), chain.agent_log()
@@ -165,8 +170,6 @@ def test_a_good_bundle_is_scored_in_shadow_then_takes_over_without_a_restart(set
 
 
 def store_path_of(chain: Chain) -> Path:
-    from edge.config import load_config
-
     return store_path(load_config(chain.config))
 
 
