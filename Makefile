@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench install system-deps pi-deps pi-check clean lowest lint
+.PHONY: demo fleet-demo test bench install system-deps pi-deps pi-check clean lowest lint
 
 install: $(STAMP)
 
@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[trainer,fleet,dev]'
 	@touch $@
 
-# Debian's mosquitto (real broker for the tests), gcc and g++ (compile the C encoder and the Arduino sketch on the host), openssl (test CA)
-# and postgresql (the fleet historian's tests start a private cluster with its initdb and pg_ctl).
+# Debian's mosquitto (real broker for the tests), gcc and g++ (compile the C encoder and the Arduino sketch on the host), openssl (test CA),
+# postgresql (the fleet historian's tests start a private cluster with its initdb and pg_ctl), chromium (the
+# dashboard's browser tests drive it through Playwright: no browser download) and systemd (systemd-analyze
+# checks deploy/cm-fleet.service).
 system-deps:
 	@missing=""; \
 	 { command -v mosquitto || test -x /usr/sbin/mosquitto; } >/dev/null 2>&1 || missing="$$missing mosquitto"; \
@@ -24,6 +26,8 @@ system-deps:
 	 command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
 	 command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	 command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	 command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	 if [ -n "$$missing" ]; then \
 	   echo "installing Debian packages:$$missing"; \
 	   $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -88,8 +92,13 @@ pi-check: $(STAMP) system-deps pi-deps
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+# A small fleet on this machine: Mosquitto, cm-fleet serve (and its dashboard, once built) and a few real agents
+# replaying a run to failure in a loop; prints the dashboard's URL and a login. Ctrl-C stops it. See scripts/fleet_demo.py.
+fleet-demo: $(STAMP) system-deps
+	$(BIN)/python scripts/fleet_demo.py
+
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf build demo-out bench/results.json bench/real_results.json .pytest_cache $(LOWEST)
+	rm -rf build demo-out fleet-demo-out bench/results.json bench/real_results.json .pytest_cache $(LOWEST)

@@ -2,13 +2,17 @@
 Schema (edge/mqtt/schemas) and that the payload's device is the topic's device.
 
 A payload that fails any check becomes a `Rejected` with a short reason, never an exception: one hostile
-or broken sender must not stop or delay the others.
+or broken sender must not stop or delay the others. That includes what the schemas allow but a database cannot
+store (a lone surrogate or NUL in a string, an integer beyond 64 bits, 1e400 read as infinity, a date-time with
+month 13): accepted, it would fail its batch's transaction again and again and so hold back every agent's alerts.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import jsonschema
@@ -32,9 +36,55 @@ class Rejected:
     detail: str  # what exactly, for the log line (bounded length)
 
 
+INT64 = range(-(2**63), 2**63)  # what a BIGINT column (and SQLite's INTEGER) holds
+
+
+def _format_checker() -> jsonschema.FormatChecker:
+    """jsonschema's checkers, with `date-time` really parsed: without the optional rfc3339-validator jsonschema
+    lets any string through, and the historian parses every timestamp (month 13 or second 60 would fail there)."""
+    checker = jsonschema.FormatChecker()
+
+    @checker.checks("date-time", raises=ValueError)
+    def _date_time(instance: object) -> bool:
+        if isinstance(instance, str):
+            datetime.fromisoformat(instance).timestamp()
+        return True
+
+    return checker
+
+
 def _validator(kind: str) -> jsonschema.protocols.Validator:
-    cls = jsonschema.Draft202012Validator
-    return cls(load_schema(kind), format_checker=cls.FORMAT_CHECKER)
+    return jsonschema.Draft202012Validator(load_schema(kind), format_checker=_format_checker())
+
+
+def _unstorable(decoded: Any) -> str | None:
+    """Why a value of the decoded JSON cannot be stored as it is, or None. Iterative: json.loads already bounds
+    the depth, but a recursive walk would use up the stack that the service's threads share."""
+    pending = [decoded]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return "a string holds NUL (PostgreSQL's text cannot)"
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "a string holds a lone surrogate (not UTF-8)"
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int):
+            if value not in INT64:
+                return "an integer beyond 64 bits"
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return "a number beyond a double's range"
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return None
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -72,6 +122,9 @@ class Validator:
         decoded = self._decode(kind, payload)
         if isinstance(decoded, Rejected):
             return decoded
+        problem = _unstorable(decoded)
+        if problem is not None:
+            return Rejected("bad_value", problem)
         error = jsonschema.exceptions.best_match(self._schemas[kind].iter_errors(decoded))
         if error is not None:
             return Rejected("schema", _short(f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"))

@@ -75,9 +75,10 @@ def historian(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Histor
 
 
 class FleetService:
-    """`cm-fleet serve` in a subprocess, its log in `directory`; stoppable (SIGTERM) or killable (SIGKILL)."""
+    """`cm-fleet serve` in a subprocess, its log in `directory`; stoppable (SIGTERM) or killable (SIGKILL).
+    `mqtt` adds lines to its [mqtt] table (a username, a password file), `extra` adds tables after it."""
 
-    def __init__(self, directory: Path, broker_port: int, historian_url: str, extra: str = "") -> None:
+    def __init__(self, directory: Path, broker_port: int, historian_url: str, extra: str = "", mqtt: str = "") -> None:
         self.directory = directory
         self.log = directory / "fleet.log"
         self.config = directory / "fleet.toml"
@@ -87,7 +88,7 @@ port = {broker_port}
 client_id = "cm-fleet-test"
 reconnect_min = 0.2
 reconnect_max = 1.0
-[historian]
+{mqtt}[historian]
 url = "{historian_url}"
 {extra}""")
         self.process: subprocess.Popen | None = None
@@ -125,8 +126,8 @@ url = "{historian_url}"
 
 
 def start_fleet(request: pytest.FixtureRequest, directory: Path, broker_port: int, historian_url: str,
-                extra: str = "") -> FleetService:
+                extra: str = "", mqtt: str = "") -> FleetService:
     """`cm-fleet serve` started for this test and killed at its teardown, whether it passed or not."""
-    service = FleetService(directory, broker_port, historian_url, extra)
+    service = FleetService(directory, broker_port, historian_url, extra, mqtt)
     request.addfinalizer(lambda: service.kill() if service.running() else None)
     return service.start()

@@ -47,6 +47,7 @@ pytestmark = pytest.mark.slow
 ELSEWHERE = {
     "make demo": "tests/test_demo.py",
     "cm-fleet serve --config fleet.toml": "tests/fleet_helpers.py",  # every fleet test's service (FleetService)
+    "make fleet-demo": "tests/test_fleet_demo.py",
     "cm-fleet keygen --out keys/": "tests/test_signature_cli.py",  # into a test's folder, the second refused
     "cm-fleet sign bundles/pump7 --key keys/bundle-signing.key": "tests/test_signature_cli.py",
 }
@@ -74,6 +75,32 @@ EXCLUDED = {
         "root: writes into this machine's /etc/cm (tests/test_signature*.py read keys from the tests' folders)",
     "mosquitto_sub -h <broker> -u homeassistant -P <password> -t 'cm/#' -v":
         "the deployed broker and its users' passwords (tests/test_security.py subscribes with this ACL)",
+    # deploy/README.md, the fleet service on a server
+    "sudo useradd --system --home-dir /var/lib/cm-fleet --shell /usr/sbin/nologin cm-fleet":
+        "root: adds a system user to this machine",
+    "sudo python3 -m venv /opt/cm-fleet/venv && sudo /opt/cm-fleet/venv/bin/pip install '.[fleet]'":
+        "root: installs into this machine's /opt (make install installs the same extra into the suite's venv)",
+    "sudo install -D -m 0640 -o root -g cm-fleet deploy/fleet.example.toml /etc/cm/fleet.toml":
+        "root: writes /etc/cm, group-owned by the cm-fleet user that only the install creates "
+        "(tests/test_fleet_deploy.py reads the example as cm-fleet does)",
+    'sudo sed -i "s/^group = .*/group = \\"cm-fleet-$(openssl rand -hex 12)\\"/" /etc/cm/fleet.toml':
+        "root: edits /etc/cm/fleet.toml (tests/test_fleet_deploy.py runs this line, as written, on a copy of the "
+        "example and cm-fleet reads the result)",
+    "sudo mosquitto_passwd /etc/mosquitto/cm.passwd cm-fleet": "root, and prompts for a password",
+    "sudo install -m 0640 -o root -g cm-fleet /dev/stdin /etc/cm/fleet-mqtt.secret <<< 'the-fleet-password'":
+        "root: writes into /etc/cm, owned by the cm-fleet user that only the install creates",
+    "sudo install -m 0644 deploy/cm-fleet.service /etc/systemd/system/ && sudo systemctl daemon-reload":
+        "root and systemd: this machine's units (tests/test_fleet_deploy.py runs systemd-analyze verify on it)",
+    "sudo systemctl enable --now cm-fleet && journalctl -u cm-fleet -f": "root and systemd: the installed service",
+    "sudo -u postgres createuser cm-fleet && sudo -u postgres createdb --owner cm-fleet cm_fleet":
+        "root: this machine's PostgreSQL (tests/postgres.py starts a private cluster instead)",
+    "sudo install -d -m 0750 -o cm-fleet -g cm-fleet /var/backups/cm-fleet":
+        "root: writes /var/backups for the cm-fleet user that only the install creates",
+    "sudo -u cm-fleet sqlite3 /var/lib/cm-fleet/historian.sqlite "
+    "\".backup '/var/backups/cm-fleet/historian-$(date +%F).sqlite'\"":
+        "root: the installed service's private state directory",
+    "sudo -u cm-fleet pg_dump --format=custom --file=/var/backups/cm-fleet/cm_fleet-$(date +%F).dump cm_fleet":
+        "root: the installed service's database",
 }
 
 # Run here, block by block, in the order the docs give them.

@@ -54,3 +54,30 @@ def test_anything_else_is_rejected_with_its_reason(topic, payload, reason):
     outcome = VALIDATOR.check(topic, payload)
     assert isinstance(outcome, Rejected) and outcome.reason == reason, outcome
     assert len(outcome.detail) < 300
+
+
+def _text(document: dict) -> bytes:
+    """JSON as a hostile sender writes it: json.dumps keeps lone surrogates as \\ud800 escapes, as the wire may."""
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    # What the schema lets through but the historian cannot store: accepted, each would fail its batch's
+    # transaction on every retry and so stop the ingest of every agent.
+    (_text({**ALERT, "reason": "\ud800"}), "bad_value"),            # a lone surrogate: not UTF-8 for the database
+    (_text({**ALERT, "top_channel": "bearing1\u0000"}), "bad_value"),  # NUL: PostgreSQL's text refuses it
+    (_text({**ALERT, "score": 10**400}), "bad_value"),              # beyond a BIGINT and a double
+    (_text(ALERT).replace(b'"score": 0.01', b'"score": 1e400'), "bad_value"),  # read as infinity
+    (_text({**ALERT, "timestamp": "2023-13-45T99:99:99Z"}), "schema"),  # matches the pattern, is no date
+    (_text({**ALERT, "timestamp": "2023-02-30T00:00:00Z"}), "schema"),
+    (_text({**ALERT, "timestamp": "2016-12-31T23:59:60Z"}), "schema"),  # a leap second: Python's datetime has none
+])
+def test_what_the_historian_cannot_store_is_rejected_before_it(payload, reason):
+    outcome = VALIDATOR.check("cm/pump-1/alert", payload)
+    assert isinstance(outcome, Rejected) and outcome.reason == reason, outcome
+
+
+def test_the_extremes_a_database_can_store_are_accepted():
+    for document in ({**ALERT, "score": 1e308}, {**ALERT, "reason": "Lager \u00fcberhitzt \u2013 \U0001f525"},
+                     {**ALERT, "timestamp": "9999-12-31T23:59:59.999999Z"}):
+        assert isinstance(VALIDATOR.check("cm/pump-1/alert", _text(document)), Accepted), document
