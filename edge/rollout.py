@@ -37,7 +37,7 @@ from edge.model import validation as v
 from edge.model.bundle import Bundle, BundleError, load_bundle
 from edge.model.runtime import check_model
 from edge.model.signature import verify
-from edge.model.store import BundleStore, archive_sha256, pack, write_atomically
+from edge.model.store import BundleStore, StoreError, archive_sha256, pack, write_atomically
 from edge.model.validation import Optional, required
 from edge.mqtt import payloads
 from edge.mqtt.payloads import ModelRef
@@ -179,7 +179,11 @@ class Rollout:
         fleet's archive), else that of the archive `pack` makes of it (the fleet's, when it packs the same files)."""
         if running.path.parent == self.store.root and SHA256.fullmatch(running.path.name):
             return running.path.name
-        return archive_sha256(pack(running.path))
+        try:
+            return archive_sha256(pack(running.path))
+        except StoreError as error:  # e.g. a folder someone put into the bundle: no reason not to run it
+            log.warning("%s; the report names the bundle by its model file's sha256 instead", error)
+            return running.card.model_sha256
 
     def start(self) -> None:
         self.messenger.listen(self.topics.desired, lambda payload: self.inbox.put((self.topics.desired, payload)))

@@ -99,3 +99,16 @@ def test_a_bad_desired_document_is_reported_rejected_and_an_agent_without_keys_r
     assert reports[-1]["rollout"]["rollout"] == "r2" and reports[-1]["rollout"]["status"] == "rejected"
     assert "only once its config lists trusted keys" in reports[-1]["rollout"]["reason"]
     assert reports[-1]["rollout"]["started"] == "2023-11-14T22:13:20.000Z"
+
+
+def test_a_bundle_with_a_folder_in_it_still_runs_and_is_named_by_its_model(tmp_path: Path) -> None:
+    """A bundle `pack` cannot archive (a folder inside) was accepted before rollouts existed: it still starts."""
+    bundle = write_bundle(tmp_path / "bundle")
+    (bundle / "report").mkdir()
+    config_path = tmp_path / "edge.toml"
+    config_path.write_text(f'device_id = "pump-7"\n[serial]\nport = "/dev/null"\n[model]\nbundle = "bundle"\n'
+                           f'[mqtt]\nhost = "h"\n[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n')
+    running = load_bundle(bundle)
+    rollout = Rollout(load_config(config_path), running, Recorded(), lambda b: None,  # type: ignore[arg-type,return-value]
+                      lambda *_: None)
+    assert rollout.active.sha256 == running.card.model_sha256
