@@ -56,7 +56,8 @@ LOWEST_STAMP := $(LOWEST)/.installed
 LOWEST_TESTS := tests/test_outbox.py tests/test_publisher.py tests/test_checkpoint.py tests/test_config.py \
                 tests/test_security.py tests/test_recorder.py tests/test_detector.py tests/test_features.py \
                 tests/test_sensor.py tests/test_snapshot.py tests/test_frame.py tests/test_link.py \
-                tests/test_replay.py tests/test_cadence.py tests/test_clock.py tests/test_guard.py tests/test_losses.py
+                tests/test_replay.py tests/test_cadence.py tests/test_clock.py tests/test_guard.py tests/test_losses.py \
+                tests/test_signature.py
 
 $(LOWEST_STAMP): pyproject.toml scripts/lowest_requirements.py
 	@test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
@@ -66,7 +67,7 @@ $(LOWEST_STAMP): pyproject.toml scripts/lowest_requirements.py
 	@touch $@
 
 lowest: $(LOWEST_STAMP) system-deps
-	@$(LOWEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(numpy|paho-mqtt|pyserial|cobs|voluptuous|tflite|ai-edge-litert) '
+	@$(LOWEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(numpy|paho-mqtt|pyserial|cobs|voluptuous|tflite|ai-edge-litert|cryptography) '
 	$(LOWEST)/bin/python -m pytest -q -ra -p no:cacheprovider $(LOWEST_TESTS) -k 'not cm_edge_itself'
 
 # Debian's qemu-user-static (runs ARM programs on x86), binfmt-support (registers it with the kernel) and

@@ -82,7 +82,8 @@ case "$ARCH" in
     arm64|amd64)
         RUNTIME="LiteRT (ai-edge-litert wheel)"; SYSTEM_NUMPY=0 ;;
     armhf)
-        # No wheel of ai-edge-litert, tflite-runtime or numpy >= 1.26 exists for 32-bit Pi OS.
+        # No wheel of ai-edge-litert, tflite-runtime or numpy >= 1.26 exists for 32-bit Pi OS, nor of cffi,
+        # which cryptography (signed bundles) needs: Debian's python3-numpy and python3-cryptography serve.
         RUNTIME="the numpy interpreter over Debian's python3-numpy"; SYSTEM_NUMPY=1
         case "$MACHINE" in
             armv6l) unsupported ;;
@@ -98,8 +99,9 @@ step "architecture $ARCH${MACHINE:+ ($MACHINE)}: the model runs with $RUNTIME"
 
 step "system packages"
 packages=(python3 python3-venv)
-[[ $SYSTEM_NUMPY -eq 1 ]] && packages+=(python3-numpy)
+[[ $SYSTEM_NUMPY -eq 1 ]] && packages+=(python3-numpy python3-cryptography)
 [[ $WITH_BROKER -eq 1 ]] && packages+=(mosquitto mosquitto-clients)
+note "needed: ${packages[*]}"
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -122,7 +124,7 @@ fi
 
 step "virtual environment $PREFIX/venv with condition-monitor[edge]"
 if [[ $SYSTEM_NUMPY -eq 1 ]]; then
-    # The venv sees Debian's numpy; pip keeps it, as it satisfies the armv7l floor in pyproject.toml.
+    # The venv sees Debian's numpy and cryptography; pip keeps them, as they satisfy the armv7l floors in pyproject.toml.
     grep -qs "include-system-site-packages = true" "$PREFIX/venv/pyvenv.cfg" ||
         run python3 -m venv --system-site-packages "$PREFIX/venv"
 else

@@ -33,6 +33,7 @@ from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import ModelRef
 from edge.mqtt.publisher import Publisher
 from edge.recorder import Recorder
+from edge.rollout import Rollout
 from edge.scoring.pipeline import Pipeline
 from edge.scoring.sensor import SensorLimits
 from firmware_bridge.frame import Frame
@@ -117,6 +118,8 @@ class Agent:
                                    checkpoint_path(config.outbox_path), self.health, self.counters)
         self.recorder = Recorder(config.recorder, self.health) if config.recorder.enabled else None
         self.discovery = self._discovery(mqtt) if mqtt is not None and config.homeassistant.enabled else None
+        # Bundles over the air need the MQTT client itself (subscriptions, retained reports).
+        self.rollout = None if mqtt is None else Rollout(config, bundle, mqtt, lambda new: pipeline(config, new), self.switch)
         self.watch = Watch(self.health)
         self.announcer.resume()
         self._started = self.clock.monotonic()
@@ -134,6 +137,8 @@ class Agent:
         self.publisher.publish_health(self.health.payload())
         if self.discovery is not None:
             self.discovery.start()
+        if self.rollout is not None:
+            self.rollout.start()
         self.publisher.start()
         self._log_start()
         frames: queue.Queue[Frame | None] = queue.Queue(maxsize=FRAME_QUEUE)
@@ -170,6 +175,8 @@ class Agent:
                     log.error("the serial thread ended unexpectedly (its traceback is above)")
                     return 1  # not 2: systemd restarts the agent
                 self.on_frame(frame)
+            if self.rollout is not None:
+                self.rollout.poll()
             self.check_noise()
             self.check_stale()
             self.announcer.retry()  # a checkpoint the disk refused
@@ -196,14 +203,26 @@ class Agent:
         """A snapshot due for scoring, or a scoring slot lost: one step through the pipeline, then announced."""
         if isinstance(event, Lost):
             self.announcer.missing(self.pipeline.missing(event.reason), event.time_us)
+            if self.rollout is not None:
+                self.rollout.missing(event.reason)
             return
         reading, transition = self.pipeline.process(event)
         if reading.score is not None and not self._scored_once:
             self._scored_once = True
             log.info("first snapshot scored %.2f s after the agent was set up", self.clock.monotonic() - self._started)
-        self.announcer.reading(reading, transition, self.intake.time_source)
+        candidate = None if self.rollout is None else self.rollout.shadow(event, reading)
+        self.announcer.reading(reading, transition, self.intake.time_source, candidate)
+        if self.rollout is not None:
+            self.rollout.after_snapshot(self.pipeline.detector.state)
         if self.recorder is not None:
             self.recorder.save(event)
+
+    def switch(self, bundle: Bundle, pipeline: Pipeline) -> None:
+        """A rollout's candidate takes over from the next snapshot on (edge.rollout decides when)."""
+        settings = detector_settings(self.config, bundle)
+        self.bundle, self.pipeline = bundle, pipeline
+        self.announcer.switch(ModelRef(bundle.card.id, bundle.card.model_sha256), pipeline,
+                              (settings.warning_threshold, settings.alarm_threshold))
 
     def check_noise(self) -> None:
         """Bytes discarded by the decoder (line noise, cut frames) stand for the samples they would have carried."""

@@ -76,8 +76,10 @@ class Announcer:
         log.info("resuming in state %s (bearing %s) since %s%s", saved.state, saved.health, iso_time(saved.since_us),
                  f", raised by {saved.driver}" if saved.driver else "")
 
-    def reading(self, reading: Reading, transition: Transition | None, time_source: TimeSource | None) -> None:
-        """A scored snapshot: its transition if it made one, else the retained state; then its telemetry."""
+    def reading(self, reading: Reading, transition: Transition | None, time_source: TimeSource | None,
+                candidate: dict[str, Any] | None = None) -> None:
+        """A scored snapshot: its transition if it made one, else the retained state; then its telemetry (with a
+        candidate model's shadow score during a rollout's probation, edge.rollout)."""
         channels = self.pipeline.channels
         if transition is not None:
             self._transition(reading, transition)
@@ -87,7 +89,14 @@ class Announcer:
                 self._since_us = reading.capture_time_us
             self.publisher.publish_state(payloads.state(self.device_id, reading, self._since_us, channels, self.model))
         self.publisher.publish_telemetry(payloads.telemetry(self.device_id, reading, channels, self.counters(),
-                                                            time_source=time_source))
+                                                            time_source=time_source, candidate=candidate))
+
+    def switch(self, model: ModelRef, pipeline: Pipeline, thresholds: tuple[float, float]) -> None:
+        """A rollout put another model in charge (edge.rollout), between two snapshots, at an unchanged state; the
+        checkpoint is saved under the new model's id, so a restart resumes that state rather than starting over."""
+        self.model, self.pipeline, self.thresholds = model, pipeline, thresholds
+        if self._since_us is not None:
+            save_checkpoint(self.checkpoint, self._memory(), self.health)
 
     def missing(self, transition: Transition | None, time_us: int) -> None:
         """A snapshot lost at `time_us`: announced only when it moved the state (to `sensor_fault`)."""

@@ -1,7 +1,8 @@
 """cm-edge: the agent that runs beside the machine (see edge.agent for what it does).
 
-Start-up refuses a config and a bundle that do not agree, and says which values differ; `--check` says
-whether the agent would start, without starting it.
+Start-up refuses a config and a bundle that do not agree, and says which values differ; once the config
+lists trusted keys (model.trusted_keys), it also refuses a bundle that is unsigned, signed by another key or
+changed since, and says which file or key. `--check` says whether the agent would start, without starting it.
 """
 from __future__ import annotations
 
@@ -13,48 +14,25 @@ import threading
 
 from edge import preflight
 from edge.agent import Agent, detector_settings, snapshot_interval_s
+from edge.compatibility import MismatchError
 from edge.config import AgentConfig, ConfigError, load_config
-from edge.model.bundle import Bundle, BundleError, load_bundle
-from edge.model.runtime import check_model
+from edge.model.bundle import Bundle, BundleError
 from edge.mqtt.outbox import OutboxError, holder
 from edge.mqtt.publisher import PublisherError
+from edge.rollout import load_checked, startup_bundle
 
 log = logging.getLogger("cm-edge")
 
 
-class MismatchError(ValueError):
-    """The bundle does not fit the config or the sensor's frames."""
-
-
-def check_bundle_against_config(config: AgentConfig, bundle: Bundle) -> None:
-    spec = bundle.card.feature_spec
-    if not spec.sample_rate_hz or not spec.snapshot_samples:
-        raise MismatchError(f"the bundle {bundle.path} was trained on a features table: it has no sample rate or "
-                            f"snapshot length, so it cannot score raw frames; train it on IMS-format files "
-                            f"(an IMS directory or the recorder's output)")
-    expected = config.sensor
-    pairs = [("channels", expected.channels, spec.channels),
-             ("sample_rate_hz", expected.sample_rate_hz, spec.sample_rate_hz),
-             ("snapshot_samples", expected.snapshot_samples, spec.snapshot_samples)]
-    for key, configured, carded in pairs:
-        if configured is not None and configured != carded:
-            raise MismatchError(f"{config.path}: sensor.{key} is {_show(configured)} but the bundle "
-                                f"{bundle.path} was trained for {_show(carded)}")
-
-
-def _show(value: object) -> str:
-    return ", ".join(value) if isinstance(value, tuple) else str(value)
-
-
 def prepare(config_path: str) -> tuple[AgentConfig, Bundle]:
     config = load_config(config_path)
-    bundle = load_bundle(config.bundle)
-    check_bundle_against_config(config, bundle)
+    # The store's active bundle once a rollout switched to one (edge.rollout), else the config's; signed by a
+    # trusted key when any is set, fitting the config, its model file loading as the agent will load it.
+    bundle = load_checked(config, startup_bundle(config))
     try:
         detector_settings(config, bundle)
     except ValueError as error:  # an override that does not fit the card's other settings
         raise ConfigError(f"{config.path}: [detector] with the bundle's settings: {error}") from None
-    check_model(bundle)  # the model file itself, as the agent will load it
     return config, bundle
 
 

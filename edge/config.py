@@ -13,6 +13,7 @@ from typing import Any
 import voluptuous as vol
 
 from edge.model import validation as v
+from edge.model.signature import TrustedKey, load_public_key
 from edge.model.validation import Optional, required
 from edge.scoring.diagnosis import DEFAULT_ISO_GROUP, ISO_GROUPS
 from firmware_bridge.link import DEFAULT_BAUDRATE
@@ -20,6 +21,7 @@ from firmware_bridge.link import DEFAULT_BAUDRATE
 DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # it becomes an MQTT topic level: no '/', '+', '#'
 TOPIC_PREFIX = re.compile(r"[^+#/]([^+#]*[^+#/])?")  # one or more topic levels: no wildcards, no empty first or last
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FLEET_LEVEL = "_fleet"  # {prefix}/_fleet/...: the fleet's topics (edge.rollout), never a device's
 # MQTT 5 first: over 3.1.1 a broker's refusal of an alert cannot be told from its delivery (edge.mqtt.publisher).
 MQTT_PROTOCOLS = ("5", "3.1.1")
 
@@ -119,7 +121,9 @@ class AgentConfig:
     counters_interval_s: float = 60.0
     machine: MachineConfig = field(default_factory=MachineConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
-
+    # Public keys a bundle must be signed by (edge.model.signature); several while a key is rotated. Empty:
+    # bundles are not checked for a signature (a device set up before signing, or a bench).
+    trusted_keys: tuple[TrustedKey, ...] = ()
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -135,7 +139,7 @@ def _schema(folder: Path) -> v.Validator:
     topic = v.matching(TOPIC_PREFIX, "a topic without wildcards or leading/trailing '/'")
     sections: dict[vol.Marker, dict[vol.Marker, v.Validator]] = {
         required("serial", section=True): {required("port"): v.text(), Optional("baudrate"): v.integer(1)},
-        required("model", section=True): {required("bundle"): path},
+        required("model", section=True): {required("bundle"): path, Optional("trusted_keys"): _trusted_keys(folder)},
         required("mqtt", section=True): {
             required("host"): v.text("the broker's host name or IP address"),
             Optional("port"): v.integer(1, 65535, "a TCP port between 1 and 65535"),
@@ -182,6 +186,21 @@ def _schema(folder: Path) -> v.Validator:
     })
 
 
+def _trusted_keys(folder: Path) -> v.Validator:
+    """A non-empty list of public key files (PEM, as cm-fleet keygen writes), each read and checked here."""
+    listed = v.names("a non-empty list of public key files (PEM, from cm-fleet keygen)")
+
+    def validate(value: Any) -> tuple[TrustedKey, ...]:
+        keys = []
+        for index, name in enumerate(listed(value)):
+            try:
+                keys.append(load_public_key(v.relative_path(folder)(name)))
+            except ValueError as error:
+                raise vol.Invalid(str(error), path=[index]) from None
+        return tuple(keys)
+    return validate
+
+
 def _protocol_name(value: Any) -> Any:
     """`protocol = 5` is read as "5": a TOML number is the natural way to write it (3.1.1 can only be a string)."""
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -207,10 +226,14 @@ def _agent(path: Path, document: dict[str, Any]) -> AgentConfig:
         device_id=document["device_id"],
         serial=SerialConfig(**document["serial"]),
         bundle=document["model"]["bundle"],
+        trusted_keys=document["model"].get("trusted_keys", ()),
         mqtt=MqttConfig(device_id=document["device_id"], **mqtt),
         **{name: kind(**document.get(name, {})) for name, kind in sections.items()},
         **{key: value for key, value in given.items() if value is not None},
     )
+    if config.device_id == FLEET_LEVEL:
+        raise ConfigError(f"{path}: device_id: {FLEET_LEVEL!r} is reserved: {config.mqtt.topic_prefix}/{FLEET_LEVEL}/ holds the "
+                          f"fleet's bundles and desired documents, which a device of that name could forge")
     if config.outbox_path.is_dir():  # (whether its directory can be written is edge.preflight's, in --check)
         raise ConfigError(f"{path}: outbox.path: expected a file path (the outbox is created there), not a directory, "
                           f"got {str(config.outbox_path)!r}")

@@ -48,10 +48,11 @@ EDGE_TESTS = {
     "full": ("test_config.py", "test_detector.py", "test_features.py", "test_frame.py", "test_link.py",
              "test_outbox.py", "test_publisher.py", "test_sensor.py", "test_snapshot.py", "test_synth.py",
              "test_numpy_interpreter.py", "test_security.py",
-             "test_ims.py", "test_replay.py", "test_install.py"),
+             "test_ims.py", "test_replay.py", "test_install.py", "test_signature.py", "test_signature_cli.py"),
     # CI: the numerics an ARM CPU could change (the model's int8 outputs, the features); the codec, the
     # link, the publisher and the detector are exercised on the device by the HIL step anyway.
-    "ci": ("test_numpy_interpreter.py", "test_features.py"),
+    # test_signature: the Ed25519 check that refuses bundles, through cryptography's wheel for that CPU.
+    "ci": ("test_numpy_interpreter.py", "test_features.py", "test_signature.py"),
 }
 NEEDS_LITERT = ("test_int8_outputs_equal_litert_exactly", "test_scores_equal_litert_through_the_scorer",
                 "test_load_interpreter_order_and_choice")
@@ -80,7 +81,9 @@ CPUINFO_A7 = "".join(
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "mosquitto", "openssl")
 ARCHES = {
     "arm64": Arch("arm64", "aarch64", "cortex-a72", "aarch64", BASE_PACKAGES, False, CPUINFO_A72),
-    "armhf": Arch("armhf", "arm", "cortex-a7", "armv7l", BASE_PACKAGES + ("python3-numpy",), True, CPUINFO_A7),
+    # python3-cryptography: PyPI has no cffi wheel for armv7l (pyproject.toml, the edge extra).
+    "armhf": Arch("armhf", "arm", "cortex-a7", "armv7l", BASE_PACKAGES + ("python3-numpy", "python3-cryptography"), True,
+                  CPUINFO_A7),
 }
 
 

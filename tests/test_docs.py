@@ -48,6 +48,8 @@ ELSEWHERE = {
     "make demo": "tests/test_demo.py",
     "cm-fleet serve --config fleet.toml": "tests/fleet_helpers.py",  # every fleet test's service (FleetService)
     "make fleet-demo": "tests/test_fleet_demo.py",
+    "cm-fleet keygen --out keys/": "tests/test_signature_cli.py",  # into a test's folder, the second refused
+    "cm-fleet sign bundles/pump7 --key keys/bundle-signing.key": "tests/test_signature_cli.py",
 }
 
 EXCLUDED = {
@@ -69,6 +71,8 @@ EXCLUDED = {
         "hardware: opens the sensor's serial port, as installed on a Pi (tests/test_bad_input.py and test_hil.py "
         "run --check)",
     "sudo systemctl start cm-edge && journalctl -u cm-edge -f": "root and systemd: the installed service",
+    "sudo install -m 0644 bundle-signing.pub /etc/cm/bundle-signing.pub":
+        "root: writes into this machine's /etc/cm (tests/test_signature*.py read keys from the tests' folders)",
     "mosquitto_sub -h <broker> -u homeassistant -P <password> -t 'cm/#' -v":
         "the deployed broker and its users' passwords (tests/test_security.py subscribes with this ACL)",
     # deploy/README.md, the fleet service on a server

@@ -108,8 +108,10 @@ def state(device_id: str, reading: Reading, since_us: int, channels: Sequence[st
 
 
 def telemetry(device_id: str, reading: Reading, channels: Sequence[str], counters: Mapping[str, int],
-              time_source: str | None = None) -> dict[str, Any]:
+              time_source: str | None = None, candidate: dict[str, Any] | None = None) -> dict[str, Any]:
     extra: dict[str, Any] = {} if time_source is None else {"time_source": str(time_source)}
+    if candidate is not None:  # during a rollout's probation (edge.rollout): the shadow model's view, beside
+        extra["candidate"] = candidate
     per_channel = len(reading.feature_names)
     # "features" keeps its meaning (one number per channel: the first feature, mean_abs in every set);
     # a set with more features per channel adds them all under "channel_features".
@@ -129,3 +131,15 @@ def telemetry(device_id: str, reading: Reading, channels: Sequence[str], counter
         "counters": dict(counters),
         **extra,
     }
+
+
+def shadow(reading: Reading, model: ModelRef, compared: int) -> dict[str, Any]:
+    """A candidate model's score and state for the snapshot (telemetry's `candidate`): it alerts nobody."""
+    return {"model": model.payload(), "score": _score(reading), "state": str(reading.state), "compared": compared}
+
+
+def model_report(device_id: str, active: dict[str, str], previous: str | None, rollout: dict[str, Any] | None,
+                 candidate: dict[str, str] | None, timestamp: str) -> dict[str, Any]:
+    """The retained `{prefix}/{device_id}/model` document: what runs, what it replaced, how the last rollout went."""
+    return {"device_id": device_id, "active": active, "previous": previous, "candidate": candidate,
+            "rollout": rollout, "timestamp": timestamp}

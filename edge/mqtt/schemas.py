@@ -8,7 +8,7 @@ import json
 from importlib import resources
 from typing import Any
 
-NAMES = ("alert", "state", "telemetry", "status", "health")
+NAMES = ("alert", "state", "telemetry", "status", "health", "model", "desired")
 
 
 def load_schema(name: str) -> dict[str, Any]:
