@@ -268,19 +268,34 @@ def _calibrate(draft: Bundle, dataset: Dataset, span: Span, options: FitOptions)
     """Per-channel error references, then thresholds on the int8 model's scores of the training span (with
     labels: the F1-best threshold on the validation split)."""
     raw = Model(draft)  # the card has no per-channel references yet: raw per-channel errors
-    reference = calibrate.channel_reference(*(np.array([s.raw_errors for s in streamed(draft, raw, dataset, r)])
-                                               for r in (span.fit_rows, span.calibration_rows)))
+    drift = drift_floor(draft.card, dataset, span)
+    fit_errors, calibration_errors = (np.array([s.raw_errors for s in streamed(draft, raw, dataset, r)])
+                                      for r in (span.fit_rows, span.calibration_rows))
+    reference = calibrate.channel_reference(fit_errors, calibration_errors, drift)
     bundle = replace(draft, card=replace(draft.card, channel_error_reference=reference))
     int8 = Model(bundle)
     fit_scores = streamed_scores(bundle, int8, dataset, span.fit_rows)
     calibration_scores = streamed_scores(bundle, int8, dataset, span.calibration_rows)
     limits = calibrate.thresholds(options.threshold_rule, fit_scores, calibration_scores, int(span.rows.size))
+    if drift is not None:
+        limits = replace(limits, basis=limits.basis | {"drift_fraction": calibrate.DRIFT_FRACTION,
+                                                       "drift_floor": [round(float(f), 6) for f in drift]})
     splits = labelled_splits(dataset, span.in_training)
     if splits is not None and dataset.labels is not None and options.threshold_rule == "calibration":
         validation, _ = splits
         limits = calibrate.best_f1(streamed_scores(bundle, int8, dataset, validation),
                                    dataset.labels[validation], options.target_precision, limits.basis)
     return bundle, limits
+
+
+def drift_floor(card: ModelCard, dataset: Dataset, span: Span) -> np.ndarray | None:
+    """Recordings: per channel, the error DRIFT_FRACTION of wander in its healthy level causes (calibrate).
+    Labelled tables: None; their threshold is chosen on labelled data, and their columns have no load to wander."""
+    if dataset.labels is not None:
+        return None
+    scale = card.scaler.transform(np.ones((1, card.feature_spec.columns))) - card.scaler.transform(
+        np.zeros((1, card.feature_spec.columns)))
+    return calibrate.drift_floor(dataset.features[span.rows], scale[0], len(card.feature_spec.features))
 
 
 def _check(bundle: Bundle, dataset: Dataset, span: Span, limits: calibrate.Thresholds,
