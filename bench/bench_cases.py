@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_cases.py --quick            # the issue-22 case and a handful more (8 fits)
     .venv/bin/python bench/bench_cases.py [--limit N]        # the sweep: 200 tuning seeds (or the first N)
-    .venv/bin/python bench/bench_cases.py --tune RESULTS     # replay the detector settings GRID on a sweep's traces
+    .venv/bin/python bench/bench_cases.py --tune RESULTS     # replay the drift fractions on a sweep's traces
     .venv/bin/python bench/bench_cases.py --unseen           # seeds 9001-9020 with the chosen defaults, for the report
 
 Each case is a cm-synth run (10-minute cadence) with its failing bearing, wander level (DRIFTS) and training
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 WORK = REPO / "bench" / "work" / "cases"
 
-from score_traces import GRID, ScoreTrace, Setting, record, replay  # noqa: E402
+from score_traces import DRIFT_GRID, ScoreTrace, Setting, record, replay  # noqa: E402
 
 from edge.model.bundle import load_bundle  # noqa: E402
 from edge.scoring.detector import State  # noqa: E402
@@ -140,7 +140,8 @@ def assign(seeds: tuple[int, ...], spans: tuple[int, ...]) -> list[tuple]:
     cases = []
     for index, seed in enumerate(seeds):
         span = spans[index % len(spans)]
-        cases.append((seed, index % 4 + 1, span, max(120, span * 3), DRIFTS[(index // len(spans)) % len(DRIFTS)]))
+        files = max(120, span * 3 if span <= 80 else span * 2)  # the defect starts after 60-70% of a run
+        cases.append((seed, index % 4 + 1, span, files, DRIFTS[(index // len(spans)) % len(DRIFTS)]))
     return cases
 
 
@@ -170,7 +171,7 @@ def summary(cases: list[Case]) -> dict:
 
 
 def tune(results: Path) -> dict:
-    """Every GRID setting replayed on the cases of `results` (tuning seeds only): the chosen one has the fewest
+    """Every drift fraction (DRIFT_GRID) replayed on the cases of `results` (tuning seeds only): the chosen one has the fewest
     false alarm episodes on cases fitted on 40 or more files, then the most failing bearings named, then the
     longest median lead."""
     specs = [tuple(c[key] for key in ("seed", "bearing", "train_files", "files", "drift"))
@@ -181,7 +182,7 @@ def tune(results: Path) -> dict:
     traces = {spec: ScoreTrace.load(WORK / f"trace-{spec[0]}-b{spec[1]}-{spec[3]}-d{spec[4]:g}-{spec[2]}.npz")
               for spec in specs}
     table = []
-    for setting in GRID:
+    for setting in (Setting(drift_fraction=fraction) for fraction in DRIFT_GRID):
         cases = [judge(spec, *replay(trace, setting), names, []) for spec, trace in traces.items()]
         table.append({"setting": asdict(setting), "summary": summary(cases)})
         big = table[-1]["summary"]["trained_on_40_or_more"]
@@ -202,7 +203,7 @@ def run() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="the issue-22 case and a handful more")
     mode.add_argument("--unseen", action="store_true", help=f"seeds {UNSEEN_SEEDS[0]}-{UNSEEN_SEEDS[-1]}, for the report")
-    mode.add_argument("--tune", type=Path, metavar="RESULTS", help="replay GRID on the traces of a results file")
+    mode.add_argument("--tune", type=Path, metavar="RESULTS", help="replay the drift fractions on the traces of a results file")
     parser.add_argument("--limit", type=int, help="run only the first N cases of the sweep")
     parser.add_argument("--out", help="default bench/cases_results.json (--tune: bench/cases_tuning.json)")
     args = parser.parse_args()
