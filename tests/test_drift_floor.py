@@ -89,3 +89,6 @@ def test_the_thresholds_stay_multiples_of_a_floored_reference():
 def test_cards_state_the_debounce_in_seconds():
     settings = calibrate.detector_settings(calibrate.thresholds("calibration", np.ones(3), np.ones(3), 40))
     assert (settings.persist_s, settings.clear_after_s) == (calibrate.PERSIST_S, calibrate.CLEAR_AFTER_S)
+    # Labelled tables' rows are cases, not moments of one machine: their debounce stays in rows.
+    rows = calibrate.detector_settings(calibrate.thresholds("calibration", np.ones(3), np.ones(3), 40), False)
+    assert (rows.persist_s, rows.clear_after_s) == (None, None)

@@ -123,11 +123,11 @@ def _with_margin(limits: Thresholds) -> Thresholds:
     return Thresholds(limits.warning, limits.alarm, limits.rule, limits.basis | {"margin": margin})
 
 
-def detector_settings(limits: Thresholds) -> DetectorSettings:
+def detector_settings(limits: Thresholds, in_seconds: bool = True) -> DetectorSettings:
     """The thresholds with the debounce the calibration was chosen with (DEBOUNCE), 6 quiet snapshots to clear,
-    and the same in seconds (PERSIST_S, CLEAR_AFTER_S) for cadences faster than the training data's."""
-    return DetectorSettings(warning_threshold=limits.warning, alarm_threshold=limits.alarm, **DEBOUNCE,
-                            persist_s=PERSIST_S, clear_after_s=CLEAR_AFTER_S)
+    and (`in_seconds`) the same in seconds (PERSIST_S, CLEAR_AFTER_S), so it spans the same time at any cadence."""
+    seconds = {"persist_s": PERSIST_S, "clear_after_s": CLEAR_AFTER_S} if in_seconds else {}
+    return DetectorSettings(warning_threshold=limits.warning, alarm_threshold=limits.alarm, **DEBOUNCE, **seconds)
 
 
 def best_f1(scores: np.ndarray, labels: np.ndarray, target_precision: float | None, basis: dict) -> Thresholds:

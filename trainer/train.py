@@ -260,7 +260,7 @@ def _export(trained: Trained, dataset: Dataset, span: Span, options: FitOptions,
     card = _draft_card(dataset, trained.scaler, span.rows, options)
     bundle, limits = _calibrate(Bundle(path=out, card=card, model_path=out / INT8_MODEL_FILE), dataset, span, options)
     check, quantization = _check(bundle, dataset, span, limits, options.window)
-    _write_card(bundle, limits, quantization, _run_record(trained, dataset, span, limits))
+    _write_card(bundle, limits, quantization, _run_record(trained, dataset, span, limits), dataset.labels is None)
     return limits, check
 
 
@@ -346,14 +346,16 @@ def _run_record(trained: Trained, dataset: Dataset, span: Span, limits: calibrat
     })
 
 
-def _write_card(bundle: Bundle, limits: calibrate.Thresholds, quantization: dict, record: dict) -> None:
-    """The final card, under the id its content gives it."""
+def _write_card(bundle: Bundle, limits: calibrate.Thresholds, quantization: dict, record: dict,
+                in_seconds: bool) -> None:
+    """The final card, under the id its content gives it; `in_seconds`: the debounce in seconds too (a recording,
+    not a labelled table, whose rows are cases rather than moments of one machine)."""
     out, card = bundle.path, bundle.card
     model_sha256 = file_sha256(out / INT8_MODEL_FILE)
     card = replace(
         card,
         threshold_rule=limits.rule,
-        detector=calibrate.detector_settings(limits),
+        detector=calibrate.detector_settings(limits, in_seconds),
         quantization=quantization,
         provenance={**card.provenance, **record},
         model_sha256=model_sha256,
