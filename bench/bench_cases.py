@@ -170,14 +170,14 @@ def summary(cases: list[Case]) -> dict:
             | {f"drift_{drift:g}": part([c for c in cases if c.drift == drift]) for drift in sorted({c.drift for c in cases})})
 
 
-def tune(results: Path) -> dict:
+def tune(results: list[Path]) -> dict:
     """Every drift fraction (DRIFT_GRID) replayed on the cases of `results` (tuning seeds only): the chosen one has the fewest
     false alarm episodes on cases fitted on 40 or more files, then the most failing bearings named, then the
     longest median lead."""
     specs = [tuple(c[key] for key in ("seed", "bearing", "train_files", "files", "drift"))
-             for c in json.loads(results.read_text())["cases"]]
+             for path in results for c in json.loads(path.read_text())["cases"]]
     if any(spec[0] in UNSEEN_SEEDS for spec in specs):
-        raise SystemExit(f"{results}: holds unseen seeds {UNSEEN_SEEDS[0]}-{UNSEEN_SEEDS[-1]}: never tune on them")
+        raise SystemExit(f"{' '.join(map(str, results))}: holds unseen seeds {UNSEEN_SEEDS[0]}-{UNSEEN_SEEDS[-1]}: never tune on them")
     names = tuple(f"bearing{b}" for b in range(1, 5))
     traces = {spec: ScoreTrace.load(WORK / f"trace-{spec[0]}-b{spec[1]}-{spec[3]}-d{spec[4]:g}-{spec[2]}.npz")
               for spec in specs}
@@ -203,7 +203,8 @@ def run() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="the issue-22 case and a handful more")
     mode.add_argument("--unseen", action="store_true", help=f"seeds {UNSEEN_SEEDS[0]}-{UNSEEN_SEEDS[-1]}, for the report")
-    mode.add_argument("--tune", type=Path, metavar="RESULTS", help="replay the drift fractions on the traces of a results file")
+    mode.add_argument("--tune", type=Path, nargs="+", metavar="RESULTS",
+                      help="replay the drift fractions on the traces of results files")
     parser.add_argument("--limit", type=int, help="run only the first N cases of the sweep")
     parser.add_argument("--out", help="default bench/cases_results.json (--tune: bench/cases_tuning.json)")
     args = parser.parse_args()

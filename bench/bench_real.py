@@ -140,6 +140,8 @@ def leave_one_run_out(traces: dict) -> dict:
             results.setdefault(held_out, {})[feature_set] = {
                 "chosen_on": others, "setting": asdict(GRID[chosen]), "held_out": outcomes[held_out][chosen],
                 "defaults": _femto_outcome(*traces[(held_out, feature_set)], Setting()),
+                # before issue 22's changes: no drift floor, debounce in snapshots only
+                "counts_only_no_floor": _femto_outcome(*traces[(held_out, feature_set)], Setting(0.0, None, None)),
                 "articles_minutes_before_end": ANCHOR_MIN[held_out]}
     return results
 

@@ -86,7 +86,7 @@ def test_the_thresholds_stay_multiples_of_a_floored_reference():
     assert (limits.warning, limits.alarm) == (calibrate.WARNING_MARGIN, calibrate.ALARM_MARGIN)
 
 
-def test_cards_state_the_debounce_in_seconds():
+def test_cards_state_clearing_in_seconds():
     settings = calibrate.detector_settings(calibrate.thresholds("calibration", np.ones(3), np.ones(3), 40))
     assert (settings.persist_s, settings.clear_after_s) == (calibrate.PERSIST_S, calibrate.CLEAR_AFTER_S)
     # Labelled tables' rows are cases, not moments of one machine: their debounce stays in rows.

@@ -19,9 +19,10 @@ is therefore at least the error a wander of DRIFT_FRACTION of its features' heal
 (the largest healthy score counted as at least 1). A few percent of wander stays below the warning threshold;
 a defect, which moves its channel's features by tens of percent to several times, still alarms.
 
-The debounce is stated in seconds too (PERSIST_S, CLEAR_AFTER_S): at the agent's cadence the detector takes
-the longer of counts and time, so an alarm clears only after an hour below the warning threshold at a 10 s
-cadence as at a 10 min one, instead of after 60 s, and does not flap through a failure's last hour.
+Clearing is stated in seconds too (CLEAR_AFTER_S; the card's persist_s can do the same for k of n): at the
+agent's cadence the detector takes the longer of counts and time, so an alarm clears only after an hour below
+the warning threshold at a 10 s cadence as at a 10 min one, instead of after 60 s, and does not flap through a
+failure's last hour.
 `seed`: the seeds' rule, alarm = 1.1 x the largest training score, warning = 0.9 x alarm.
 """
 from __future__ import annotations
@@ -41,7 +42,10 @@ ALARM_MARGIN = 2.5
 SEED_FACTOR = 1.1
 REFERENCE_FLOOR = 1e-3  # scaled units: a channel the model reproduces perfectly must not divide by ~0
 DEBOUNCE = {"k": 2, "n": 3}  # chosen with bench/bench_detection.py: see trainer/README.md
-PERSIST_S = 60.0  # k of n over at least a minute: at FEMTO's 10 s cadence 4 of 6 snapshots (bench/bench_cases.py)
+# k of n stays in snapshots (None): on FEMTO's four runs, 60 s of persistence (4 of 6 at 10 s) removed no false
+# episode and cost lead (Bearing2_1 vibration 9.7 -> 0.3 min, Bearing3_2 6.3 -> 2.5; bench/bench_real.py femto),
+# and it would keep a 5 s recording (CWRU) from ever alarming. The card's persist_s can still ask for it.
+PERSIST_S: float | None = None
 CLEAR_AFTER_S = 3600.0  # an hour below the warning threshold clears: IMS's 6 snapshots of 10 min, at any cadence
 DRIFT_FRACTION = 0.03  # the wander of a healthy level a reference must cover (bench/bench_cases.py --tune)
 
@@ -126,8 +130,9 @@ def _with_margin(limits: Thresholds) -> Thresholds:
 def detector_settings(limits: Thresholds, in_seconds: bool = True) -> DetectorSettings:
     """The thresholds with the debounce the calibration was chosen with (DEBOUNCE), 6 quiet snapshots to clear,
     and (`in_seconds`) the same in seconds (PERSIST_S, CLEAR_AFTER_S), so it spans the same time at any cadence."""
-    seconds = {"persist_s": PERSIST_S, "clear_after_s": CLEAR_AFTER_S} if in_seconds else {}
-    return DetectorSettings(warning_threshold=limits.warning, alarm_threshold=limits.alarm, **DEBOUNCE, **seconds)
+    return DetectorSettings(warning_threshold=limits.warning, alarm_threshold=limits.alarm, **DEBOUNCE,
+                            persist_s=PERSIST_S if in_seconds else None,
+                            clear_after_s=CLEAR_AFTER_S if in_seconds else None)
 
 
 def best_f1(scores: np.ndarray, labels: np.ndarray, target_precision: float | None, basis: dict) -> Thresholds:
