@@ -1,7 +1,7 @@
 """Detection across many cases: false alarms per healthy machine-day first, then lead time and the bearing named.
 
     .venv/bin/python bench/bench_cases.py --quick            # the issue-22 case and a handful more (8 fits)
-    .venv/bin/python bench/bench_cases.py [--limit N]        # the sweep: 200 tuning seeds (or the first N)
+    .venv/bin/python bench/bench_cases.py [--start M] [--limit N]  # the sweep: 200 tuning seeds (or cases M..N-1)
     .venv/bin/python bench/bench_cases.py --tune RESULTS     # replay the drift fractions on a sweep's traces
     .venv/bin/python bench/bench_cases.py --unseen           # seeds 9001-9020 with the chosen defaults, for the report
 
@@ -206,6 +206,7 @@ def run() -> None:
     mode.add_argument("--tune", type=Path, nargs="+", metavar="RESULTS",
                       help="replay the drift fractions on the traces of results files")
     parser.add_argument("--limit", type=int, help="run only the first N cases of the sweep")
+    parser.add_argument("--start", type=int, default=0, help="skip the first N cases (a sweep run in parts)")
     parser.add_argument("--out", help="default bench/cases_results.json (--tune: bench/cases_tuning.json)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -216,7 +217,7 @@ def run() -> None:
         print(json.dumps(result["chosen"]))
         return
     specs = QUICK if args.quick else assign(UNSEEN_SEEDS, (40, 20, 80, 40)) if args.unseen else assign(SEEDS, SPANS)
-    specs = specs[: args.limit] if args.limit else specs
+    specs = specs[args.start: args.limit]
     out = Path(args.out or REPO / "bench" / "cases_results.json")
     cases = []
     for spec in specs:
