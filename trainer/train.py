@@ -310,12 +310,13 @@ def _check(bundle: Bundle, dataset: Dataset, span: Span, limits: calibrate.Thres
         for scorer in (int8, floats))
     check = export.compare(int8_scores, float_scores, limits.warning, limits.alarm)
     export.require_agreement(check)
-    saturation = _saturation_score(int8, bundle.card.scaler, window)
+    extent = healthy_extent(bundle.card, dataset, span)
+    saturation = _saturation_score(int8, bundle.card.scaler, window, extent)
     names = bundle.card.feature_spec.channels
-    alone = _one_channel_saturation_scores(int8, bundle.card.scaler, window, len(names))
+    alone = _one_channel_saturation_scores(int8, bundle.card.scaler, window, len(names), extent)
     weakest = int(np.argmin(alone))
-    for what, score in ((f"an input {SATURATION_FACTOR:g}x beyond the training range", saturation),
-                        (f"channel {names[weakest]} alone {SATURATION_FACTOR:g}x beyond its training range", alone[weakest])):
+    for what, score in ((f"an input {SATURATION_FACTOR:g}x beyond the healthy range", saturation),
+                        (f"channel {names[weakest]} alone {SATURATION_FACTOR:g}x beyond its healthy range", alone[weakest])):
         if score <= limits.alarm:
             raise export.ExportError(
                 f"int8 saturation check failed: {what} scores {score:.4g}, not above the alarm threshold "
@@ -428,14 +429,25 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
     )
 
 
-def _saturation_score(scorer: Model, scaler: Scaler, window: int) -> float:
-    """Score of an input SATURATION_FACTOR times beyond the training range on every channel."""
-    low, high = np.asarray(scaler.minimum), np.asarray(scaler.maximum)
-    beyond = low + SATURATION_FACTOR * (high - low)
+def healthy_extent(card: ModelCard, dataset: Dataset, span: Span) -> np.ndarray:
+    """Per column, how far healthy values reach: the training range, or where wider (recordings), the wander the
+    drift floor calls healthy (DRIFT_FRACTION of the level). The saturation checks go SATURATION_FACTOR times
+    beyond it: an input the floor scores as healthy wander is no anomaly the int8 model must alarm on."""
+    low, high = np.asarray(card.scaler.minimum), np.asarray(card.scaler.maximum)
+    if dataset.labels is not None:
+        return high - low
+    level = np.abs(np.median(dataset.features[span.rows], axis=0))
+    return np.maximum(high - low, calibrate.DRIFT_FRACTION * level)
+
+
+def _saturation_score(scorer: Model, scaler: Scaler, window: int, extent: np.ndarray) -> float:
+    """Score of an input SATURATION_FACTOR times the healthy extent beyond its minimum on every channel."""
+    beyond = np.asarray(scaler.minimum) + SATURATION_FACTOR * extent
     return scorer.score(np.tile(beyond, (window, 1))).score
 
 
-def _one_channel_saturation_scores(scorer: Model, scaler: Scaler, window: int, channels: int) -> np.ndarray:
+def _one_channel_saturation_scores(scorer: Model, scaler: Scaler, window: int, channels: int,
+                                   extent: np.ndarray) -> np.ndarray:
     """Per channel: the score when its features alone are SATURATION_FACTOR times beyond the training range and
     every other channel's sit mid-range (one failing bearing among healthy ones). Columns are channel-major; a
     channel's score averages its features, so one feature alone (a crest factor) is no anomaly to require."""
@@ -445,7 +457,7 @@ def _one_channel_saturation_scores(scorer: Model, scaler: Scaler, window: int, c
     for channel in range(channels):
         row = (low + high) / 2
         mine = slice(channel * per_channel, (channel + 1) * per_channel)
-        row[mine] = low[mine] + SATURATION_FACTOR * (high[mine] - low[mine])
+        row[mine] = low[mine] + SATURATION_FACTOR * extent[mine]
         scores.append(scorer.score(np.tile(row, (window, 1))).score)
     return np.array(scores)
 
