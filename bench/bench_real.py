@@ -5,7 +5,9 @@ Numbers, not assertions (the tests check behaviour; this says how well it works)
   faults; the defect each alarm episode names and the envelope line against the README's frequency.
 - FEMTO: train each run on its first 30% with each feature set, evaluate the whole run: false alarm
   episodes and how long before the end the debounced alarm comes, against the original articles' rule
-  (1.1 x the healthy maximum of the per-channel mean absolute value, alarm on 3 of 5).
+  (1.1 x the healthy maximum of the per-channel mean absolute value, alarm on 3 of 5). Then leave-one-run-out:
+  per feature set, the detector setting (bench/score_traces.py GRID: drift floor, debounce in seconds) that
+  does best on three runs is reported on the fourth, replayed from the run's score trace.
 - IMS: the healthy sample (12 snapshots) with the vibration set: trained on the first 10 (the calibration
   floor), nothing raised.
 - indicators: how early the FEMTO data allows any alarm at all. For every vibration-set feature and every
@@ -22,12 +24,15 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from score_traces import GRID, ScoreTrace, Setting, record, replay  # noqa: E402
 
 from edge.model.bearing import PRESETS  # noqa: E402
 from edge.model.bundle import load_bundle  # noqa: E402
@@ -37,8 +42,10 @@ from edge.scoring.diagnosis import diagnose  # noqa: E402
 DATA = Path(os.environ.get("CM_SHARED_DATA", REPO.parent / "shared" / "data"))
 CWRU_RPM = 1796.0
 CWRU_README_HZ = {"IR007": ("inner_race", 162.1), "OR007": ("outer_race", 107.3), "B007": ("rolling_element", 141.1)}
-FEMTO_RUNS = {"Bearing1_2": 1800.0, "Bearing3_1": 1500.0}
-ANCHOR_MIN = {"Bearing1_2": 7.0, "Bearing3_1": 3.3}  # the articles' rule: minutes before the end
+# The four shared learning runs, with their operating condition's shaft speed (1: 1800, 2: 1650, 3: 1500 rpm).
+FEMTO_RUNS = {"Bearing1_2": 1800.0, "Bearing2_1": 1650.0, "Bearing3_1": 1500.0, "Bearing3_2": 1500.0}
+TRACES = REPO / "bench" / "work" / "femto"  # each run's score trace, for `loro` without retraining
+ANCHOR_MIN = {"Bearing1_2": 7.0, "Bearing2_1": 4.7, "Bearing3_1": 3.3, "Bearing3_2": 32.5}  # the articles' rule
 
 
 def _fit(source: Path, out: Path, **options: object) -> Path:
@@ -92,8 +99,64 @@ def _debounced_alarm(over: np.ndarray, k: int = 3, n: int = 5) -> int | None:
     return None
 
 
+def _trace(bundle_path: Path, dataset: object) -> ScoreTrace:
+    """The bundle's raw score trace, with the training span split as fit() split it (first 30%, defaults)."""
+    from trainer.train import FitOptions, healthy_rows, split_holdout, training_mask
+
+    options = FitOptions(out=Path("unused"), train_fraction=0.3)
+    rows = healthy_rows(dataset, training_mask(dataset, None, options.train_fraction))  # type: ignore[arg-type]
+    fit_rows, held_out = split_holdout(rows, options.window, options.holdout_fraction, "femto")
+    return record(load_bundle(bundle_path), dataset, fit_rows, held_out, int(rows.size))
+
+
+def _femto_outcome(trace: ScoreTrace, stamps: np.ndarray, setting: Setting) -> dict:
+    from trainer.evaluate import Episodes
+
+    states, _ = replay(trace, setting)
+    episodes = Episodes.of(states)
+    before_end = lambda row: round(float((stamps[-1] - stamps[row]) / np.timedelta64(1, "s")) / 60, 1)  # noqa: E731
+    return {"false_alarm_episodes": len(episodes.alarms) - (1 if episodes.persistent else 0),
+            "alarm_episodes": len(episodes.alarms),
+            "minutes_before_end": before_end(episodes.persistent[0]) if episodes.persistent else None,
+            "first_alarm_minutes_before_end": before_end(episodes.first_alarm) if episodes.alarms else None}
+
+
+def leave_one_run_out(traces: dict) -> dict:
+    """Per feature set and held-out run: the GRID setting chosen on the other runs (fewest false alarm episodes,
+    then the longest median lead), and what it gives on the held-out run; beside it the shipped defaults."""
+    results: dict = {}
+    for feature_set in ("mean_abs", "vibration"):
+        runs = [run for run, kind in traces if kind == feature_set]
+        outcomes = {run: [_femto_outcome(*traces[(run, feature_set)], setting) for setting in GRID] for run in runs}
+        for held_out in runs:
+            others = [run for run in runs if run != held_out]
+
+            def rank(index: int, others: list[str] = others) -> tuple:
+                picked = [outcomes[run][index] for run in others]
+                leads = [p["minutes_before_end"] or 0.0 for p in picked]
+                return (sum(p["false_alarm_episodes"] for p in picked), -float(np.median(leads)))
+
+            chosen = min(range(len(GRID)), key=rank)
+            results.setdefault(held_out, {})[feature_set] = {
+                "chosen_on": others, "setting": asdict(GRID[chosen]), "held_out": outcomes[held_out][chosen],
+                "defaults": _femto_outcome(*traces[(held_out, feature_set)], Setting()),
+                # before issue 22's changes: no drift floor, debounce in snapshots only
+                "counts_only_no_floor": _femto_outcome(*traces[(held_out, feature_set)], Setting(0.0, None, None)),
+                "articles_minutes_before_end": ANCHOR_MIN[held_out]}
+    return results
+
+
+def loro(scratch: Path) -> dict:
+    """Leave-one-run-out again from the traces the last `femto` run kept (no training): after a GRID change."""
+    return {"leave_one_run_out": leave_one_run_out({
+        (run, kind): (ScoreTrace.load(TRACES / f"trace-{run}-{kind}.npz"), np.load(TRACES / f"stamps-{run}-{kind}.npy"))
+        for run in FEMTO_RUNS for kind in ("mean_abs", "vibration")})}
+
+
 def femto(scratch: Path) -> dict:
     results: dict = {}
+    traces: dict = {}
+    TRACES.mkdir(parents=True, exist_ok=True)
     for run, rpm in FEMTO_RUNS.items():
         source = DATA / "femto" / run
         entry: dict = {}
@@ -103,6 +166,9 @@ def femto(scratch: Path) -> dict:
             bundle = _fit(source, scratch / f"{run}-{feature_set}", feature_set=feature_set, train_fraction=0.3,
                           **extra)
             report, states, dataset = _evaluate(bundle, source)
+            traces[(run, feature_set)] = _trace(bundle, dataset), dataset.timestamps
+            traces[(run, feature_set)][0].save(TRACES / f"trace-{run}-{feature_set}.npz")
+            np.save(TRACES / f"stamps-{run}-{feature_set}.npy", dataset.timestamps)
             stamps = dataset.timestamps
             end = stamps[-1]
             first = report["first_alarm"]
@@ -125,6 +191,7 @@ def femto(scratch: Path) -> dict:
                     "minutes_before_end": None if row is None else round(float((end - stamps[row]) / np.timedelta64(1, "s")) / 60, 1),
                     "articles_minutes_before_end": ANCHOR_MIN[run]}
         results[run] = entry
+    results["leave_one_run_out"] = leave_one_run_out(traces)
     return results
 
 
@@ -196,16 +263,18 @@ def indicators(scratch: Path) -> dict:
 
 def main(argv: list[str]) -> int:
     wanted = argv or ["cwru", "femto", "ims", "indicators"]
-    suites = {"cwru": cwru, "femto": femto, "ims": ims, "indicators": indicators}
+    suites = {"cwru": cwru, "femto": femto, "ims": ims, "indicators": indicators, "loro": loro}
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
         for name in wanted:
-            if not (DATA / ("femto" if name == "indicators" else name)).is_dir():
+            if not (DATA / ("femto" if name in ("indicators", "loro") else name)).is_dir():
                 print(f"{name}: {DATA / name} not found, skipped", file=sys.stderr)
                 continue
             print(f"running {name} ...", file=sys.stderr, flush=True)
             results[name] = suites[name](Path(scratch))
-    (REPO / "bench" / "real_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    out = REPO / "bench" / "real_results.json"
+    kept = json.loads(out.read_text()) if out.is_file() else {}  # suites not run this time keep their numbers
+    out.write_text(json.dumps(kept | results, indent=2, default=str) + "\n")
     print_table(results)
     return 0
 
@@ -221,6 +290,8 @@ def print_table(results: dict) -> None:
     if "femto" in results:
         print("FEMTO (trained on the first 30%, whole run evaluated; minutes before the end of the debounced alarm)")
         for run, entry in results["femto"].items():
+            if run == "leave_one_run_out":
+                continue
             anchor = entry["anchor_rule"]
             print(f"  {run}: articles' rule {anchor['articles_minutes_before_end']} min "
                   f"(recomputed here: {anchor['minutes_before_end']} min)")
@@ -228,6 +299,14 @@ def print_table(results: dict) -> None:
                 e = entry[feature_set]
                 print(f"    {feature_set:<10} false alarm episodes {e['false_alarm_episodes']}, alarm "
                       f"{e['minutes_before_end']} min before the end, defect {e['defect_at_last_episode']}")
+    for suite in ("femto", "loro"):
+        if suite not in results:
+            continue
+        print("FEMTO leave-one-run-out (setting chosen on the other three runs; beside it the shipped defaults)")
+        for run, entry in results[suite]["leave_one_run_out"].items():
+            for feature_set, e in entry.items():
+                print(f"  {run} {feature_set:<10} chosen {e['setting']}: {e['held_out']}; defaults {e['defaults']}; "
+                      f"articles' rule {e['articles_minutes_before_end']} min")
     if "ims" in results:
         print(f"IMS healthy sample, vibration set: {results['ims']}")
     if "indicators" in results:

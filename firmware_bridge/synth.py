@@ -112,8 +112,11 @@ def _severity(rng: np.random.Generator, files: int) -> tuple[np.ndarray, np.ndar
     return severity, noise_growth
 
 
-def plan_run(files: int, fail_bearing: int, seed: int, dropout_at_end: bool = False) -> RunPlan:
-    """Draw the slow quantities of a run: the same seed always gives the same run."""
+def plan_run(files: int, fail_bearing: int, seed: int, dropout_at_end: bool = False, drift: float = 1.0) -> RunPlan:
+    """Draw the slow quantities of a run: the same seed always gives the same run. `drift` scales the load and
+    temperature wander (1: a few %, as the tests use; the detection benchmark sweeps it)."""
+    if not 0 <= drift <= 10:
+        raise ValueError(f"drift: expected a factor in [0, 10], got {drift}")
     if files < 2:
         raise ValueError(f"files: expected at least 2, got {files}")
     if not 1 <= fail_bearing <= BEARINGS:
@@ -123,8 +126,8 @@ def plan_run(files: int, fail_bearing: int, seed: int, dropout_at_end: bool = Fa
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     mean_abs = rng.uniform(0.065, 0.085, BEARINGS)  # healthy level like the real IMS files
     # Load and temperature move all channels together; each sensor mount adds its own smaller drift.
-    common = _mean_reverting(rng, (files, 1), std=0.02, keep=0.95)
-    own = _mean_reverting(rng, (files, BEARINGS), std=0.012, keep=0.9)
+    common = _mean_reverting(rng, (files, 1), std=0.02 * drift, keep=0.95)
+    own = _mean_reverting(rng, (files, BEARINGS), std=0.012 * drift, keep=0.9)
     severity, noise_growth = _severity(rng, files)
     neighbour = rng.uniform(0.10, 0.12)
     failing = fail_bearing - 1
@@ -204,12 +207,13 @@ def generate(
     interval_minutes: float = 10,
     dropout_at_end: bool = False,
     start: str | datetime = DEFAULT_START,
+    drift: float = 1.0,
 ) -> list[Path]:
     """Write a run of `files` IMS files into `out_dir` (created if missing); returns their paths in time order."""
     first = parse_timestamp(start) if isinstance(start, str) else start
     if interval_minutes * 60 < 1:
         raise ValueError(f"interval_minutes: expected at least 1 s between files, got {interval_minutes} min")
-    plan = plan_run(files, fail_bearing, seed, dropout_at_end)
+    plan = plan_run(files, fail_bearing, seed, dropout_at_end, drift)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     step = timedelta(minutes=interval_minutes)

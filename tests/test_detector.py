@@ -1,6 +1,8 @@
 """The detector's promises: debounced raise, hysteresis on clear, sensor faults as their own state."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,83 @@ def test_resumed_sensor_fault_returns_to_the_saved_bearing_state():
     assert detector.update(None, fault="dropout:b3") is None
     transition = detector.update(1.5)
     assert (transition.previous_state, transition.state) == (State.SENSOR_FAULT, State.WARNING)
+
+
+# Debounce in seconds: the card's persist_s and clear_after_s span the same time at any cadence.
+TIMED = DetectorSettings(warning_threshold=1.0, alarm_threshold=2.0, k=2, n=3, clear_after=6, fault_after=2,
+                         persist_s=60.0, clear_after_s=3600.0)
+
+
+def clearing_time_s(interval_s, settings=TIMED):
+    """Seconds from the first quiet snapshot after an alarm until the alarm clears, at one snapshot per interval_s."""
+    detector = Detector(settings, interval_s)
+    for _ in range(detector.debounce.n):
+        detector.update(3.0)
+    assert detector.state == State.ALARM
+    for quiet in range(1, 100_000):
+        detector.update(0.5)
+        if detector.state == State.NORMAL:
+            return (quiet - 1) * interval_s
+    raise AssertionError("never cleared")
+
+
+@pytest.mark.parametrize("interval_s", [1.0, 10.0, 60.0, 600.0])
+def test_an_alarm_clears_after_the_same_time_at_any_cadence(interval_s):
+    # One quiet hour clears the alarm, whether that is 3,600 snapshots or 6; a snapshot ends its interval.
+    assert clearing_time_s(interval_s) + interval_s == pytest.approx(3600.0)
+
+
+def test_at_a_slow_cadence_the_counts_are_the_floor():
+    # At one snapshot per hour the seconds would mean one snapshot: never fewer than k of n and clear_after.
+    assert clearing_time_s(3600.0) == 5 * 3600.0
+    assert Detector(TIMED, 3600.0).debounce == TIMED
+
+
+def test_persistence_in_seconds_rejects_a_short_burst_at_a_fast_cadence():
+    # At 10 s, 60 s of persistence is 6 snapshots of which 4 (k/n = 2/3) must exceed: a 30 s burst is no alarm.
+    burst = [0.5] * 10 + [3.0] * 3 + [0.5] * 10
+    detector = Detector(TIMED, 10.0)
+    assert (detector.debounce.k, detector.debounce.n) == (4, 6)
+    assert {update(detector, s) for s in burst} == {State.NORMAL}
+    # The counts alone (a card without seconds) alarm on the same burst: the old behaviour, kept for old cards.
+    old = Detector(replace(TIMED, persist_s=None, clear_after_s=None), 10.0)
+    assert State.ALARM in {update(old, s) for s in burst}
+    # Sustained for 40 s of the last 60 s, it is an alarm.
+    assert update_all(Detector(TIMED, 10.0), [0.5] * 5 + [3.0] * 4)[-1] == State.ALARM
+
+
+def test_a_score_wavering_around_the_threshold_is_one_episode_not_many():
+    # Ten minutes up, ten minutes down, for five hours, at 10 s: with clear_after in snapshots (6 = 60 s) it
+    # flaps every cycle; with clear_after_s (one hour) it is a single alarm from the first rise on.
+    cycle = [3.0] * 60 + [0.5] * 60
+    scores = [0.5] * 30 + cycle * 15
+    flapping = update_all(Detector(replace(TIMED, persist_s=None, clear_after_s=None), 10.0), scores)
+    steady = update_all(Detector(TIMED, 10.0), scores)
+    assert episodes(flapping) == 15
+    assert episodes(steady) == 1 and steady[-1] == State.ALARM
+
+
+def test_cards_without_seconds_count_snapshots_at_any_cadence():
+    plain = replace(TIMED, persist_s=None, clear_after_s=None)
+    for interval_s in (None, 0.0, 1.0, 600.0):
+        assert Detector(plain, interval_s).debounce == plain
+
+
+@pytest.mark.parametrize("kwargs", [dict(persist_s=-1.0), dict(clear_after_s=-5.0), dict(clear_after_s=1e12)])
+def test_bad_debounce_seconds_name_the_key(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        replace(TIMED, **kwargs)
+
+
+def update(detector, score):
+    detector.update(score)
+    return detector.state
+
+
+def update_all(detector, scores):
+    return [update(detector, s) for s in scores]
+
+
+def episodes(states):
+    raised = [s != State.NORMAL for s in states]
+    return sum(1 for before, now in zip([False] + raised, raised) if now and not before)

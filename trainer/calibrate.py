@@ -10,6 +10,19 @@ judged against its own healthy spread, and the thresholds are multiples of "the 
 only n < RECOMMENDED_HEALTHY healthy snapshots: a small sample underestimates how far healthy data
 reaches. The margins absorb the slow wander of a healthy machine beyond what the training span saw;
 debouncing (k of n per channel) absorbs single spikes.
+
+The drift floor: a short training span (20 snapshots of a slow load and temperature wander) sees only part
+of how far a healthy machine moves, and a model that reproduces that part closely gets a tiny reference, so
+the next few percent of wander would read as several times the worst healthy error. Each channel's reference
+is therefore at least the error a wander of DRIFT_FRACTION of its features' healthy level would cause
+(`drift_floor`, in the scaled units the errors are in), and the thresholds are multiples of that reference
+(the largest healthy score counted as at least 1). A few percent of wander stays below the warning threshold;
+a defect, which moves its channel's features by tens of percent to several times, still alarms.
+
+Clearing is stated in seconds too (CLEAR_AFTER_S; the card's persist_s can do the same for k of n): at the
+agent's cadence the detector takes the longer of counts and time, so an alarm clears only after an hour below
+the warning threshold at a 10 s cadence as at a 10 min one, instead of after 60 s, and does not flap through a
+failure's last hour.
 `seed`: the seeds' rule, alarm = 1.1 x the largest training score, warning = 0.9 x alarm.
 """
 from __future__ import annotations
@@ -29,6 +42,12 @@ ALARM_MARGIN = 2.5
 SEED_FACTOR = 1.1
 REFERENCE_FLOOR = 1e-3  # scaled units: a channel the model reproduces perfectly must not divide by ~0
 DEBOUNCE = {"k": 2, "n": 3}  # chosen with bench/bench_detection.py: see trainer/README.md
+# k of n stays in snapshots (None): on FEMTO's four runs, 60 s of persistence (4 of 6 at 10 s) removed no false
+# episode and cost lead (Bearing2_1 vibration 9.7 -> 0.3 min, Bearing3_2 6.3 -> 2.5; bench/bench_real.py femto),
+# and it would keep a 5 s recording (CWRU) from ever alarming. The card's persist_s can still ask for it.
+PERSIST_S: float | None = None
+CLEAR_AFTER_S = 3600.0  # an hour below the warning threshold clears: IMS's 6 snapshots of 10 min, at any cadence
+DRIFT_FRACTION = 0.05  # of a healthy level: chosen by bench/bench_cases.py --tune on cm-synth seeds 1-200
 
 
 @dataclass(frozen=True)
@@ -39,16 +58,27 @@ class Thresholds:
     basis: dict
 
 
-def channel_reference(fit_errors: np.ndarray, calibration_errors: np.ndarray) -> tuple[float, ...]:
+def channel_reference(fit_errors: np.ndarray, calibration_errors: np.ndarray,
+                      drift: np.ndarray | None = None) -> tuple[float, ...]:
     """Per channel, the largest healthy error over the fitted and held-out spans ((snapshots, C) each).
 
     Floored at REFERENCE_FLOOR and at a tenth of the median channel's, so one channel the model happens
-    to reproduce almost exactly does not turn every small wobble of it into an alarm.
+    to reproduce almost exactly does not turn every small wobble of it into an alarm, and at `drift` (per
+    channel, from `drift_floor`), so a few percent of load or temperature wander does not either.
     """
     errors = np.vstack([fit_errors, calibration_errors])
     largest = errors.max(axis=0)
-    floor = max(REFERENCE_FLOOR, 0.1 * float(np.median(largest)))
+    floor = np.maximum(max(REFERENCE_FLOOR, 0.1 * float(np.median(largest))), 0.0 if drift is None else drift)
     return tuple(float(v) for v in np.maximum(largest, floor))
+
+
+def drift_floor(healthy: np.ndarray, scale: np.ndarray, features_per_channel: int,
+                fraction: float = DRIFT_FRACTION) -> np.ndarray:
+    """Per channel, the scaled error a wander of `fraction` of each feature's healthy level would cause:
+    fraction x |median level| x the scaler's factor (1 / training span), averaged over the channel's features
+    as its error is. `healthy`: (snapshots, C*F) raw features; `scale`: (C*F,) the scaler's factors."""
+    level = np.abs(np.median(np.asarray(healthy, dtype=np.float64), axis=0))
+    return (fraction * level * np.asarray(scale, dtype=np.float64)).reshape(-1, features_per_channel).mean(axis=1)
 
 
 def small_sample_factor(healthy_snapshots: int) -> float:
@@ -76,7 +106,9 @@ def thresholds(rule: str, training_scores: np.ndarray, calibration_scores: np.nd
         return _with_margin(Thresholds(warning=0.9 * alarm, alarm=alarm, basis=basis,
                                        rule="seed: alarm = 1.1 x max training score, warning = 0.9 x alarm"))
     if rule == "calibration":
-        healthy_max = max(train_max, calibration_max)
+        # A drift floor above the largest healthy error leaves every healthy score below 1: the thresholds
+        # stay multiples of the reference (1), or the floor would cancel out.
+        healthy_max = max(train_max, calibration_max, 1.0)
         return _with_margin(Thresholds(
             warning=WARNING_MARGIN * widen * healthy_max,
             alarm=ALARM_MARGIN * widen * healthy_max,
@@ -95,9 +127,12 @@ def _with_margin(limits: Thresholds) -> Thresholds:
     return Thresholds(limits.warning, limits.alarm, limits.rule, limits.basis | {"margin": margin})
 
 
-def detector_settings(limits: Thresholds) -> DetectorSettings:
-    """The thresholds with the debounce the calibration was chosen with (DEBOUNCE), 6 quiet snapshots to clear."""
-    return DetectorSettings(warning_threshold=limits.warning, alarm_threshold=limits.alarm, **DEBOUNCE)
+def detector_settings(limits: Thresholds, in_seconds: bool = True) -> DetectorSettings:
+    """The thresholds with the debounce the calibration was chosen with (DEBOUNCE), 6 quiet snapshots to clear,
+    and (`in_seconds`) the same in seconds (PERSIST_S, CLEAR_AFTER_S), so it spans the same time at any cadence."""
+    return DetectorSettings(warning_threshold=limits.warning, alarm_threshold=limits.alarm, **DEBOUNCE,
+                            persist_s=PERSIST_S if in_seconds else None,
+                            clear_after_s=CLEAR_AFTER_S if in_seconds else None)
 
 
 def best_f1(scores: np.ndarray, labels: np.ndarray, target_precision: float | None, basis: dict) -> Thresholds:

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from edge.ingest.cadence import training_interval_s
 from edge.ingest.clock import iso_time
 from edge.model.bundle import Bundle, ModelCard, check_channels, load_bundle
 from edge.scoring import diagnosis
@@ -39,9 +40,11 @@ class Trace:
 
 
 def run_detector(dataset: Dataset, bundle: Bundle) -> Trace:
-    """Every snapshot through edge.scoring.stream, the agent's own streaming core, in order."""
+    """Every snapshot through edge.scoring.stream, the agent's own streaming core, in order, with the debounce
+    at the recording's own cadence (its median spacing), as an agent scoring it would have it."""
     count = len(dataset)
-    steps = score_stream(Stream(bundle), dataset.features, dataset.faults or None)
+    cadence = training_interval_s(dataset.timestamps.astype("datetime64[us]").astype(np.int64))
+    steps = score_stream(Stream(bundle, interval_s=cadence), dataset.features, dataset.faults or None)
     channels = len(bundle.card.feature_spec.channels)
     scores = np.full(count, np.nan)
     errors = np.full((count, channels), np.nan)

@@ -260,7 +260,7 @@ def _export(trained: Trained, dataset: Dataset, span: Span, options: FitOptions,
     card = _draft_card(dataset, trained.scaler, span.rows, options)
     bundle, limits = _calibrate(Bundle(path=out, card=card, model_path=out / INT8_MODEL_FILE), dataset, span, options)
     check, quantization = _check(bundle, dataset, span, limits, options.window)
-    _write_card(bundle, limits, quantization, _run_record(trained, dataset, span, limits))
+    _write_card(bundle, limits, quantization, _run_record(trained, dataset, span, limits), dataset.labels is None)
     return limits, check
 
 
@@ -268,19 +268,34 @@ def _calibrate(draft: Bundle, dataset: Dataset, span: Span, options: FitOptions)
     """Per-channel error references, then thresholds on the int8 model's scores of the training span (with
     labels: the F1-best threshold on the validation split)."""
     raw = Model(draft)  # the card has no per-channel references yet: raw per-channel errors
-    reference = calibrate.channel_reference(*(np.array([s.raw_errors for s in streamed(draft, raw, dataset, r)])
-                                               for r in (span.fit_rows, span.calibration_rows)))
+    drift = drift_floor(draft.card, dataset, span)
+    fit_errors, calibration_errors = (np.array([s.raw_errors for s in streamed(draft, raw, dataset, r)])
+                                      for r in (span.fit_rows, span.calibration_rows))
+    reference = calibrate.channel_reference(fit_errors, calibration_errors, drift)
     bundle = replace(draft, card=replace(draft.card, channel_error_reference=reference))
     int8 = Model(bundle)
     fit_scores = streamed_scores(bundle, int8, dataset, span.fit_rows)
     calibration_scores = streamed_scores(bundle, int8, dataset, span.calibration_rows)
     limits = calibrate.thresholds(options.threshold_rule, fit_scores, calibration_scores, int(span.rows.size))
+    if drift is not None:
+        limits = replace(limits, basis=limits.basis | {"drift_fraction": calibrate.DRIFT_FRACTION,
+                                                       "drift_floor": [round(float(f), 6) for f in drift]})
     splits = labelled_splits(dataset, span.in_training)
     if splits is not None and dataset.labels is not None and options.threshold_rule == "calibration":
         validation, _ = splits
         limits = calibrate.best_f1(streamed_scores(bundle, int8, dataset, validation),
                                    dataset.labels[validation], options.target_precision, limits.basis)
     return bundle, limits
+
+
+def drift_floor(card: ModelCard, dataset: Dataset, span: Span) -> np.ndarray | None:
+    """Recordings: per channel, the error DRIFT_FRACTION of wander in its healthy level causes (calibrate).
+    Labelled tables: None; their threshold is chosen on labelled data, and their columns have no load to wander."""
+    if dataset.labels is not None:
+        return None
+    scale = card.scaler.transform(np.ones((1, card.feature_spec.columns))) - card.scaler.transform(
+        np.zeros((1, card.feature_spec.columns)))
+    return calibrate.drift_floor(dataset.features[span.rows], scale[0], len(card.feature_spec.features))
 
 
 def _check(bundle: Bundle, dataset: Dataset, span: Span, limits: calibrate.Thresholds,
@@ -295,12 +310,13 @@ def _check(bundle: Bundle, dataset: Dataset, span: Span, limits: calibrate.Thres
         for scorer in (int8, floats))
     check = export.compare(int8_scores, float_scores, limits.warning, limits.alarm)
     export.require_agreement(check)
-    saturation = _saturation_score(int8, bundle.card.scaler, window)
+    extent = healthy_extent(bundle.card, dataset, span)
+    saturation = _saturation_score(int8, bundle.card.scaler, window, extent)
     names = bundle.card.feature_spec.channels
-    alone = _one_channel_saturation_scores(int8, bundle.card.scaler, window, len(names))
+    alone = _one_channel_saturation_scores(int8, bundle.card.scaler, window, len(names), extent)
     weakest = int(np.argmin(alone))
-    for what, score in ((f"an input {SATURATION_FACTOR:g}x beyond the training range", saturation),
-                        (f"channel {names[weakest]} alone {SATURATION_FACTOR:g}x beyond its training range", alone[weakest])):
+    for what, score in ((f"an input {SATURATION_FACTOR:g}x beyond the healthy range", saturation),
+                        (f"channel {names[weakest]} alone {SATURATION_FACTOR:g}x beyond its healthy range", alone[weakest])):
         if score <= limits.alarm:
             raise export.ExportError(
                 f"int8 saturation check failed: {what} scores {score:.4g}, not above the alarm threshold "
@@ -331,14 +347,16 @@ def _run_record(trained: Trained, dataset: Dataset, span: Span, limits: calibrat
     })
 
 
-def _write_card(bundle: Bundle, limits: calibrate.Thresholds, quantization: dict, record: dict) -> None:
-    """The final card, under the id its content gives it."""
+def _write_card(bundle: Bundle, limits: calibrate.Thresholds, quantization: dict, record: dict,
+                in_seconds: bool) -> None:
+    """The final card, under the id its content gives it; `in_seconds`: the debounce in seconds too (a recording,
+    not a labelled table, whose rows are cases rather than moments of one machine)."""
     out, card = bundle.path, bundle.card
     model_sha256 = file_sha256(out / INT8_MODEL_FILE)
     card = replace(
         card,
         threshold_rule=limits.rule,
-        detector=calibrate.detector_settings(limits),
+        detector=calibrate.detector_settings(limits, in_seconds),
         quantization=quantization,
         provenance={**card.provenance, **record},
         model_sha256=model_sha256,
@@ -411,14 +429,25 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
     )
 
 
-def _saturation_score(scorer: Model, scaler: Scaler, window: int) -> float:
-    """Score of an input SATURATION_FACTOR times beyond the training range on every channel."""
-    low, high = np.asarray(scaler.minimum), np.asarray(scaler.maximum)
-    beyond = low + SATURATION_FACTOR * (high - low)
+def healthy_extent(card: ModelCard, dataset: Dataset, span: Span) -> np.ndarray:
+    """Per column, how far healthy values reach: the training range, or where wider (recordings), the wander the
+    drift floor calls healthy (DRIFT_FRACTION of the level). The saturation checks go SATURATION_FACTOR times
+    beyond it: an input the floor scores as healthy wander is no anomaly the int8 model must alarm on."""
+    low, high = np.asarray(card.scaler.minimum), np.asarray(card.scaler.maximum)
+    if dataset.labels is not None:
+        return high - low
+    level = np.abs(np.median(dataset.features[span.rows], axis=0))
+    return np.maximum(high - low, calibrate.DRIFT_FRACTION * level)
+
+
+def _saturation_score(scorer: Model, scaler: Scaler, window: int, extent: np.ndarray) -> float:
+    """Score of an input SATURATION_FACTOR times the healthy extent beyond its minimum on every channel."""
+    beyond = np.asarray(scaler.minimum) + SATURATION_FACTOR * extent
     return scorer.score(np.tile(beyond, (window, 1))).score
 
 
-def _one_channel_saturation_scores(scorer: Model, scaler: Scaler, window: int, channels: int) -> np.ndarray:
+def _one_channel_saturation_scores(scorer: Model, scaler: Scaler, window: int, channels: int,
+                                   extent: np.ndarray) -> np.ndarray:
     """Per channel: the score when its features alone are SATURATION_FACTOR times beyond the training range and
     every other channel's sit mid-range (one failing bearing among healthy ones). Columns are channel-major; a
     channel's score averages its features, so one feature alone (a crest factor) is no anomaly to require."""
@@ -428,7 +457,7 @@ def _one_channel_saturation_scores(scorer: Model, scaler: Scaler, window: int, c
     for channel in range(channels):
         row = (low + high) / 2
         mine = slice(channel * per_channel, (channel + 1) * per_channel)
-        row[mine] = low[mine] + SATURATION_FACTOR * (high[mine] - low[mine])
+        row[mine] = low[mine] + SATURATION_FACTOR * extent[mine]
         scores.append(scorer.score(np.tile(row, (window, 1))).score)
     return np.array(scores)
 

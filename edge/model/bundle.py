@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ MAX_SAMPLE_RATE_HZ = 10_000_000
 MAX_SNAPSHOT_SAMPLES = 1 << 24
 MAX_WINDOW = 4096
 MAX_CHANNELS = 255  # the frame header's channel count is one byte
+MAX_DEBOUNCE_S = 7 * 24 * 3600.0  # a week: a longer debounce is a typo, not a setting
+MAX_DEBOUNCE_SNAPSHOTS = 100_000  # the detector keeps n hit vectors: bounded memory at any cadence
 TFLITE_IDENTIFIER = b"TFL3"  # a TFLite flatbuffer's file identifier, at bytes 4-8
 CARD_FILE = "model_card.json"
 INT8_MODEL_FILE = "model_int8.tflite"
@@ -45,12 +48,19 @@ DEFAULT_FEATURES = ("mean_abs",)  # a card without feature_spec.features predate
 
 @dataclass(frozen=True)
 class DetectorSettings:
+    """Thresholds and debounce. k of n and clear_after count snapshots; persist_s and clear_after_s (None in
+    cards written before them: counts only) state the same debounce in seconds, so that it spans the same time
+    at a 10 s and a 10 min cadence. At a given cadence the detector applies the longer of the two
+    (`at_cadence`): a state is never judged on fewer than k snapshots, however slow the cadence."""
+
     warning_threshold: float
     alarm_threshold: float
     k: int = 3
     n: int = 5
     clear_after: int = 6
     fault_after: int = 2
+    persist_s: float | None = None  # k of n is a share (k/n) of the snapshots of at least this many seconds
+    clear_after_s: float | None = None  # a raised state clears after this long below the warning threshold
 
     def __post_init__(self) -> None:
         if not 0 < self.warning_threshold <= self.alarm_threshold:
@@ -63,6 +73,23 @@ class DetectorSettings:
         for name in ("clear_after", "fault_after"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        for name in ("persist_s", "clear_after_s"):
+            seconds = getattr(self, name)
+            if seconds is not None and not 0 <= seconds <= MAX_DEBOUNCE_S:
+                raise ValueError(f"{name}: expected a number of seconds in [0, {MAX_DEBOUNCE_S}] or null, got {seconds}")
+
+    def at_cadence(self, interval_s: float | None) -> DetectorSettings:
+        """The debounce in snapshots at one snapshot per `interval_s` (None or 0: unknown, the counts as given):
+        n covers persist_s with k/n of it required, clear_after covers clear_after_s; never fewer than given."""
+        if not interval_s or interval_s <= 0:
+            return self
+        n, k, clear_after = self.n, self.k, self.clear_after
+        if self.persist_s is not None:
+            n = max(n, min(MAX_DEBOUNCE_SNAPSHOTS, math.ceil(self.persist_s / interval_s - 1e-9)))
+            k = max(k, math.ceil(self.k * n / self.n - 1e-9))
+        if self.clear_after_s is not None:
+            clear_after = max(clear_after, min(MAX_DEBOUNCE_SNAPSHOTS, math.ceil(self.clear_after_s / interval_s - 1e-9)))
+        return replace(self, n=n, k=k, clear_after=clear_after)
 
 
 @dataclass(frozen=True)
@@ -300,7 +327,9 @@ def _card_schema(version: int, spec: FeatureSpec) -> v.Validator:
         **top,
         required("threshold_rule"): v.text(),
         required("detector"): v.table({**thresholds,
-                                       **{required(key): v.integer(1) for key in ("k", "n", "clear_after", "fault_after")}},
+                                       **{required(key): v.integer(1) for key in ("k", "n", "clear_after", "fault_after")},
+                                       **{Optional(key): v.nullable(v.number(0, what="a number of seconds >= 0"))
+                                          for key in ("persist_s", "clear_after_s")}},
                                       name="detector", kind=_OBJECT, extra=True),
         required("healthy_min"): columns,
         required("quantization"): v.table({}, kind=_OBJECT, extra=True),  # free-form

@@ -2,7 +2,10 @@
 
 A pointwise exceedance is not an alarm. A state is raised when one channel exceeds its threshold on k of
 the last n snapshots, and cleared only after `clear_after` consecutive snapshots below the warning threshold
-(hysteresis), so a score hovering near a threshold does not flap. Counting per channel means noise that
+(hysteresis: an alarm stays through scores between the thresholds, and through a dip below the warning
+threshold shorter than the clearing time), so a score hovering near a threshold does not flap. Cards state the
+debounce in seconds too (persist_s, clear_after_s): at the stream's cadence the detector takes the longer of
+counts and time (DetectorSettings.at_cadence), so clearing takes the same hour at a 10 s and a 10 min cadence. Counting per channel means noise that
 wanders from channel to channel does not add up to an alarm, and the alarm knows which channel raised it
 (`driver`): that is the bearing an alert names, not whichever channel happened to peak on one snapshot.
 Sensor faults are a state of their own: never a healthy reading, never a bearing alarm. edge.scoring.stream feeds
@@ -12,7 +15,7 @@ feeds a ZoneAlarm beside it.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -36,11 +39,14 @@ class Transition:
 
 
 class Detector:
-    def __init__(self, settings: DetectorSettings) -> None:
+    def __init__(self, settings: DetectorSettings, interval_s: float | None = None) -> None:
+        """`interval_s`: the stream's cadence (seconds per scored snapshot), which turns the card's debounce
+        in seconds into snapshots; None: the counts as given."""
         self.settings = settings
+        self.debounce = settings.at_cadence(interval_s)  # k, n and clear_after in snapshots at this cadence
         # Per snapshot, which channels exceeded the threshold (one entry per channel).
-        self._warning_hits: deque[np.ndarray] = deque(maxlen=settings.n)
-        self._alarm_hits: deque[np.ndarray] = deque(maxlen=settings.n)
+        self._warning_hits: deque[np.ndarray] = deque(maxlen=self.debounce.n)
+        self._alarm_hits: deque[np.ndarray] = deque(maxlen=self.debounce.n)
         self._last: np.ndarray | None = None  # the last channel scores, to break ties between channels
         self.driver: int | None = None  # the channel whose k of n raised the current warning or alarm
         self._quiet = 0  # consecutive scores below the warning threshold
@@ -107,14 +113,14 @@ class Detector:
         if warning is not None and self._health != State.ALARM:
             self.driver = warning
             return State.WARNING
-        if self._health != State.NORMAL and self._quiet >= self.settings.clear_after:
+        if self._health != State.NORMAL and self._quiet >= self.debounce.clear_after:
             return State.NORMAL
         return self._health
 
     def _raising(self, hits: deque[np.ndarray]) -> int | None:
         """The channel with k or more of the last n over the threshold (the most hits, then the highest score)."""
         counts = np.sum(hits, axis=0)
-        if counts.max() < self.settings.k:
+        if counts.max() < self.debounce.k:
             return None
         candidates = np.flatnonzero(counts == counts.max())
         assert self._last is not None
@@ -137,9 +143,8 @@ class ZoneAlarm:
     number 1-4: C warns, D alarms), beside the learned detector. What the device announces is the worse of the
     two, and a sensor fault stays a sensor fault; `announced` is that state, so the transitions are of it."""
 
-    def __init__(self, settings: DetectorSettings) -> None:
-        self.detector = Detector(DetectorSettings(warning_threshold=2.5, alarm_threshold=3.5, k=settings.k,
-                                                  n=settings.n, clear_after=settings.clear_after))
+    def __init__(self, settings: DetectorSettings, interval_s: float | None = None) -> None:
+        self.detector = Detector(replace(settings, warning_threshold=2.5, alarm_threshold=3.5), interval_s)
         self.announced = State.NORMAL
         self._reason: str | None = None  # the worst zone of the last snapshot that had one, e.g. iso_zone_d:bearing1
 

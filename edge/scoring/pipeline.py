@@ -23,7 +23,10 @@ __all__ = ["MISSING_DATA", "Pipeline"]
 
 class Pipeline:
     def __init__(self, bundle: Bundle, settings: DetectorSettings, limits: SensorLimits = SensorLimits(),
-                 shaft_rpm: float | None = None, iso_group: str = DEFAULT_ISO_GROUP, zone_alarm: bool = False) -> None:
+                 shaft_rpm: float | None = None, iso_group: str = DEFAULT_ISO_GROUP, zone_alarm: bool = False,
+                 interval_s: float | None = None) -> None:
+        """`interval_s`: the scoring cadence ([sensor] snapshot_interval_s; None: the card's), for the debounce
+        the card states in seconds."""
         spec = bundle.card.feature_spec
         self.channels = spec.channels
         self.feature_names = spec.features
@@ -31,8 +34,9 @@ class Pipeline:
         self.extractor = FeatureExtractor(spec.feature_config(shaft_rpm))
         self.iso_group = iso_group
         # [machine] zone_alarm: the ISO zone, debounced like the score (k of n), beside the learned detector.
-        zone = ZoneAlarm(settings) if zone_alarm and diagnosis.VELOCITY_FEATURE in spec.features else None
-        self.core = Stream(bundle, settings, limits=limits, zone=zone)
+        cadence = interval_s if interval_s else spec.snapshot_interval_s  # 0: every snapshot, at the card's pace
+        zone = ZoneAlarm(settings, cadence) if zone_alarm and diagnosis.VELOCITY_FEATURE in spec.features else None
+        self.core = Stream(bundle, settings, limits=limits, zone=zone, interval_s=cadence)
 
     @property
     def detector(self) -> Detector:

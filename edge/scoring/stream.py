@@ -43,11 +43,15 @@ class Stream:
     `update()` (or `checked()`), lost snapshots with `missing()`."""
 
     def __init__(self, bundle: Bundle, settings: DetectorSettings | None = None, model: Model | None = None,
-                 limits: SensorLimits = SensorLimits(), zone: ZoneAlarm | None = None) -> None:
+                 limits: SensorLimits = SensorLimits(), zone: ZoneAlarm | None = None,
+                 interval_s: float | None = None) -> None:
+        """`interval_s`: the cadence the stream is scored at (None: the card's training cadence), which sets
+        how many snapshots the card's debounce in seconds spans."""
         card = bundle.card
         self.sensor = SensorCheck(card.feature_spec.channels, card.healthy_min, limits)
         self.model = model if model is not None else Model(bundle)
-        self.detector = Detector(settings or card.detector)
+        cadence = interval_s if interval_s is not None else card.feature_spec.snapshot_interval_s
+        self.detector = Detector(settings or card.detector, cadence)
         self.zone = zone
         self._window: deque[np.ndarray] = deque(maxlen=self.model.window)
 
