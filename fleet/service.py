@@ -1,4 +1,4 @@
-"""`cm-fleet serve`: one process that ingests and stores (and, later, serves the dashboard).
+"""`cm-fleet serve`: one process that ingests, stores and (with a [web] section) serves the dashboard.
 
 SIGTERM or SIGINT stops it cleanly: the batch being written is committed and acknowledged, the rest stays
 unacknowledged with the broker, which keeps it in this service's session for the next start.
@@ -13,6 +13,7 @@ from types import FrameType
 from fleet.config import FleetConfig, HistorianConfig
 from fleet.historian import Historian, open_historian
 from fleet.ingest import Ingest
+from fleet.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,20 @@ def serve(config: FleetConfig, stop: threading.Event | None = None) -> int:
     log.info("historian %s (schema version %d)", historian.where, historian.version())
     ingest = Ingest(config.mqtt, config.ingest, historian)
     compactor = Compactor(historian, config.historian, stop)
+    try:
+        web = WebServer(config.web, historian) if config.web is not None else None
+    except BaseException:
+        historian.close()
+        raise
     ingest.start()
     compactor.start()
+    if web is not None:
+        web.start()
     try:
         stop.wait()
     finally:
+        if web is not None:
+            web.stop()
         ingest.stop()
         compactor.join(30)
         historian.close()

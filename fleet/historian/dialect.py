@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +30,12 @@ class Dialect(Protocol):
     def transaction(self, connection: Any) -> contextlib.AbstractContextManager[None]: ...
 
     def lock_schema(self, connection: Any) -> None: ...
+
+    def json_document(self, column: str) -> str: ...  # a TEXT column of JSON, parsed once per row
+
+    def json_number(self, document: str) -> str: ...  # SQL of the number at the path given by the `?` that follows
+
+    def json_path(self, keys: Sequence[str]) -> Any: ...  # that `?`'s value for a path of object keys
 
 
 def redact(url: str) -> str:
@@ -63,6 +69,15 @@ class SqliteDialect:
 
     def lock_schema(self, connection: sqlite3.Connection) -> None:
         pass  # BEGIN IMMEDIATE already serialises migrations
+
+    def json_document(self, column: str) -> str:
+        return column
+
+    def json_number(self, document: str) -> str:
+        return f"json_extract({document}, ?)"
+
+    def json_path(self, keys: Sequence[str]) -> str:
+        return "$" + "".join('."' + key.replace('"', '""') + '"' for key in keys)
 
 
 def sqlite_path(url: str) -> Path:
@@ -101,6 +116,15 @@ class PostgresDialect:
     def lock_schema(self, connection: Any) -> None:
         # Two instances starting at once: one migrates, the other waits and then finds it done.
         connection.execute("SELECT pg_advisory_xact_lock(7311004)")
+
+    def json_document(self, column: str) -> str:
+        return f"CAST({column} AS jsonb)"
+
+    def json_number(self, document: str) -> str:
+        return f"CAST({document} #>> CAST(? AS text[]) AS DOUBLE PRECISION)"
+
+    def json_path(self, keys: Sequence[str]) -> list[str]:
+        return list(keys)
 
 
 def connect_postgres(url: str, password_file: str | None) -> Any:

@@ -76,6 +76,31 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             last_us BIGINT NOT NULL
         )""",
     ),
+    # version 2: the dashboard's users and API tokens, alerts acknowledged and closed, machines' site and tags
+    (
+        """CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,              -- viewer | operator | admin
+            password_hash TEXT NOT NULL,     -- scrypt$n$r$p$salt$hash (fleet/web/credentials.py), never shown
+            created_us BIGINT NOT NULL
+        )""",
+        """CREATE TABLE api_tokens (
+            token_hash TEXT PRIMARY KEY,     -- sha256 of the token: the token itself is printed once, never stored
+            user_name TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+            created_us BIGINT NOT NULL,
+            last_used_us BIGINT
+        )""",
+        "ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT",
+        "ALTER TABLE alerts ADD COLUMN acknowledged_us BIGINT",  # received: the dashboard's clock
+        "ALTER TABLE alerts ADD COLUMN ack_comment TEXT",
+        "ALTER TABLE alerts ADD COLUMN closed_by TEXT",
+        "ALTER TABLE alerts ADD COLUMN closed_us BIGINT",
+        "ALTER TABLE alerts ADD COLUMN failure_mode TEXT",   # fleet.historian.alert_actions.FAILURE_MODES
+        "ALTER TABLE alerts ADD COLUMN close_comment TEXT",
+        "CREATE INDEX alerts_open ON alerts (closed_us, time_us)",
+        "ALTER TABLE machines ADD COLUMN site TEXT",
+        "ALTER TABLE machines ADD COLUMN tags TEXT",         # ,pump,line-3, (commas around each: one LIKE finds a tag)
+    ),
 )
 
 VERSION = len(MIGRATIONS)

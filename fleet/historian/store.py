@@ -97,6 +97,15 @@ class Historian:
         with self._lock:
             return list(self._execute(sql, params).fetchall())
 
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Rows of one query (SQL with `?` markers): the dashboard's queries (fleet/historian/views.py)."""
+        return self._query(sql, params)
+
+    def write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Statements in one transaction; returns each one's changed row count."""
+        with self._lock, self.dialect.transaction(self._db):
+            return [self._execute(sql, params).rowcount for sql, params in statements]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -1,0 +1,128 @@
+"""A machine's telemetry as charts read it: any span in at most MAX_POINTS buckets of min / max / mean.
+
+The bucket width is the span over MAX_POINTS. The raw rows still kept are grouped in SQL (one scan for every
+series at once); the span's older part, folded into telemetry_buckets by the compactor, is regrouped to the
+same width; the two are merged where they meet. A series is named as the buckets name it: `score`,
+`features/<channel>`, `channel_errors/<channel>`, `channel_features/<channel>/<feature>`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fleet.historian.store import Historian
+
+MAX_POINTS = 1000
+
+
+@dataclass(frozen=True)
+class Point:
+    time_us: int  # the bucket's start
+    count: int
+    min: float
+    max: float
+    mean: float
+
+
+@dataclass(frozen=True)
+class Span:
+    start_us: int
+    end_us: int  # exclusive
+
+    @property
+    def width_us(self) -> int:
+        return max(math.ceil((self.end_us - self.start_us) / MAX_POINTS), 1)
+
+
+def telemetry_extent(historian: Historian, device_id: str) -> tuple[int, int] | None:
+    """The first and last time this machine has telemetry for, raw or in buckets; None if it has none."""
+    rows = historian.read("SELECT MIN(t), MAX(t) FROM (SELECT MIN(time_us) AS t FROM telemetry WHERE device_id = ? "
+                          "UNION ALL SELECT MAX(time_us) FROM telemetry WHERE device_id = ? "
+                          "UNION ALL SELECT MIN(bucket_us) FROM telemetry_buckets WHERE device_id = ? "
+                          "UNION ALL SELECT MAX(bucket_us) FROM telemetry_buckets WHERE device_id = ?) extent",
+                          (device_id,) * 4)
+    first, last = rows[0]
+    return None if first is None else (int(first), int(last))
+
+
+def latest_record(historian: Historian, device_id: str) -> dict[str, Any] | None:
+    rows = historian.read("SELECT payload FROM telemetry WHERE device_id = ? ORDER BY time_us DESC LIMIT 1", (device_id,))
+    return json.loads(rows[0][0]) if rows else None
+
+
+def series_names(record: dict[str, Any] | None) -> list[str]:
+    """The series one telemetry record has: the score, each channel's error and features."""
+    if record is None:
+        return ["score"]
+    names = ["score"] + [f"channel_errors/{c}" for c in record.get("channel_errors", {})]
+    names += [f"features/{c}" for c in record.get("features", {})]
+    for channel, features in record.get("channel_features", {}).items():
+        names += [f"channel_features/{channel}/{feature}" for feature in features]
+    return names
+
+
+def known_series(historian: Historian, device_id: str, record: dict[str, Any] | None) -> list[str]:
+    """The latest raw record's series; for a machine whose raw telemetry is all folded, the buckets' names."""
+    if record is not None:
+        return series_names(record)
+    names = [r[0] for r in historian.read("SELECT DISTINCT name FROM telemetry_buckets WHERE device_id = ? ORDER BY name",
+                                          (device_id,))]
+    return ["score"] + [name for name in names if name != "score"]
+
+
+def _raw(historian: Historian, device_id: str, names: Sequence[str], span: Span) -> dict[str, dict[int, list[float]]]:
+    dialect = historian.dialect
+    values, params = [], []
+    for i, name in enumerate(names):
+        if name == "score":
+            values.append(f"score AS v{i}")
+        else:
+            values.append(f"{dialect.json_number('doc')} AS v{i}")
+            params.append(dialect.json_path(name.split("/")))
+    aggregates = ", ".join(f"COUNT(v{i}), MIN(v{i}), MAX(v{i}), SUM(v{i})" for i in range(len(names)))
+    sql = (f"SELECT b, {aggregates} FROM (SELECT (time_us - CAST(? AS BIGINT)) / CAST(? AS BIGINT) AS b, {', '.join(values)} "
+           f"FROM (SELECT time_us, score, {dialect.json_document('payload')} AS doc FROM telemetry "
+           "WHERE device_id = ? AND time_us >= ? AND time_us < ?) rows_in_span) vals GROUP BY b")
+    found: dict[str, dict[int, list[float]]] = {name: {} for name in names}
+    for row in historian.read(sql, [span.start_us, span.width_us, *params, device_id, span.start_us, span.end_us]):
+        for i, name in enumerate(names):
+            count = row[1 + 4 * i]
+            if count:
+                found[name][int(row[0])] = [int(count), *(float(v) for v in row[2 + 4 * i:5 + 4 * i])]
+    return found
+
+
+def _folded(historian: Historian, device_id: str, names: Sequence[str], span: Span) -> list[tuple]:
+    marks = ", ".join("?" for _ in names)
+    return historian.read(
+        "SELECT name, (bucket_us - CAST(? AS BIGINT)) / CAST(? AS BIGINT) AS b, SUM(count), MIN(value_min), "
+        f"MAX(value_max), SUM(value_sum) FROM telemetry_buckets WHERE device_id = ? AND name IN ({marks}) "
+        "AND bucket_us >= ? AND bucket_us < ? GROUP BY name, b",
+        [span.start_us, span.width_us, device_id, *names, span.start_us, span.end_us])
+
+
+def series(historian: Historian, device_id: str, names: Sequence[str], span: Span) -> dict[str, list[Point]]:
+    """Each named series over the span, oldest first, at most MAX_POINTS points each."""
+    merged = _raw(historian, device_id, names, span)
+    for name, b, count, low, high, total in _folded(historian, device_id, names, span):
+        acc = merged[name].get(int(b))
+        if acc is None:
+            merged[name][int(b)] = [int(count), float(low), float(high), float(total)]
+        else:  # a bucket's raw rows and its folded part: one point
+            acc[:] = [acc[0] + int(count), min(acc[1], float(low)), max(acc[2], float(high)), acc[3] + float(total)]
+    return {name: [Point(span.start_us + b * span.width_us, int(a[0]), a[1], a[2], a[3] / a[0]) for b, a in sorted(points.items())]
+            for name, points in merged.items()}
+
+
+def feature_rows(historian: Historian, device_id: str, start_us: int | None = None,
+                 end_us: int | None = None) -> tuple[list[str], list[tuple[int, list[float | None]]]]:
+    """The raw records' per-channel features (the trainer's features table): channel names, (time, values) rows."""
+    rows = historian.read("SELECT time_us, payload FROM telemetry WHERE device_id = ? AND time_us >= ? AND time_us < ? "
+                          "ORDER BY time_us", (device_id, -(2**62) if start_us is None else start_us,
+                                               2**62 if end_us is None else end_us))
+    records = [(int(t), json.loads(p)["features"]) for t, p in rows]
+    channels = list(records[-1][1]) if records else []
+    return channels, [(t, [features.get(c) for c in channels]) for t, features in records]
