@@ -70,25 +70,24 @@ def _csrf_ok() -> bool:
 def authenticate() -> Response | None:
     """Runs before every request: sets g.user (None: nobody) or answers the request itself."""
     g.user = None
-    g.via_token = "Authorization" in request.headers
-    if g.via_token:
+    if "Authorization" in request.headers:
         found = _bearer_user()
         if isinstance(found, Response):
             return found
         g.user = found
         return None
-    if request.method not in SAFE_METHODS and not _csrf_ok():
-        log.warning("refused %s %s from %s: CSRF token missing or wrong", request.method, request.path, request.remote_addr)
-        return refuse(403, "CSRF token missing or wrong: reload the page and try again")
     name = session.get("user")
     g.user = services().accounts.user(name) if isinstance(name, str) else None  # a removed user's session ends
     if g.user is None and request.endpoint not in PUBLIC:
         if services().config.allow_anonymous and request.method in SAFE_METHODS:
             g.user = ANONYMOUS
-        elif wants_json():
+        elif wants_json() or request.method not in SAFE_METHODS:
             return refuse(401, "log in first, or send Authorization: Bearer <token>")
         else:
             return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))  # type: ignore[return-value]
+    if request.method not in SAFE_METHODS and not _csrf_ok():
+        log.warning("refused %s %s from %s: CSRF token missing or wrong", request.method, request.path, request.remote_addr)
+        return refuse(403, "CSRF token missing or wrong: reload the page and try again")
     return None
 
 
