@@ -64,15 +64,6 @@ def series_names(record: dict[str, Any] | None) -> list[str]:
     return names
 
 
-def known_series(historian: Historian, device_id: str, record: dict[str, Any] | None) -> list[str]:
-    """The latest raw record's series; for a machine whose raw telemetry is all folded, the buckets' names."""
-    if record is not None:
-        return series_names(record)
-    names = [r[0] for r in historian.read("SELECT DISTINCT name FROM telemetry_buckets WHERE device_id = ? ORDER BY name",
-                                          (device_id,))]
-    return ["score"] + [name for name in names if name != "score"]
-
-
 def _raw(historian: Historian, device_id: str, names: Sequence[str], span: Span) -> dict[str, dict[int, list[float]]]:
     dialect = historian.dialect
     values, params = [], []
@@ -96,12 +87,13 @@ def _raw(historian: Historian, device_id: str, names: Sequence[str], span: Span)
 
 
 def _folded(historian: Historian, device_id: str, names: Sequence[str], span: Span) -> list[tuple]:
+    """Buckets that overlap the span, regrouped to its width; one that began before the span counts in its first point."""
     marks = ", ".join("?" for _ in names)
     return historian.read(
-        "SELECT name, (bucket_us - CAST(? AS BIGINT)) / CAST(? AS BIGINT) AS b, SUM(count), MIN(value_min), "
-        f"MAX(value_max), SUM(value_sum) FROM telemetry_buckets WHERE device_id = ? AND name IN ({marks}) "
-        "AND bucket_us >= ? AND bucket_us < ? GROUP BY name, b",
-        [span.start_us, span.width_us, device_id, *names, span.start_us, span.end_us])
+        "SELECT name, CASE WHEN bucket_us < CAST(? AS BIGINT) THEN 0 ELSE (bucket_us - CAST(? AS BIGINT)) / CAST(? AS BIGINT) "
+        "END AS b, SUM(count), MIN(value_min), MAX(value_max), SUM(value_sum) FROM telemetry_buckets WHERE device_id = ? "
+        f"AND name IN ({marks}) AND bucket_us + bucket_s * 1000000 > ? AND bucket_us < ? GROUP BY name, b",
+        [span.start_us, span.start_us, span.width_us, device_id, *names, span.start_us, span.end_us])
 
 
 def series(historian: Historian, device_id: str, names: Sequence[str], span: Span) -> dict[str, list[Point]]:

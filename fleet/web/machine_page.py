@@ -10,7 +10,7 @@ from flask import Blueprint, request
 from edge.scoring.diagnosis import DEFAULT_ISO_GROUP, ISO_GROUPS, VELOCITY_FEATURE
 from fleet.historian.alert_book import FAILURE_MODES, alert_rows
 from fleet.historian.overview import FleetFilter, fleet_rows, machine_picture, model_history
-from fleet.historian.series import Span, known_series, latest_record, series, telemetry_extent
+from fleet.historian.series import Span, latest_record, series, series_names, telemetry_extent
 from fleet.web.auth import refuse
 from fleet.web.services import services
 from fleet.web.twins import respond
@@ -49,7 +49,7 @@ def machine_page(device_id: str, fmt: str) -> Any:
         return refuse(404, f"no machine {device_id!r} in the historian")
     record = latest_record(historian, device_id)
     span = chosen_span(telemetry_extent(historian, device_id), span_name)
-    names = known_series(historian, device_id, record)
+    names = series_names(record)  # the compactor never folds a machine's newest bucket: a record is there
     points = series(historian, device_id, names, span) if span is not None else {}
     timeline = alert_rows(historian, "all", device_id=device_id, raised_only=False, limit=TIMELINE)
     thresholds = next(({"warning": a.warning_threshold, "alarm": a.alarm_threshold} for a in timeline), None)

@@ -5,6 +5,7 @@ import logging
 import threading
 from typing import Any
 
+from waitress import wasyncore
 from waitress.server import create_server
 
 from fleet.config import FleetConfigError, WebConfig
@@ -19,8 +20,10 @@ class WebServer:
     def __init__(self, config: WebConfig, historian: Historian) -> None:
         self.app = create_app(config, historian)
         try:
-            self._server: Any = create_server(self.app, host=config.host, port=config.port, threads=THREADS,
-                                              clear_untrusted_proxy_headers=config.trusted_proxies == 0, ident="cm-fleet")
+            # X-Forwarded-* are believed by werkzeug's ProxyFix (web.trusted_proxies); without a trusted proxy
+            # waitress drops them before the app sees them.
+            self._server: Any = create_server(self.app, host=config.host, port=config.port, threads=THREADS, ident="cm-fleet",
+                                              clear_untrusted_proxy_headers=config.trusted_proxies == 0)
         except OSError as error:
             raise FleetConfigError(f"web.host, web.port: cannot listen on {config.host}:{config.port}: {error.strerror}") from None
         self._thread = threading.Thread(target=self._server.run, name="fleet-web", daemon=True)
@@ -35,5 +38,7 @@ class WebServer:
         log.info("dashboard on %s", self.url)
 
     def stop(self) -> None:
-        self._server.close()
+        """As waitress's own multi-socket server stops: its workers, then every socket (kept-alive ones too)."""
+        self._server.task_dispatcher.shutdown()
+        wasyncore.close_all(self._server._map)
         self._thread.join(10)
