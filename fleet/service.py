@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class Compactor:
-    """Folds raw telemetry past the retention into buckets, every compact_interval_s (and once at start)."""
+    """Rolls raw telemetry up into buckets and deletes it past the retention, every compact_interval_s (and once
+    at start)."""
 
     def __init__(self, historian: Historian, config: HistorianConfig, stopping: threading.Event) -> None:
         self.historian = historian
@@ -37,6 +38,9 @@ class Compactor:
         retention_us = int(self.config.raw_retention_days * 86400 * 1_000_000)
         while not self._stopping.is_set():
             try:
+                rolled = self.historian.roll_up(self.config.bucket_s)
+                if rolled:
+                    log.info("rolled %d raw telemetry records up into %d s buckets", rolled, self.config.bucket_s)
                 folded = self.historian.compact(retention_us, self.config.bucket_s)
                 if folded:
                     log.info("folded %d raw telemetry records into %d s buckets", folded, self.config.bucket_s)

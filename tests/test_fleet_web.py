@@ -229,6 +229,11 @@ def test_the_fleet_page_filters_and_sorts(dashboard):
     assert devices("?unacknowledged=1") == ["pump-1"]
     assert devices("?site=plant-a") == devices("?tag=line-3") == ["fan-2"] and devices("?tag=line") == []
     assert viewer.get("/fleet.json?sort=colour").status_code == 400
+    first = viewer.get("/fleet.json?limit=1").json()  # the most severe first; the counts are of every machine
+    assert [m["device_id"] for m in first["machines"]] == ["pump-1"] and first["total"] == 3
+    assert first["counts"] == {"alarm": 1, "offline": 1, "normal": 1}
+    assert "3 machines, the first 1 shown" in viewer.get("/fleet?limit=1").text
+    assert viewer.get("/fleet.json?limit=0").status_code == 400
     (pump,) = [m for m in viewer.get("/fleet.json").json()["machines"] if m["device_id"] == "pump-1"]
     assert (pump["state"], pump["since_us"], pump["top_channel"], pump["model_id"]) == \
         ("alarm", T0_US + 4_000_000, "bearing1", "test-model")

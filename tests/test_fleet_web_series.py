@@ -50,7 +50,7 @@ def test_folded_buckets_and_raw_rows_meet_without_loss(historian):
     assert 0 < folded < RECORDS
     for span in (Span(T0_US, T0_US + RECORDS * 1_000_000), Span(T0_US - 365 * 86400 * 1_000_000, newest + 1)):
         check_totals(series(historian, "pump-1", ["score"], span)["score"], scores)
-    assert telemetry_extent(historian, "pump-1") == (T0_US - T0_US % 600_000_000, newest)  # the first bucket's start
+    assert telemetry_extent(historian, "pump-1", ["score"]) == (T0_US - T0_US % 600_000_000, newest)  # the first bucket's start
     assert series_names(latest_record(historian, "pump-1"))[:3] == \
         ["score", "channel_errors/bearing1", "channel_errors/bearing2"]
 
@@ -64,3 +64,25 @@ def test_a_span_in_the_folded_past_is_the_buckets_themselves(historian):
     points = series(historian, "pump-1", ["score"], Span(T0_US, boundary))["score"]
     assert [p.count for p in points] == [(boundary - T0_US) // 1_000_000]  # one bucket, one point
     assert (points[0].min, points[0].max) == (scores[: points[0].count].min(), scores[: points[0].count].max())
+
+
+def test_rolled_up_rows_are_counted_once_by_coarse_and_fine_spans_alike(historian):
+    scores = stored(historian)
+    assert historian.roll_up(bucket_s=60) == RECORDS and historian.roll_up(bucket_s=60) == 0
+    whole = Span(T0_US, T0_US + RECORDS * 1_000_000)  # 50 buckets of 60 s: charted from the raw rows
+    day = Span(T0_US - 86400 * 1_000_000, T0_US + RECORDS * 1_000_000)  # 1,490 buckets of 60 s: from those
+    year = Span(T0_US - 365 * 86400 * 1_000_000, T0_US + RECORDS * 1_000_000)  # from the second level's (36 min)
+    points = {span: series(historian, "pump-1", ["score"], span)["score"] for span in (whole, day, year)}
+    for found in points.values():
+        check_totals(found, scores)
+    assert len(points[whole]) == MAX_POINTS and len(points[day]) == 34 and len(points[year]) <= 3
+    late = contract_telemetry("pump-1", RECORDS, time_us=T0_US + 1500 * 1_000_000 + 500_000)  # between two records
+    historian.store([Accepted("telemetry", "pump-1", late)], [], T0_US)
+    with_late = np.append(scores, late["score"])
+    check_totals(series(historian, "pump-1", ["score"], year)["score"], with_late)  # raw, not rolled up yet
+    assert historian.roll_up(bucket_s=60) == 1
+    check_totals(series(historian, "pump-1", ["score"], year)["score"], with_late)
+    # past the retention the rolled-up rows are deleted, not folded again: the buckets count each once
+    historian.compact(raw_retention_us=1, bucket_s=60, now=T0_US + 10 * 86400 * 1_000_000)
+    check_totals(series(historian, "pump-1", ["score"], year)["score"], with_late)
+    check_totals(series(historian, "pump-1", ["score"], whole)["score"], with_late)

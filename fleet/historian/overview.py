@@ -26,6 +26,7 @@ class FleetFilter:
     tag: str | None = None
     sort: str = "severity"  # a key of SORTS
     device_id: str | None = None  # one machine (its page)
+    limit: int = 1000  # rows shown, in the sort's order (the most severe first); the counts are of all
 
 
 @dataclass(frozen=True)
@@ -71,17 +72,30 @@ def _conditions(chosen: FleetFilter) -> tuple[list[str], list[Any]]:
     return conditions, params
 
 
+UNACKNOWLEDGED = ("LEFT JOIN (SELECT device_id, COUNT(*) AS unacknowledged FROM alerts WHERE state <> 'normal' "
+                  "AND acknowledged_us IS NULL AND closed_us IS NULL GROUP BY device_id) a ON a.device_id = m.device_id")
+MAX_LIMIT = 100_000
+
+
+def fleet_counts(historian: Historian, chosen: FleetFilter = FleetFilter()) -> dict[str, int]:
+    """How many machines the filter matches, by the state shown."""
+    conditions, params = _conditions(chosen)
+    rows = historian.read(f"SELECT {SHOWN_STATE} AS shown, COUNT(*) FROM machines m {UNACKNOWLEDGED} "
+                          f"WHERE {' AND '.join(conditions)} GROUP BY shown", params)
+    return {state: int(n) for state, n in rows}
+
+
 def fleet_rows(historian: Historian, chosen: FleetFilter = FleetFilter()) -> list[MachineRow]:
     if chosen.sort not in SORTS:
         raise OverviewError(f"sort: expected one of {', '.join(SORTS)}, got {chosen.sort!r}")
+    if not 1 <= chosen.limit <= MAX_LIMIT:
+        raise OverviewError(f"limit: expected 1-{MAX_LIMIT}, got {chosen.limit}")
     conditions, params = _conditions(chosen)
     rows = historian.read(
         f"SELECT m.device_id, {SHOWN_STATE}, CASE WHEN m.status = 'offline' THEN m.status_us ELSE m.state_since_us END "
         "AS since_us, m.score, m.top_channel, m.state_json, m.model_id, m.last_seen_us, m.health_problem, m.health_json, "
-        "COALESCE(a.unacknowledged, 0) AS unacknowledged, m.site, m.tags FROM machines m LEFT JOIN "
-        "(SELECT device_id, COUNT(*) AS unacknowledged FROM alerts WHERE state <> 'normal' AND acknowledged_us IS NULL "
-        "AND closed_us IS NULL GROUP BY device_id) a ON a.device_id = m.device_id "
-        f"WHERE {' AND '.join(conditions)} ORDER BY {SORTS[chosen.sort]}", params)
+        f"COALESCE(a.unacknowledged, 0) AS unacknowledged, m.site, m.tags FROM machines m {UNACKNOWLEDGED} "
+        f"WHERE {' AND '.join(conditions)} ORDER BY {SORTS[chosen.sort]} LIMIT ?", [*params, chosen.limit])
     return [_row(row) for row in rows]
 
 

@@ -98,6 +98,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE alerts ADD COLUMN failure_mode TEXT",   # fleet.historian.alert_actions.FAILURE_MODES
         "ALTER TABLE alerts ADD COLUMN close_comment TEXT",
         "CREATE INDEX alerts_open ON alerts (closed_us, time_us)",
+        # Raw telemetry is rolled up into telemetry_buckets while it is still kept raw, so that a chart of a long
+        # span reads buckets only; rolled_up marks the rows counted there (a late row is rolled up when it comes).
+        "ALTER TABLE telemetry ADD COLUMN rolled_up BOOLEAN NOT NULL DEFAULT FALSE",
+        "CREATE INDEX telemetry_not_rolled_up ON telemetry (device_id, time_us) WHERE NOT rolled_up",
         "ALTER TABLE machines ADD COLUMN site TEXT",
         "ALTER TABLE machines ADD COLUMN tags TEXT",         # ,pump,line-3, (commas around each: one LIKE finds a tag)
     ),

@@ -1,9 +1,14 @@
 """A machine's telemetry as charts read it: any span in at most MAX_POINTS buckets of min / max / mean.
 
-The bucket width is the span over MAX_POINTS. The raw rows still kept are grouped in SQL (one scan for every
-series at once); the span's older part, folded into telemetry_buckets by the compactor, is regrouped to the
-same width; the two are merged where they meet. A series is named as the buckets name it: `score`,
-`features/<channel>`, `channel_errors/<channel>`, `channel_features/<channel>/<feature>`.
+The point width is the span over MAX_POINTS. The compactor rolls raw telemetry up into telemetry_buckets
+(bucket_s, 600 s by default) while keeping it raw for the retention, then deletes it. So:
+- a long span (at least COARSE_BUCKETS buckets) reads the buckets, regrouped to the width, plus the few raw rows
+  not rolled up yet: 30 days at one record a second cost 4,320 bucket rows per series; a span of more than
+  MAX_POINTS / 2 buckets of the second level (6 h, store.SUMMARY_FACTOR) reads those: a year is 1,460;
+- a short span groups the raw rows in SQL (one scan for every series at once), plus the buckets from before
+  the oldest raw row (a span reaching past the retention).
+Each row is counted once either way. A series is named as the buckets name it: `score`, `features/<channel>`,
+`channel_errors/<channel>`, `channel_features/<channel>/<feature>`.
 """
 from __future__ import annotations
 
@@ -13,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.historian.store import Historian
+from fleet.historian.store import SUMMARY_FACTOR, Historian, summary_name
 
 MAX_POINTS = 1000
+COARSE_BUCKETS = MAX_POINTS // 10  # a span of this many buckets or more is charted from the buckets
 
 
 @dataclass(frozen=True)
@@ -37,13 +43,12 @@ class Span:
         return max(math.ceil((self.end_us - self.start_us) / MAX_POINTS), 1)
 
 
-def telemetry_extent(historian: Historian, device_id: str) -> tuple[int, int] | None:
+def telemetry_extent(historian: Historian, device_id: str, names: Sequence[str]) -> tuple[int, int] | None:
     """The first and last time this machine has telemetry for, raw or in buckets; None if it has none."""
-    rows = historian.read("SELECT MIN(t), MAX(t) FROM (SELECT MIN(time_us) AS t FROM telemetry WHERE device_id = ? "
-                          "UNION ALL SELECT MAX(time_us) FROM telemetry WHERE device_id = ? "
-                          "UNION ALL SELECT MIN(bucket_us) FROM telemetry_buckets WHERE device_id = ? "
-                          "UNION ALL SELECT MAX(bucket_us) FROM telemetry_buckets WHERE device_id = ?) extent",
-                          (device_id,) * 4)
+    per_name = " UNION ALL ".join("SELECT MIN(bucket_us) FROM telemetry_buckets WHERE device_id = ? AND name = ?" for _ in names)
+    rows = historian.read(f"SELECT MIN(t), MAX(t) FROM (SELECT MIN(time_us) AS t FROM telemetry WHERE device_id = ? "
+                          f"UNION ALL SELECT MAX(time_us) FROM telemetry WHERE device_id = ? UNION ALL {per_name}) extent",
+                          [device_id, device_id, *(v for name in names for v in (device_id, name))])
     first, last = rows[0]
     return None if first is None else (int(first), int(last))
 
@@ -64,19 +69,21 @@ def series_names(record: dict[str, Any] | None) -> list[str]:
     return names
 
 
-def _raw(historian: Historian, device_id: str, names: Sequence[str], span: Span) -> dict[str, dict[int, list[float]]]:
+def _raw(historian: Historian, device_id: str, names: Sequence[str], span: Span,
+         not_rolled_up: bool) -> dict[str, dict[int, list[float]]]:
     dialect = historian.dialect
     values, params = [], []
     for i, name in enumerate(names):
         if name == "score":
             values.append(f"score AS v{i}")
         else:
-            values.append(f"{dialect.json_number('doc')} AS v{i}")
+            values.append(f"{dialect.json_number(dialect.json_document('payload'))} AS v{i}")
             params.append(dialect.json_path(name.split("/")))
     aggregates = ", ".join(f"COUNT(v{i}), MIN(v{i}), MAX(v{i}), SUM(v{i})" for i in range(len(names)))
-    sql = (f"SELECT b, {aggregates} FROM (SELECT (time_us - CAST(? AS BIGINT)) / CAST(? AS BIGINT) AS b, {', '.join(values)} "
-           f"FROM (SELECT time_us, score, {dialect.json_document('payload')} AS doc FROM telemetry "
-           "WHERE device_id = ? AND time_us >= ? AND time_us < ?) rows_in_span) vals GROUP BY b")
+    # MATERIALIZED: each value is extracted once per row, not once per aggregate that reads it (3x faster).
+    sql = (f"WITH vals AS MATERIALIZED (SELECT (time_us - CAST(? AS BIGINT)) / CAST(? AS BIGINT) AS b, {', '.join(values)} "
+           "FROM telemetry WHERE device_id = ? AND time_us >= ? AND time_us < ?"
+           f"{' AND NOT rolled_up' if not_rolled_up else ''}) SELECT b, {aggregates} FROM vals GROUP BY b")
     found: dict[str, dict[int, list[float]]] = {name: {} for name in names}
     for row in historian.read(sql, [span.start_us, span.width_us, *params, device_id, span.start_us, span.end_us]):
         for i, name in enumerate(names):
@@ -86,24 +93,53 @@ def _raw(historian: Historian, device_id: str, names: Sequence[str], span: Span)
     return found
 
 
-def _folded(historian: Historian, device_id: str, names: Sequence[str], span: Span) -> list[tuple]:
-    """Buckets that overlap the span, regrouped to its width; one that began before the span counts in its first point."""
-    marks = ", ".join("?" for _ in names)
-    return historian.read(
+def _folded(historian: Historian, device_id: str, names: Sequence[str], span: Span, end_us: int,
+            level: int | None = None) -> list[tuple]:
+    """Buckets that overlap [span start, end_us), regrouped to the span's width; one that began before the span
+    counts in its first point. `level`: the first level's bucket_s, to read the second level's instead."""
+    stored = {summary_name(name, level) if level else name: name for name in names}
+    marks = ", ".join("?" for _ in stored)
+    rows = historian.read(
         "SELECT name, CASE WHEN bucket_us < CAST(? AS BIGINT) THEN 0 ELSE (bucket_us - CAST(? AS BIGINT)) / CAST(? AS BIGINT) "
         "END AS b, SUM(count), MIN(value_min), MAX(value_max), SUM(value_sum) FROM telemetry_buckets WHERE device_id = ? "
         f"AND name IN ({marks}) AND bucket_us + bucket_s * 1000000 > ? AND bucket_us < ? GROUP BY name, b",
-        [span.start_us, span.start_us, span.width_us, device_id, *names, span.start_us, span.end_us])
+        [span.start_us, span.start_us, span.width_us, device_id, *stored, span.start_us, end_us])
+    return [(stored[name], *rest) for name, *rest in rows]
+
+
+def _bucket_s(historian: Historian, device_id: str) -> int | None:
+    """The first level's bucket (the config's bucket_s when the compactor rolled this machine's telemetry up)."""
+    rows = historian.read("SELECT bucket_s FROM telemetry_buckets WHERE device_id = ? AND name = 'score' LIMIT 1", (device_id,))
+    return int(rows[0][0]) if rows else None
+
+
+def _sources(historian: Historian, device_id: str, names: Sequence[str], span: Span) -> tuple[dict, list[tuple]]:
+    """The raw groups and the bucket groups of a span, none counting a record the other counts."""
+    bucket_s = _bucket_s(historian, device_id)
+    length = span.end_us - span.start_us
+    if bucket_s is not None and length >= MAX_POINTS // 2 * bucket_s * SUMMARY_FACTOR * 1_000_000:
+        return (_raw(historian, device_id, names, span, not_rolled_up=True),
+                _folded(historian, device_id, names, span, span.end_us, level=bucket_s))
+    if bucket_s is not None and length >= COARSE_BUCKETS * bucket_s * 1_000_000:
+        return (_raw(historian, device_id, names, span, not_rolled_up=True),
+                _folded(historian, device_id, names, span, span.end_us))
+    raw = _raw(historian, device_id, names, span, not_rolled_up=False)
+    if bucket_s is None:
+        return raw, []
+    (oldest,) = historian.read("SELECT MIN(time_us) FROM telemetry WHERE device_id = ?", (device_id,))[0]
+    # Buckets only where no raw row is left (compaction deletes whole buckets): none counted twice.
+    raw_from = span.end_us if oldest is None else int(oldest) - int(oldest) % (bucket_s * 1_000_000)
+    return raw, _folded(historian, device_id, names, span, min(span.end_us, raw_from))
 
 
 def series(historian: Historian, device_id: str, names: Sequence[str], span: Span) -> dict[str, list[Point]]:
     """Each named series over the span, oldest first, at most MAX_POINTS points each."""
-    merged = _raw(historian, device_id, names, span)
-    for name, b, count, low, high, total in _folded(historian, device_id, names, span):
+    merged, folded = _sources(historian, device_id, names, span)
+    for name, b, count, low, high, total in folded:
         acc = merged[name].get(int(b))
         if acc is None:
             merged[name][int(b)] = [int(count), float(low), float(high), float(total)]
-        else:  # a bucket's raw rows and its folded part: one point
+        else:  # a point's raw rows and its buckets: one point
             acc[:] = [acc[0] + int(count), min(acc[1], float(low)), max(acc[2], float(high)), acc[3] + float(total)]
     return {name: [Point(span.start_us + b * span.width_us, int(a[0]), a[1], a[2], a[3] / a[0]) for b, a in sorted(points.items())]
             for name, points in merged.items()}

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, redirect, request, url_for
 
-from fleet.historian.overview import SORTS, STATES, FleetFilter, OverviewError, fleet_rows, sites_and_tags
+from fleet.historian.overview import SORTS, STATES, FleetFilter, OverviewError, fleet_counts, fleet_rows, sites_and_tags
 from fleet.web.auth import refuse
 from fleet.web.services import services
 from fleet.web.twins import respond, twin_routes
@@ -20,21 +20,26 @@ def home() -> Any:
     return redirect(url_for("fleet.fleet_page"))
 
 
-def fleet_page(fmt: str) -> Any:
+def _filter() -> FleetFilter:
     args = request.args
-    chosen = FleetFilter(state=args.get("state") or None, unacknowledged=args.get("unacknowledged") in ("1", "true", "on"),
-                         site=args.get("site") or None, tag=args.get("tag") or None, sort=args.get("sort") or "severity")
+    limit = args.get("limit", "")
+    return FleetFilter(state=args.get("state") or None, unacknowledged=args.get("unacknowledged") in ("1", "true", "on"),
+                       site=args.get("site") or None, tag=args.get("tag") or None, sort=args.get("sort") or "severity",
+                       limit=int(limit) if limit.isdigit() else FleetFilter.limit)
+
+
+def fleet_page(fmt: str) -> Any:
+    chosen = _filter()
     historian = services().historian
     try:
         machines = fleet_rows(historian, chosen)
     except OverviewError as error:
         return refuse(400, str(error))
+    counts = fleet_counts(historian, chosen)
     sites, tags = sites_and_tags(historian)
-    counts: dict[str, int] = {}
-    for machine in machines:
-        counts[machine.state] = counts.get(machine.state, 0) + 1
-    return respond(fmt, "fleet.html", {"machines": machines, "filter": chosen, "counts": counts, "states": list(STATES),
-                                       "sorts": list(SORTS), "sites": sites, "tags": tags})
+    return respond(fmt, "fleet.html", {"machines": machines, "total": sum(counts.values()), "counts": counts,
+                                       "filter": chosen, "states": list(STATES), "sorts": list(SORTS), "sites": sites,
+                                       "tags": tags})
 
 
 twin_routes(blueprint, "/fleet", "fleet_page", fleet_page)

@@ -48,8 +48,8 @@ def machine_page(device_id: str, fmt: str) -> Any:
     if not found:
         return refuse(404, f"no machine {device_id!r} in the historian")
     record = latest_record(historian, device_id)
-    span = chosen_span(telemetry_extent(historian, device_id), span_name)
     names = series_names(record)  # the compactor never folds a machine's newest bucket: a record is there
+    span = chosen_span(telemetry_extent(historian, device_id, names), span_name)
     points = series(historian, device_id, names, span) if span is not None else {}
     timeline = alert_rows(historian, "all", device_id=device_id, raised_only=False, limit=TIMELINE)
     thresholds = next(({"warning": a.warning_threshold, "alarm": a.alarm_threshold} for a in timeline), None)

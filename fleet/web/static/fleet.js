@@ -45,7 +45,8 @@ function draw(data) {
     cell(row, m.unacknowledged ? String(m.unacknowledged) : "");
     cell(row, (m.site || "") + (m.tags.length ? " [" + m.tags.join(", ") + "]" : ""));
   }
-  document.getElementById("fleet-count").textContent = data.machines.length + " machines";
+  const shown = data.total > data.machines.length ? ", the first " + data.machines.length + " shown" : "";
+  document.getElementById("fleet-count").textContent = data.total + " machines" + shown;
 }
 
 async function poll() {
