@@ -67,6 +67,8 @@ def dashboard(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     base = re.search(r"dashboard on (http://\S+)", service.read_log()).group(1)  # type: ignore[union-attr]
     yield Dashboard(base, service, historian, token, viewer_token)
     historian.close()
+    assert service.stop() == 0  # SIGTERM: the dashboard and the ingest stop cleanly together
+    assert "stopped: stored" in service.read_log()
 
 
 def routes(alert_id: str) -> list[tuple[str, str, str]]:

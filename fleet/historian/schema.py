@@ -87,8 +87,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE api_tokens (
             token_hash TEXT PRIMARY KEY,     -- sha256 of the token: the token itself is printed once, never stored
             user_name TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
-            created_us BIGINT NOT NULL,
-            last_used_us BIGINT
+            created_us BIGINT NOT NULL
         )""",
         "ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT",
         "ALTER TABLE alerts ADD COLUMN acknowledged_us BIGINT",  # received: the dashboard's clock

@@ -64,6 +64,7 @@ def create_app(config: WebConfig, historian: Historian, secret: bytes | None = N
         app.register_blueprint(module.blueprint)
     app.jinja_env.filters["when"] = when
     app.jinja_env.globals["csrf_token"] = auth.csrf_token
+    app.jinja_env.globals["anonymous"] = auth.ANONYMOUS
 
     @app.after_request
     def harden(response: Any) -> Any:
