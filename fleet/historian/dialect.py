@@ -31,6 +31,9 @@ class Dialect(Protocol):
 
     def lock_schema(self, connection: Any) -> None: ...
 
+    @property
+    def document_cte(self) -> str: ...  # how a CTE of parsed documents is kept: MATERIALIZED if parsing is costly
+
     def json_document(self, column: str) -> str: ...  # a TEXT column of JSON, parsed once per row
 
     def json_number(self, document: str) -> str: ...  # SQL of the number at the path given by the `?` that follows
@@ -53,6 +56,7 @@ class SqliteDialect:
     name: str = "sqlite"
     least: str = "min"
     greatest: str = "max"
+    document_cte: str = "NOT MATERIALIZED"  # the text itself: json_extract keeps its last parses
 
     def sql(self, text: str) -> str:
         return text
@@ -104,6 +108,7 @@ class PostgresDialect:
     name: str = "postgresql"
     least: str = "LEAST"
     greatest: str = "GREATEST"
+    document_cte: str = "MATERIALIZED"  # each payload cast to jsonb once, not once per value read from it
 
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
