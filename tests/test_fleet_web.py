@@ -20,15 +20,18 @@ from fleet_helpers import (
     postgres_cluster,  # noqa: F401  (fixture)
 )
 from waiting import eventually
-from web_helpers import PUMP_ALERTS, TELEMETRY, Browser, add_token, add_user, raised_alert_ids, seed
+from web_helpers import PUMP_ALERTS, TELEMETRY, Browser, raised_alert_ids, seed
 
 from fleet.config import HistorianConfig, WebConfig
 from fleet.historian import Historian, open_historian
+from fleet.historian.accounts import Accounts
 from fleet.historian.series import MAX_POINTS
 from fleet.web.app import create_app
 from fleet.web.auth import PUBLIC
+from fleet.web.credentials import hash_password, new_token, token_hash
 from trainer.dataset import load_table
 
+pytestmark = pytest.mark.waits  # on a real cm-fleet serve, its broker and a PostgreSQL cluster
 PASSWORDS = {"vera": ("viewer", "viewer-pass-1"), "otto": ("operator", "operator-pass-2"), "ada": ("admin", "admin-pass-3")}
 WEB = "[web]\nport = 0\nlogin_attempts = 50\n"  # the rate limit has a test of its own (test_fleet_web_login.py)
 SAMPLE = {"device_id": "pump-1", "filename": "style.css"}  # a value for each route argument; alert_id is per test
@@ -56,10 +59,13 @@ def dashboard(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     request.addfinalizer(broker.stop)
     url = historian_url(request, request.param, directory)
     service = FleetService(directory, broker.port, url, WEB)
-    for name, (role, password) in PASSWORDS.items():
-        add_user(service.config, name, role, password)
-    token, viewer_token = add_token(service.config, "otto"), add_token(service.config, "vera")
     historian = open_historian(HistorianConfig(url=url))
+    accounts = Accounts(historian)  # as `cm-fleet user add` and `token add` do (tests/test_fleet_web_cli.py runs those)
+    for name, (role, password) in PASSWORDS.items():
+        accounts.add(name, role, hash_password(password))
+    token, viewer_token = new_token(), new_token()
+    accounts.add_token("otto", token_hash(token))
+    accounts.add_token("vera", token_hash(viewer_token))
     seed(historian)
     request.addfinalizer(lambda: service.kill() if service.running() else None)
     service.start()

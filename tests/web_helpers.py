@@ -1,15 +1,12 @@
 """Helpers for the dashboard's tests: a browser-like HTTP client (cookies, the CSRF token from the forms) that
-keeps every response it got, a historian seeded with machines, alerts and telemetry, and `cm-fleet user add`.
+keeps every response it got, and a historian seeded with machines, alerts and telemetry.
 
-    from web_helpers import Browser, seed, add_user
+    from web_helpers import Browser, seed
 """
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -19,7 +16,6 @@ from fleet.historian import Historian
 from fleet.historian.overview import place
 from fleet.payloads import Accepted
 
-BIN = Path(sys.executable).parent
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 TELEMETRY = 300  # pump-1's records, one a second
 PUMP_ALERTS = 6  # transitions normal -> warning -> alarm -> normal ...: 4 raised, 2 back to normal
@@ -54,23 +50,6 @@ class Browser:
 
     def login(self, name: str, password: str) -> requests.Response:
         return self.post("/login", data={"name": name, "password": password, "csrf_token": self.csrf(), "next": "/fleet"})
-
-
-def add_user(config: Path, name: str, role: str, password: str) -> None:
-    """README.md's `cm-fleet user add NAME --role R --password-file FILE`."""
-    secret = config.parent / f"{name}.password"
-    secret.write_text(password + "\n")
-    command = ["cm-fleet", "user", "add", name, "--role", role, "--password-file", str(secret), "--config", str(config)]
-    result = subprocess.run([BIN / command[0], *command[1:]], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert password not in result.stdout + result.stderr
-
-
-def add_token(config: Path, name: str) -> str:
-    command = ["cm-fleet", "token", "add", name, "--config", str(config)]
-    result = subprocess.run([BIN / command[0], *command[1:]], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def seed(historian: Historian) -> None:
