@@ -155,9 +155,26 @@ def test_login_wrong_password_and_logout(dashboard):
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie  # no TLS in this config
     page = browser.get("/fleet")
     assert page.status_code == 200 and 'data-testid="machine-row"' in page.text and "otto (operator)" in page.text
+    copied = Browser(dashboard.base)
+    copied.session.cookies.update(browser.session.cookies)  # the cookie, copied before the logout
+    assert copied.get("/fleet.json").status_code == 200
     assert browser.post("/logout", data={"csrf_token": browser.csrf("/fleet")}).status_code == 303
     assert browser.get("/fleet").status_code == 302
     assert browser.get("/fleet.json").status_code == 401
+    assert copied.get("/fleet.json").status_code == 401  # the session ended on the server, not just in the browser
+
+
+def test_a_new_password_or_a_removed_user_ends_their_sessions(dashboard):
+    accounts = Accounts(dashboard.historian)
+    accounts.add("temp", "operator", hash_password("temporary-1"))
+    first, second = Browser(dashboard.base), Browser(dashboard.base)
+    assert first.login("temp", "temporary-1").status_code == 303 and first.get("/fleet.json").status_code == 200
+    accounts.add("temp", "viewer", hash_password("temporary-2"))  # `cm-fleet user add` again: a new password
+    assert first.get("/fleet.json").status_code == 401
+    assert second.login("temp", "temporary-2").status_code == 303
+    assert second.get("/fleet").text.count("temp (viewer)") == 1
+    assert accounts.remove("temp")
+    assert second.get("/fleet.json").status_code == 401
 
 
 def test_api_tokens_read_and_change_without_a_session(dashboard):
@@ -297,5 +314,7 @@ def test_the_historian_holds_hashes_only(dashboard):
                                     "SELECT token_hash, user_name, '', created_us FROM api_tokens")
     text = "\n".join(map(repr, rows))
     assert len(rows) == 5 and text.count("'scrypt$16384$8$1$") == 3
+    sessions = dashboard.historian.read("SELECT session_hash FROM web_sessions")
+    assert sessions and all(len(h) == 64 for (h,) in sessions)  # sha256 of the ids, never the ids
     assert dashboard.token not in text and dashboard.viewer_token not in text
     assert not any(password in text for _, password in PASSWORDS.values())

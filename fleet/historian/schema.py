@@ -89,6 +89,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             user_name TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
             created_us BIGINT NOT NULL
         )""",
+        """CREATE TABLE web_sessions (
+            session_hash TEXT PRIMARY KEY,   -- sha256 of the id in the signed cookie: logout deletes the row, so a
+            user_name TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,  -- copied cookie is dead with it
+            created_us BIGINT NOT NULL,
+            expires_us BIGINT NOT NULL
+        )""",
         "ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT",
         "ALTER TABLE alerts ADD COLUMN acknowledged_us BIGINT",  # received: the dashboard's clock
         "ALTER TABLE alerts ADD COLUMN ack_comment TEXT",

@@ -3,7 +3,8 @@
 Every request passes `authenticate` (registered for the whole app, so a new route is covered without a word):
 - `Authorization: Bearer <token>`: the token's user; the session cookie is not read at all, which is why such a
   request needs no CSRF token (a browser never adds that header to a cross-site request by itself);
-- else the session cookie (signed, HttpOnly, SameSite=Lax): every state-changing request must carry the
+- else the session cookie (signed, HttpOnly, SameSite=Lax) holding a session id whose hash the historian keeps
+  (logout, a removed user or a new password ends it server-side): every state-changing request must carry the
   session's CSRF token (form field `csrf_token` or header `X-CSRF-Token`), the login form included;
 - nobody: 401 for the JSON API, a redirect to the login page for a page; a GET as a viewer when
   web.allow_anonymous says so. Roles are checked by `requires` on the routes that change something.
@@ -76,8 +77,8 @@ def authenticate() -> Response | None:
             return found
         g.user = found
         return None
-    name = session.get("user")
-    g.user = services().accounts.user(name) if isinstance(name, str) else None  # a removed user's session ends
+    sid = session.get("sid")
+    g.user = services().accounts.session_user(token_hash(sid)) if isinstance(sid, str) else None
     if g.user is None and request.endpoint not in PUBLIC:
         if services().config.allow_anonymous and request.method in SAFE_METHODS:
             g.user = ANONYMOUS
@@ -133,7 +134,9 @@ def login() -> Any:
         return _login_failed(401, "wrong name or password", target)
     session.clear()  # a new session at login: nothing from before it (no fixation)
     session.permanent = True
-    session["user"] = name
+    sid = secrets.token_urlsafe(32)
+    accounts.open_session(name, token_hash(sid), int(services().config.session_hours * 3600 * 1_000_000))
+    session["sid"] = sid
     csrf_token()
     log.info("login: %s from %s", name, address)
     return redirect(target, code=303)
@@ -147,9 +150,11 @@ def _login_failed(status: int, message: str, target: str) -> Any:
 
 @blueprint.post("/logout")
 def logout() -> Any:
-    user = session.get("user")
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        services().accounts.close_session(token_hash(sid))
     session.clear()
-    if user:
-        log.info("logout: %s", user)
+    if g.user is not None:
+        log.info("logout: %s", g.user.name)
     return redirect(url_for("auth.login"), code=303)
 

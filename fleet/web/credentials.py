@@ -54,4 +54,5 @@ def new_token() -> str:
 
 
 def token_hash(token: str) -> str:
+    """What the historian keeps of a random secret: an API token, or a session's id."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
