@@ -1,16 +1,19 @@
-"""The machine page's charts come downsampled from the historian, the same on SQLite and PostgreSQL: any span
-in at most MAX_POINTS min / max / mean points, raw rows grouped in SQL and folded buckets regrouped to the
-same width, nothing counted twice or lost where the two meet."""
+"""The dashboard's historian queries, the same on SQLite and PostgreSQL: the machine page's charts downsampled
+(any span in at most MAX_POINTS min / max / mean points, raw rows grouped in SQL and buckets regrouped to the same
+width, nothing counted twice or lost where the two meet) and the alert book's episodes for the labels export."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from fleet_helpers import (
     T0_US,
+    contract_alert,
     contract_telemetry,
     historian,
     postgres_cluster,  # noqa: F401  (fixture)
 )
 
+from fleet.historian.alert_book import AlertBookError, alert_rows, close, failure_episodes
 from fleet.historian.series import MAX_POINTS, Span, latest_record, series, series_names, telemetry_extent
 from fleet.payloads import Accepted
 
@@ -86,3 +89,18 @@ def test_rolled_up_rows_are_counted_once_by_coarse_and_fine_spans_alike(historia
     historian.compact(raw_retention_us=1, bucket_s=60, now=T0_US + 10 * 86400 * 1_000_000)
     check_totals(series(historian, "pump-1", ["score"], year)["score"], with_late)
     check_totals(series(historian, "pump-1", ["score"], whole)["score"], with_late)
+
+
+def test_failure_episodes_run_from_a_closed_alert_to_the_return_to_normal(historian):
+    # pump-1's alerts one second apart: warning, alarm, normal, warning, alarm, normal, warning
+    historian.store([Accepted("alert", "pump-1", contract_alert("pump-1", i)) for i in range(7)], [], T0_US)
+    modes = {0: "outer_race", 1: "false_alarm", 3: "sensor_fault", 4: "ball", 6: "other"}
+    for i, mode in modes.items():
+        close(historian, contract_alert("pump-1", i)["id"], "otto", mode, "")
+    second = 1_000_000
+    assert failure_episodes(historian, "pump-1") == [(T0_US, T0_US + 2 * second), (T0_US + 4 * second, T0_US + 5 * second),
+                                                      (T0_US + 6 * second, None)]  # the last one still going
+    with pytest.raises(AlertBookError, match="was already closed"):
+        close(historian, contract_alert("pump-1", 0)["id"], "ada", "cage", "")
+    assert [a.id for a in alert_rows(historian, "closed")] == [contract_alert("pump-1", i)["id"] for i in (6, 4, 3, 1, 0)]
+    assert alert_rows(historian, "active") == []  # every raising alert closed; returns to normal are no alerts here

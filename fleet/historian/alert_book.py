@@ -107,9 +107,10 @@ def failure_episodes(historian: Historian, device_id: str) -> list[tuple[int, in
     rows = historian.read("SELECT time_us, state, closed_us, failure_mode FROM alerts WHERE device_id = ? ORDER BY time_us, id",
                           (device_id,))
     episodes: list[tuple[int, int | None]] = []
-    for i, (time_us, state, closed_us, mode) in enumerate(rows):
-        if state == "normal" or closed_us is None or mode in NOT_A_FAILURE:
-            continue
-        end = next((int(t) for t, s, _, _ in rows[i + 1:] if s == "normal"), None)
-        episodes.append((int(time_us), end))
-    return episodes
+    back_to_normal: int | None = None  # the next return to normal, walking back from the newest alert
+    for time_us, state, closed_us, mode in reversed(rows):
+        if state == "normal":
+            back_to_normal = int(time_us)
+        elif closed_us is not None and mode not in NOT_A_FAILURE:
+            episodes.append((int(time_us), back_to_normal))
+    return episodes[::-1]
