@@ -6,6 +6,7 @@ and the value, as the agent's config does.
     [mqtt]        where the agents' broker is, and how this service's session is kept
     [historian]   url = "sqlite:///var/lib/cm-fleet/historian.sqlite" or "postgresql://cm@db/cm_fleet"
     [ingest]      what a payload may be, and how often rejections are logged
+    [web]         the dashboard and its JSON API (served only when the section is there)
 """
 from __future__ import annotations
 
@@ -72,10 +73,24 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    host: str = "127.0.0.1"  # behind a TLS reverse proxy on the same host; 0.0.0.0 to serve other hosts directly
+    port: int = 8080  # 0: any free port (the log says which)
+    secret_file: str | None = None  # signs the session cookies; none: a new secret per start (logs everyone out)
+    session_hours: float = 12.0  # a login lasts this long
+    allow_anonymous: bool = False  # true: visitors see the pages without logging in (never change anything)
+    trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For / -Proto are believed (TLS proxy: 1)
+    secure_cookies: bool = False  # the session cookie only over HTTPS: set it when a TLS proxy is in front
+    login_attempts: int = 5  # failed logins allowed per user and per address within login_window_s
+    login_window_s: float = 300.0
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     mqtt: FleetMqttConfig = FleetMqttConfig()
     historian: HistorianConfig = HistorianConfig()
     ingest: IngestConfig = IngestConfig()
+    web: WebConfig | None = None  # no [web] section: ingest only, nothing listens
 
 
 Section = TypeVar("Section")
@@ -106,6 +121,7 @@ def _section(cls: type[Section], table: Any, name: str, path: Path) -> Section:
 
 def _check(config: FleetConfig, path: Path) -> FleetConfig:
     mqtt, historian, ingest = config.mqtt, config.historian, config.ingest
+    web = config.web or WebConfig()
     checks = [
         ("mqtt.topic_prefix", mqtt.topic_prefix, PREFIX_PATTERN.match(mqtt.topic_prefix), "levels of A-Z a-z 0-9 _ -"),
         ("mqtt.group", mqtt.group, mqtt.group == "" or GROUP_PATTERN.match(mqtt.group), "1-64 of A-Z a-z 0-9 _ -"),
@@ -118,6 +134,11 @@ def _check(config: FleetConfig, path: Path) -> FleetConfig:
         ("historian.compact_interval_s", historian.compact_interval_s, historian.compact_interval_s > 0, "> 0"),
         ("ingest.max_payload_bytes", ingest.max_payload_bytes, ingest.max_payload_bytes >= 1024, ">= 1024"),
         ("ingest.batch_size", ingest.batch_size, ingest.batch_size >= 1, ">= 1"),
+        ("web.port", web.port, 0 <= web.port < 65536, "0-65535"),
+        ("web.session_hours", web.session_hours, web.session_hours > 0, "> 0"),
+        ("web.trusted_proxies", web.trusted_proxies, web.trusted_proxies >= 0, ">= 0"),
+        ("web.login_attempts", web.login_attempts, web.login_attempts >= 1, ">= 1"),
+        ("web.login_window_s", web.login_window_s, web.login_window_s > 0, "> 0"),
     ]
     for key, value, ok, expected in checks:
         if not ok:
@@ -126,14 +147,17 @@ def _check(config: FleetConfig, path: Path) -> FleetConfig:
 
 
 SECTIONS = {"mqtt": FleetMqttConfig, "historian": HistorianConfig, "ingest": IngestConfig}
+OPTIONAL_SECTIONS = {"web": WebConfig}  # absent: that part does not run
 
 
 def parse_config(document: dict[str, Any], path: Path) -> FleetConfig:
-    unknown = sorted(set(document) - set(SECTIONS))
+    known = {**SECTIONS, **OPTIONAL_SECTIONS}
+    unknown = sorted(set(document) - set(known))
     if unknown:
-        raise FleetConfigError(f"{path}: {unknown[0]}: unknown section; known: {', '.join(SECTIONS)}")
+        raise FleetConfigError(f"{path}: {unknown[0]}: unknown section; known: {', '.join(known)}")
     sections: dict[str, Any] = {name: _section(cls, document.get(name, {}), name, path) for name, cls in SECTIONS.items()}
-    return _check(FleetConfig(**sections), path)  # type: ignore[arg-type]
+    sections |= {name: _section(cls, document[name], name, path) for name, cls in OPTIONAL_SECTIONS.items() if name in document}
+    return _check(FleetConfig(**sections), path)
 
 
 def load_config(path: str | Path) -> FleetConfig:

@@ -1,4 +1,4 @@
-"""`cm-fleet serve`: one process that ingests and stores (and, later, serves the dashboard).
+"""`cm-fleet serve`: one process that ingests, stores and (with a [web] section) serves the dashboard.
 
 SIGTERM or SIGINT stops it cleanly: the batch being written is committed and acknowledged, the rest stays
 unacknowledged with the broker, which keeps it in this service's session for the next start.
@@ -13,12 +13,14 @@ from types import FrameType
 from fleet.config import FleetConfig, HistorianConfig
 from fleet.historian import Historian, open_historian
 from fleet.ingest import Ingest
+from fleet.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
 
 class Compactor:
-    """Folds raw telemetry past the retention into buckets, every compact_interval_s (and once at start)."""
+    """Rolls raw telemetry up into buckets and deletes it past the retention, every compact_interval_s (and once
+    at start)."""
 
     def __init__(self, historian: Historian, config: HistorianConfig, stopping: threading.Event) -> None:
         self.historian = historian
@@ -36,6 +38,9 @@ class Compactor:
         retention_us = int(self.config.raw_retention_days * 86400 * 1_000_000)
         while not self._stopping.is_set():
             try:
+                rolled = self.historian.roll_up(self.config.bucket_s)
+                if rolled:
+                    log.info("rolled %d raw telemetry records up into %d s buckets", rolled, self.config.bucket_s)
                 folded = self.historian.compact(retention_us, self.config.bucket_s)
                 if folded:
                     log.info("folded %d raw telemetry records into %d s buckets", folded, self.config.bucket_s)
@@ -57,11 +62,20 @@ def serve(config: FleetConfig, stop: threading.Event | None = None) -> int:
     log.info("historian %s (schema version %d)", historian.where, historian.version())
     ingest = Ingest(config.mqtt, config.ingest, historian)
     compactor = Compactor(historian, config.historian, stop)
+    try:
+        web = WebServer(config.web, historian) if config.web is not None else None
+    except BaseException:
+        historian.close()
+        raise
     ingest.start()
     compactor.start()
+    if web is not None:
+        web.start()
     try:
         stop.wait()
     finally:
+        if web is not None:
+            web.stop()
         ingest.stop()
         compactor.join(30)
         historian.close()

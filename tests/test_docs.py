@@ -50,11 +50,16 @@ ELSEWHERE = {
     "make fleet-demo": "tests/test_fleet_demo.py",
     "cm-fleet keygen --out keys/": "tests/test_signature_cli.py",  # into a test's folder, the second refused
     "cm-fleet sign bundles/pump7 --key keys/bundle-signing.key": "tests/test_signature_cli.py",
+    "cm-fleet user add ada --role admin --password-file ada.password --config fleet.toml": "tests/test_fleet_web_cli.py",
+    "cm-fleet token add ada --config fleet.toml": "tests/test_fleet_web_cli.py",
+    "cm-fleet machine place pump-7 --site plant-a --tags pumps,line-3 --config fleet.toml": "tests/test_fleet_web_cli.py",
 }
 
 EXCLUDED = {
     "make test": "this suite is what it runs",
     "pip install -e '.[fleet]'": "make install installs the fleet extra into the venv this suite runs in",
+    'curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8080/alerts.json?filter=unacknowledged':
+        "a running service on port 8080 (tests/test_fleet_web.py sends the same header to /alerts.json on its own port)",
     "cm-replay /data/ims/2nd_test --port /dev/ttyUSB0 --baudrate 2000000 --speed 60":
         "hardware: a USB-UART adapter wired to a Pi (the same replay through a pty and a socket runs here)",
     "sudo deploy/install.sh --bundle ~/bundles/ims1":

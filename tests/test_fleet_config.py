@@ -49,7 +49,11 @@ batch_size = 50
     ("[historian]\nurl = \"mysql://x\"\n", "historian.url: expected sqlite:///path or postgresql://..., got 'mysql://x'"),
     ("[historian]\nbucket_s = 0\n", "historian.bucket_s: expected > 0, got 0"),
     ("[ingest]\nmax_payload_bytes = 10\n", "ingest.max_payload_bytes: expected >= 1024, got 10"),
-    ("[web]\nport = 1\n", "web: unknown section"),
+    ("[dashboard]\nport = 1\n", "dashboard: unknown section"),
+    ("[web]\nport = 70000\n", "web.port: expected 0-65535, got 70000"),
+    ("[web]\nallow_anonymous = 1\n", "web.allow_anonymous: expected bool, got 1"),
+    ("[web]\nsession_hours = 0\n", "web.session_hours: expected > 0, got 0"),
+    ("[web]\nlogin_attempts = 0\n", "web.login_attempts: expected >= 1, got 0"),
     ("mqtt = 1\n", "[mqtt] must be a table, got 1"),
     ("[mqtt\n", "not valid TOML"),
 ])

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--iso-group", default=EvaluateOptions.iso_group, choices=ISO_GROUPS,
                           help="ISO 20816 machine group for the velocity zones of the vibration set: "
                                f"{', '.join(ISO_GROUPS)} (default: {EvaluateOptions.iso_group})")
+    evaluate.add_argument("--label-column", help="features table column marking anomalies (1 = anomaly), e.g. cm-fleet's "
+                          "labels.csv `label`: precision, recall and F1 against it (default: the card's, if it was fitted with one)")
     evaluate.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines (silent by default)")
     return parser
 
@@ -187,6 +189,7 @@ def evaluate_options(args: argparse.Namespace) -> EvaluateOptions:
         failure_at=parse_time(args.failure_at) if args.failure_at else None,
         train_until=parse_time(args.train_until) if args.train_until else None,
         iso_group=args.iso_group,
+        label_column=args.label_column,
     )
 
 

@@ -125,7 +125,10 @@ def evaluate(bundle_path: str | Path, input_path: str | Path, out: str | Path,
              options: EvaluateOptions = EvaluateOptions()) -> dict:
     """Score, detect, and write report.json and score.png into `out`; returns the report."""
     bundle = load_bundle(bundle_path)
-    dataset = load_dataset(input_path, dataset_spec(bundle.card, input_path, options))
+    spec = dataset_spec(bundle.card, input_path, options)
+    if options.label_column is not None:  # labels made after training (cm-fleet's labels.csv), not the card's
+        spec = replace(spec, label_column=options.label_column)
+    dataset = load_dataset(input_path, spec)
     check_channels(bundle.card, dataset.channels, str(input_path))
     train_until = options.train_until
     if train_until is None and bundle.card.provenance.get("train_end"):

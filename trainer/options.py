@@ -53,3 +53,4 @@ class EvaluateOptions(RecordingSpec):
     failure_at: np.datetime64 | None = None  # for the lead time; None: the last snapshot
     train_until: np.datetime64 | None = None  # None: the card's training span
     iso_group: str = DEFAULT_ISO_GROUP  # edge.scoring.diagnosis.ISO_GROUPS: the vibration set's velocity zones
+    label_column: str | None = None  # a features table's labels (1 = anomaly) to score against; None: the card's

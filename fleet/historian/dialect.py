@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +31,15 @@ class Dialect(Protocol):
 
     def lock_schema(self, connection: Any) -> None: ...
 
+    @property
+    def document_cte(self) -> str: ...  # how a CTE of parsed documents is kept: MATERIALIZED if parsing is costly
+
+    def json_document(self, column: str) -> str: ...  # a TEXT column of JSON, parsed once per row
+
+    def json_number(self, document: str) -> str: ...  # SQL of the number at the path given by the `?` that follows
+
+    def json_path(self, keys: Sequence[str]) -> Any: ...  # that `?`'s value for a path of object keys
+
 
 def redact(url: str) -> str:
     """The url without a password, for messages and logs."""
@@ -47,6 +56,7 @@ class SqliteDialect:
     name: str = "sqlite"
     least: str = "min"
     greatest: str = "max"
+    document_cte: str = "NOT MATERIALIZED"  # the text itself: json_extract keeps its last parses
 
     def sql(self, text: str) -> str:
         return text
@@ -63,6 +73,15 @@ class SqliteDialect:
 
     def lock_schema(self, connection: sqlite3.Connection) -> None:
         pass  # BEGIN IMMEDIATE already serialises migrations
+
+    def json_document(self, column: str) -> str:
+        return column
+
+    def json_number(self, document: str) -> str:
+        return f"json_extract({document}, ?)"
+
+    def json_path(self, keys: Sequence[str]) -> str:
+        return "$" + "".join('."' + key.replace('"', '""') + '"' for key in keys)
 
 
 def sqlite_path(url: str) -> Path:
@@ -89,6 +108,7 @@ class PostgresDialect:
     name: str = "postgresql"
     least: str = "LEAST"
     greatest: str = "GREATEST"
+    document_cte: str = "MATERIALIZED"  # each payload cast to jsonb once, not once per value read from it
 
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
@@ -101,6 +121,15 @@ class PostgresDialect:
     def lock_schema(self, connection: Any) -> None:
         # Two instances starting at once: one migrates, the other waits and then finds it done.
         connection.execute("SELECT pg_advisory_xact_lock(7311004)")
+
+    def json_document(self, column: str) -> str:
+        return f"CAST({column} AS jsonb)"
+
+    def json_number(self, document: str) -> str:
+        return f"CAST({document} #>> CAST(? AS text[]) AS DOUBLE PRECISION)"
+
+    def json_path(self, keys: Sequence[str]) -> list[str]:
+        return list(keys)
 
 
 def connect_postgres(url: str, password_file: str | None) -> Any:

@@ -76,6 +76,40 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             last_us BIGINT NOT NULL
         )""",
     ),
+    # version 2: the dashboard's users and API tokens, alerts acknowledged and closed, machines' site and tags
+    (
+        """CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,              -- viewer | operator | admin
+            password_hash TEXT NOT NULL,     -- scrypt$n$r$p$salt$hash (fleet/web/credentials.py), never shown
+            created_us BIGINT NOT NULL
+        )""",
+        """CREATE TABLE api_tokens (
+            token_hash TEXT PRIMARY KEY,     -- sha256 of the token: the token itself is printed once, never stored
+            user_name TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+            created_us BIGINT NOT NULL
+        )""",
+        """CREATE TABLE web_sessions (
+            session_hash TEXT PRIMARY KEY,   -- sha256 of the id in the signed cookie: logout deletes the row, so a
+            user_name TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,  -- copied cookie is dead with it
+            created_us BIGINT NOT NULL,
+            expires_us BIGINT NOT NULL
+        )""",
+        "ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT",
+        "ALTER TABLE alerts ADD COLUMN acknowledged_us BIGINT",  # received: the dashboard's clock
+        "ALTER TABLE alerts ADD COLUMN ack_comment TEXT",
+        "ALTER TABLE alerts ADD COLUMN closed_by TEXT",
+        "ALTER TABLE alerts ADD COLUMN closed_us BIGINT",
+        "ALTER TABLE alerts ADD COLUMN failure_mode TEXT",   # fleet.historian.alert_actions.FAILURE_MODES
+        "ALTER TABLE alerts ADD COLUMN close_comment TEXT",
+        "CREATE INDEX alerts_open ON alerts (closed_us, time_us)",
+        # Raw telemetry is rolled up into telemetry_buckets while it is still kept raw, so that a chart of a long
+        # span reads buckets only; rolled_up marks the rows counted there (a late row is rolled up when it comes).
+        "ALTER TABLE telemetry ADD COLUMN rolled_up BOOLEAN NOT NULL DEFAULT FALSE",
+        "CREATE INDEX telemetry_not_rolled_up ON telemetry (device_id, time_us) WHERE NOT rolled_up",
+        "ALTER TABLE machines ADD COLUMN site TEXT",
+        "ALTER TABLE machines ADD COLUMN tags TEXT",         # ,pump,line-3, (commas around each: one LIKE finds a tag)
+    ),
 )
 
 VERSION = len(MIGRATIONS)

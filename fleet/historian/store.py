@@ -18,6 +18,12 @@ from fleet.historian.schema import MIGRATIONS, SCHEMA_VERSION_TABLE, VERSION
 from fleet.payloads import Accepted
 
 COMPACT_CHUNK = 20_000  # raw rows folded per transaction: bounds memory and how long the ingest waits
+SUMMARY_FACTOR = 36  # a second level of buckets, 36 of the first (6 h of 600 s), for the charts of long spans
+
+
+def summary_name(name: str, bucket_s: int) -> str:
+    """The second level's series `name`, in the same table: `score@21600`."""
+    return f"{name}@{bucket_s * SUMMARY_FACTOR}"
 
 
 def parse_time(text: str) -> int:
@@ -96,6 +102,15 @@ class Historian:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:
             return list(self._execute(sql, params).fetchall())
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Rows of one query (SQL with `?` markers): the dashboard's queries (fleet/historian/views.py)."""
+        return self._query(sql, params)
+
+    def write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Statements in one transaction; returns each one's changed row count."""
+        with self._lock, self.dialect.transaction(self._db):
+            return [self._execute(sql, params).rowcount for sql, params in statements]
 
     def close(self) -> None:
         with self._lock:
@@ -198,12 +213,36 @@ class Historian:
             [(reason, n, last.topic, last.detail, received_us) for reason, (n, last) in counts.items()])
 
     # -- downsampling ------------------------------------------------------------------------------------
+    def roll_up(self, bucket_s: int) -> int:
+        """Count every raw record not yet counted into its bucket, keeping it raw. Returns the records rolled up.
+
+        A chart of a long span then reads the buckets alone (fleet/historian/series.py); the raw rows stay for the
+        short spans and the exports until `compact` deletes them past the retention.
+        """
+        rolled = 0
+        for (device_id,) in self._query("SELECT DISTINCT device_id FROM telemetry WHERE NOT rolled_up"):
+            while (count := self._roll_up_chunk(device_id, bucket_s)) > 0:
+                rolled += count
+        return rolled
+
+    def _roll_up_chunk(self, device_id: str, bucket_s: int) -> int:
+        with self._lock, self.dialect.transaction(self._db):
+            rows = self._execute("SELECT time_us, payload FROM telemetry WHERE device_id = ? AND NOT rolled_up "
+                                 "ORDER BY time_us LIMIT ?", (device_id, COMPACT_CHUNK)).fetchall()
+            if not rows:
+                return 0
+            self._fold(device_id, rows, bucket_s)
+            self._execute("UPDATE telemetry SET rolled_up = TRUE WHERE device_id = ? AND NOT rolled_up AND time_us <= ?",
+                          (device_id, int(rows[-1][0])))
+            return len(rows)
+
     def compact(self, raw_retention_us: int, bucket_s: int, now: int | None = None) -> int:
         """Fold raw telemetry older than the retention into buckets and delete it. Returns the rows folded.
 
         The retention counts back from each machine's newest record (or from now, if that is later than now):
         a replayed or long-silent machine keeps its last span raw, and a clock far ahead compacts nothing early.
-        Only whole buckets are folded; a record that arrives late for a folded bucket is merged into it.
+        Only whole buckets are folded; a record that arrives late for a folded bucket is merged into it. Rows
+        already rolled up (`roll_up`) are only deleted: their bucket counts them.
         """
         now = now_us() if now is None else now
         bucket_us = bucket_s * 1_000_000
@@ -216,31 +255,52 @@ class Historian:
         return folded
 
     def _compact_chunk(self, device_id: str, cutoff: int, bucket_s: int) -> int:
-        bucket_us = bucket_s * 1_000_000
         with self._lock, self.dialect.transaction(self._db):
-            rows = self._execute("SELECT time_us, payload FROM telemetry WHERE device_id = ? AND time_us < ? "
+            rows = self._execute("SELECT time_us, payload, rolled_up FROM telemetry WHERE device_id = ? AND time_us < ? "
                                  "ORDER BY time_us LIMIT ?", (device_id, cutoff, COMPACT_CHUNK)).fetchall()
             if not rows:
                 return 0
-            buckets: dict[tuple[str, int], list[float]] = {}  # (name, start) -> [count, min, max, sum]
-            for time_us, payload in rows:
-                start = int(time_us) - int(time_us) % bucket_us
-                for name, value in telemetry_values(json.loads(payload)):
-                    acc = buckets.setdefault((name, start), [0, value, value, 0.0])
-                    acc[0] += 1
-                    acc[1], acc[2], acc[3] = min(acc[1], value), max(acc[2], value), acc[3] + value
-            least, greatest = self.dialect.least, self.dialect.greatest
-            self._executemany(
-                "INSERT INTO telemetry_buckets (device_id, name, bucket_us, bucket_s, count, value_min, value_max, "
-                "value_sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, name, bucket_us) DO UPDATE SET "
-                "count = telemetry_buckets.count + excluded.count, "
-                f"value_min = {least}(telemetry_buckets.value_min, excluded.value_min), "
-                f"value_max = {greatest}(telemetry_buckets.value_max, excluded.value_max), "
-                "value_sum = telemetry_buckets.value_sum + excluded.value_sum",
-                [(device_id, name, start, bucket_s, int(a[0]), a[1], a[2], a[3]) for (name, start), a in buckets.items()])
+            self._fold(device_id, [(time_us, payload) for time_us, payload, rolled in rows if not rolled], bucket_s)
             last = int(rows[-1][0])
             self._execute("DELETE FROM telemetry WHERE device_id = ? AND time_us <= ?", (device_id, last))
             return len(rows)
+
+    def _fold(self, device_id: str, rows: Sequence[tuple[Any, Any]], bucket_s: int) -> None:
+        """Add (time_us, payload) records to their buckets (inside the caller's transaction)."""
+        bucket_us = bucket_s * 1_000_000
+        buckets: dict[tuple[str, int], list[float]] = {}  # (name, start) -> [count, min, max, sum]
+        for time_us, payload in rows:
+            start = int(time_us) - int(time_us) % bucket_us
+            for name, value in telemetry_values(json.loads(payload)):
+                acc = buckets.setdefault((name, start), [0, value, value, 0.0])
+                acc[0] += 1
+                acc[1], acc[2], acc[3] = min(acc[1], value), max(acc[2], value), acc[3] + value
+        least, greatest = self.dialect.least, self.dialect.greatest
+        self._executemany(
+            "INSERT INTO telemetry_buckets (device_id, name, bucket_us, bucket_s, count, value_min, value_max, "
+            "value_sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, name, bucket_us) DO UPDATE SET "
+            "count = telemetry_buckets.count + excluded.count, "
+            f"value_min = {least}(telemetry_buckets.value_min, excluded.value_min), "
+            f"value_max = {greatest}(telemetry_buckets.value_max, excluded.value_max), "
+            "value_sum = telemetry_buckets.value_sum + excluded.value_sum",
+            [(device_id, name, start, bucket_s, int(a[0]), a[1], a[2], a[3]) for (name, start), a in buckets.items()])
+        if buckets:
+            self._summarise(device_id, min(s for _, s in buckets), max(s for _, s in buckets), bucket_s)
+
+    def _summarise(self, device_id: str, first_us: int, last_us: int, bucket_s: int) -> None:
+        """Recompute the second level's buckets over [first, last] from the first level's (same transaction)."""
+        summary_us = bucket_s * SUMMARY_FACTOR * 1_000_000
+        start, end = first_us - first_us % summary_us, last_us - last_us % summary_us + summary_us
+        self._execute(
+            "INSERT INTO telemetry_buckets (device_id, name, bucket_us, bucket_s, count, value_min, value_max, value_sum) "
+            "SELECT device_id, name || CAST(? AS TEXT), b, CAST(? AS BIGINT), SUM(count), MIN(value_min), MAX(value_max), "
+            "SUM(value_sum) FROM (SELECT device_id, name, bucket_us / CAST(? AS BIGINT) * CAST(? AS BIGINT) AS b, count, "
+            "value_min, value_max, value_sum FROM telemetry_buckets WHERE device_id = ? AND bucket_s = ? AND name NOT LIKE ? "
+            "AND bucket_us >= ? AND bucket_us < ?) first_level WHERE TRUE GROUP BY device_id, name, b "
+            "ON CONFLICT (device_id, name, bucket_us) DO UPDATE SET bucket_s = excluded.bucket_s, count = excluded.count, "
+            "value_min = excluded.value_min, value_max = excluded.value_max, value_sum = excluded.value_sum",
+            (f"@{bucket_s * SUMMARY_FACTOR}", bucket_s * SUMMARY_FACTOR, summary_us, summary_us, device_id, bucket_s,
+             "%@%", start, end))  # `/ x * x`, not `% x`: a % in the SQL would be psycopg's placeholder
 
     # -- reading -----------------------------------------------------------------------------------------
     def alert_ids(self, device_id: str | None = None) -> list[str]:

@@ -1,0 +1,69 @@
+"""Helpers for the dashboard's tests: a browser-like HTTP client (cookies, the CSRF token from the forms) that
+keeps every response it got, and a historian seeded with machines, alerts and telemetry.
+
+    from web_helpers import Browser, seed
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from fleet_helpers import T0_US, contract_alert, contract_state, contract_telemetry
+
+from fleet.historian import Historian
+from fleet.historian.overview import place
+from fleet.payloads import Accepted
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+TELEMETRY = 300  # pump-1's records, one a second
+PUMP_ALERTS = 6  # transitions normal -> warning -> alarm -> normal ...: 4 raised, 2 back to normal
+
+
+@dataclass
+class Browser:
+    """requests.Session against one base url, remembering every response (for the no-secret sweep)."""
+
+    base: str
+    seen: list[requests.Response] = field(default_factory=list)
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("allow_redirects", False)
+        kwargs.setdefault("timeout", 30)
+        response = self.session.request(method, self.base.rstrip("/") + path, **kwargs)
+        self.seen.append(response)
+        return response
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def csrf(self, path: str = "/login") -> str:
+        """The CSRF token in the forms of `path`, as a browser would submit it."""
+        found = CSRF.search(self.get(path).text)
+        assert found, f"no CSRF token in {path}"
+        return found.group(1)
+
+    def login(self, name: str, password: str) -> requests.Response:
+        return self.post("/login", data={"name": name, "password": password, "csrf_token": self.csrf(), "next": "/fleet"})
+
+
+def seed(historian: Historian) -> None:
+    """pump-1 in alarm with alerts and TELEMETRY records; fan-2 normal, on site plant-a with tags; bare-3 only online."""
+    pump = [Accepted("telemetry", "pump-1", contract_telemetry("pump-1", i)) for i in range(TELEMETRY)]
+    pump += [Accepted("alert", "pump-1", contract_alert("pump-1", i)) for i in range(PUMP_ALERTS)]
+    pump += [Accepted("state", "pump-1", contract_state("pump-1", 5, since_i=4))]  # alarm since its 5th second
+    fan = [Accepted("state", "fan-2", contract_state("fan-2", 3)), Accepted("status", "fan-2", "online"),
+           Accepted("telemetry", "fan-2", contract_telemetry("fan-2", 0))]
+    historian.store(pump + fan + [Accepted("status", "bare-3", "offline")], [], T0_US)
+    assert place(historian, "fan-2", "plant-a", ["fans", "line-3"])
+
+
+def raised_alert_ids(device_id: str = "pump-1") -> list[str]:
+    """The alerts of seed() that raise a state (warning or alarm), oldest first."""
+    alerts = [contract_alert(device_id, i) for i in range(PUMP_ALERTS)]
+    return [a["id"] for a in alerts if a["state"] != "normal"]
