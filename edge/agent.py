@@ -83,7 +83,8 @@ def trained_scale(bundle: Bundle) -> float | None:
 def pipeline(config: AgentConfig, bundle: Bundle) -> Pipeline:
     machine = config.machine
     return Pipeline(bundle, detector_settings(config, bundle), SensorLimits(full_scale_g=config.sensor.full_scale_g),
-                    shaft_rpm=machine.shaft_rpm, iso_group=machine.iso_group, zone_alarm=machine.zone_alarm)
+                    shaft_rpm=machine.shaft_rpm, iso_group=machine.iso_group, zone_alarm=machine.zone_alarm,
+                    interval_s=snapshot_interval_s(config, bundle))  # the debounce's seconds at the cadence scored
 
 
 def intake(config: AgentConfig, bundle: Bundle, now_us: Callable[[], int]) -> Intake:

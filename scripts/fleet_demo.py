@@ -14,7 +14,6 @@ until Ctrl-C, or for CM_FLEET_DEMO_SECONDS seconds.
 """
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import os
 import secrets
@@ -118,37 +117,21 @@ def start_broker(processes: Processes, port: int) -> None:
 
 
 # -- 3b: the dashboard -------------------------------------------------------------------------------------------
-# The web dashboard is being built (fleet/web). This step turns it on once this build has it: a [web] section in
-# fleet.toml (fleet.config.SECTIONS names it) and a user made with `cm-fleet user add`. Until then it says so and
-# the demo runs the ingest alone.
 
 
-def web_section() -> tuple[str, str | None]:
-    """([web] lines for fleet.toml, the dashboard's URL), or ("", None) when this build has no dashboard."""
-    import fleet.config
-
-    web = getattr(fleet.config, "SECTIONS", {}).get("web")
-    if web is None:
-        return "", None
-    names = {field.name for field in dataclasses.fields(web)}
-    settings = {name: value for name, value in (("host", "127.0.0.1"), ("port", free_port())) if name in names}
-    defaults = web()
-    host, port = settings.get("host", getattr(defaults, "host", "127.0.0.1")), settings.get("port", getattr(defaults, "port", 8080))
-    lines = "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in settings.items())
-    return f"[web]\n{lines}", f"http://{host}:{port}/"
+def web_section() -> tuple[str, str]:
+    """[web] lines for fleet.toml and the dashboard's URL: on loopback, a free port."""
+    port = free_port()
+    return f'[web]\nhost = "127.0.0.1"\nport = {port}\n', f"http://127.0.0.1:{port}/"
 
 
-def add_demo_user(config: Path) -> str | None:
-    """The operator `demo` with a fresh password (written to a private file); None if this build has no users."""
-    helped = subprocess.run([BIN / "cm-fleet", "user", "add", "--help"], capture_output=True, text=True)
-    if helped.returncode != 0:
-        return None
+def add_demo_user(config: Path) -> str:
+    """The operator `demo` with a fresh password, read by cm-fleet from a private file."""
     password = secrets.token_urlsafe(12)
     secret = OUT / "demo-password"
     secret.touch(mode=0o600)
     secret.write_text(password + "\n")
-    config_args = ["--config", str(config)] if "--config" in helped.stdout else []
-    run(BIN / "cm-fleet", "user", "add", DEMO_USER, "--role", "operator", "--password-file", secret, *config_args)
+    run(BIN / "cm-fleet", "user", "add", DEMO_USER, "--role", "operator", "--password-file", secret, "--config", config)
     return password
 
 
@@ -213,10 +196,10 @@ def main() -> int:
         step("2/4 broker: Debian's Mosquitto")
         broker_port = free_port()
         start_broker(processes, broker_port)
-        step("3/4 cm-fleet serve: ingest into the historian, and the dashboard when this build has it")
+        step("3/4 cm-fleet serve: ingest into the historian, and the dashboard")
         web, url = web_section()
         config = write_fleet_config(broker_port, web)
-        password = add_demo_user(config) if url else None
+        password = add_demo_user(config)
         fleet = processes.start(BIN / "cm-fleet", "serve", "--config", config, log=OUT / "fleet.log")
         wait_until(lambda: "connected to" in (OUT / "fleet.log").read_text() or fleet.poll() is not None, 60,
                    "cm-fleet did not connect")
@@ -231,11 +214,8 @@ def main() -> int:
 
         historian = open_historian(HistorianConfig(url=f"sqlite://{OUT / 'historian.sqlite'}"))
         step("running")
-        if url:
-            print(f"dashboard:  {url}")
-            print(f"login:      {DEMO_USER} / {password}" if password else "login:      (no users in this build)")
-        else:
-            print("dashboard:  not in this build yet (fleet/web); the ingest runs, the historian fills:")
+        print(f"dashboard:  {url}")
+        print(f"login:      {DEMO_USER} / {password}")
         print(f"historian:  {OUT / 'historian.sqlite'}\nlogs:       {OUT}/*.log, {OUT}/pump-*/agent.log")
         print("Ctrl-C stops the demo." if not SECONDS else f"stopping after {SECONDS:.0f} s.", flush=True)
         started = next_status = time.monotonic()

@@ -1,10 +1,12 @@
 """Five real agents, a real broker and a real `cm-fleet serve`: cm-replay -> pty -> cm-edge (x5) -> Mosquitto ->
-cm-fleet serve -> historian, with the service stopped (SIGTERM) for 30 s mid-run and killed (SIGKILL) later on.
+cm-fleet serve -> historian, with the service stopped (SIGTERM) for 30 s mid-run and killed (SIGKILL) later on,
+and its dashboard in a real headless browser.
 
 Each agent replays the synthetic run to failure in a loop (normal -> warning -> alarm -> sensor fault -> normal,
 again and again), so alerts keep coming while the service is up, while it is stopped and after it was killed. A
 witness subscribed to the broker throughout sees every alert and state the agents publish; at the end the
-historian holds each agent's alerts exactly once and each machine's state equals its agent's retained `state`.
+historian holds each agent's alerts exactly once and each machine's state equals its agent's retained `state`,
+and the fleet page a viewer sees in the browser shows each machine in its agent's retained state.
 
 Timeline (each phase ends on a condition, except the stop, which lasts the 30 s it must):
     live: every machine has an alert stored -> SIGTERM -> 30 s down (the agents keep alerting) -> start ->
@@ -19,13 +21,17 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from broker import Mosquitto, Subscriber
+from browser import browser, page, screenshot  # noqa: F401  (fixtures)
 from chain import Chain
 from fleet_helpers import start_fleet
 from trained import shared_bundle, shared_dropout_run
 from waiting import eventually
+from web_helpers import dashboard_url, shown_states, sign_in
 
 from fleet.config import HistorianConfig
 from fleet.historian import Historian, open_historian
+from fleet.historian.accounts import Accounts
+from fleet.web.credentials import hash_password
 
 pytestmark = pytest.mark.slow
 DEVICES = tuple(f"pump-{n}" for n in range(1, 6))
@@ -35,6 +41,7 @@ STOPPED_S = 30.0  # the issue's outage: the service is down this long while the 
 REPLAY_SPEED = "6000"
 # Like deploy/mosquitto/cm.conf: the fleet's persistent session queues every QoS 1 message (alerts and the
 # per-snapshot retained states) while the service is down; Mosquitto's default of 1,000 would drop the rest.
+VIEWER = ("vera", "viewer-pass-1")
 BROKER_CONFIG = "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nmax_queued_bytes 0\n"
 
 
@@ -64,12 +71,22 @@ def more_alerts_stored(reader: Historian, count: int) -> Callable[[], bool]:
     return lambda: len(reader.alert_ids()) >= before + count
 
 
+def retained_states(witness: Subscriber) -> dict[str, str]:
+    return {device: json.loads(witness.on(f"cm/{device}/state")[-1])["state"] for device in DEVICES}
+
+
+def fleet_page(browser_page, fleet) -> dict[str, str]:
+    browser_page.goto(f"{dashboard_url(fleet.read_log())}/fleet")
+    return shown_states(browser_page)
+
+
 def test_five_real_agents_lose_no_alert_and_store_none_twice_across_a_30_s_stop_and_a_sigkill(request, tmp_path,
-                                                                                              broker):
+                                                                                              broker, page):  # noqa: F811
     run_dir, bundle = shared_dropout_run(), shared_bundle()
     url = f"sqlite://{tmp_path / 'historian.sqlite'}"
-    fleet = start_fleet(request, tmp_path, broker.port, url)
     reader = open_historian(HistorianConfig(url=url))
+    Accounts(reader).add(VIEWER[0], "viewer", hash_password(VIEWER[1]))
+    fleet = start_fleet(request, tmp_path, broker.port, url, extra="[web]\nport = 0\n")
     agents = [Chain(tmp_path / device, broker, bundle, device) for device in DEVICES]
     replays: list[subprocess.Popen] = []
     topics = [f"cm/+/{kind}" for kind in ("alert", "state", "status")]
@@ -102,6 +119,11 @@ def test_five_real_agents_lose_no_alert_and_store_none_twice_across_a_30_s_stop_
             for replay in replays:
                 replay.terminate()
                 replay.wait(30)
+            # The agents are still online: the viewer's fleet page shows each in its last retained state.
+            sign_in(page, dashboard_url(fleet.read_log()), *VIEWER)
+            assert eventually(lambda: fleet_page(page, fleet) == retained_states(witness), 60), \
+                (fleet_page(page, fleet), retained_states(witness))
+            screenshot(page, "fleet-five-agents")
             for agent in agents:
                 assert agent.stop_agent() == 0, agent.agent_log()
             for device in DEVICES:

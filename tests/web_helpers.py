@@ -1,7 +1,8 @@
 """Helpers for the dashboard's tests: a browser-like HTTP client (cookies, the CSRF token from the forms) that
-keeps every response it got, and a historian seeded with machines, alerts and telemetry.
+keeps every response it got, the login and the fleet table in a real browser, and a historian seeded with
+machines, alerts and telemetry.
 
-    from web_helpers import Browser, seed
+    from web_helpers import Browser, seed, sign_in, shown_states
 """
 from __future__ import annotations
 
@@ -50,6 +51,29 @@ class Browser:
 
     def login(self, name: str, password: str) -> requests.Response:
         return self.post("/login", data={"name": name, "password": password, "csrf_token": self.csrf(), "next": "/fleet"})
+
+
+def dashboard_url(log: str) -> str:
+    """The dashboard's address that `cm-fleet serve` (with `[web] port = 0`) logged last: each start picks a port."""
+    found = re.findall(r"dashboard on (http://\S+)", log)
+    assert found, log
+    return found[-1].rstrip("/")
+
+
+def sign_in(page: Any, base: str, name: str, password: str) -> None:
+    """Log in through the login form in a real browser (a Playwright page), as a person does."""
+    page.goto(f"{base}/fleet")
+    assert re.search(r"/login\?next=", page.url), page.url  # the anonymous visitor is sent to the login
+    page.get_by_test_id("login-name").fill(name)
+    page.get_by_test_id("login-password").fill(password)
+    page.get_by_test_id("login-submit").click()
+    page.wait_for_url(re.compile(r"/fleet$"))
+
+
+def shown_states(page: Any) -> dict[str, str]:
+    """Each machine's state as the fleet page in the browser shows it, by device."""
+    return {row.get_attribute("data-device"): row.get_attribute("data-state")
+            for row in page.get_by_test_id("machine-row").all()}
 
 
 def seed(historian: Historian) -> None:
