@@ -8,6 +8,8 @@
     cm-fleet simulate --devices 1000                        that many virtual devices speaking the agent's MQTT contract
     cm-fleet keygen --out DIR                               a new Ed25519 key pair for signing bundles
     cm-fleet sign BUNDLE --key KEY                          sign a bundle directory (MANIFEST.json + MANIFEST.sig)
+    cm-fleet rollout create BUNDLE --devices SELECTOR       a staged rollout of a signed bundle (run by cm-fleet serve)
+    cm-fleet rollout status [ID] | pause ID | resume ID | abort ID | rollback ID
 """
 from __future__ import annotations
 
@@ -56,7 +58,37 @@ def _parser() -> argparse.ArgumentParser:
     sign = commands.add_parser("sign", help="sign a bundle directory with a private key from keygen")
     sign.add_argument("bundle", help="the bundle directory (as cm-train fit writes it)")
     sign.add_argument("--key", required=True, help="the private key file (bundle-signing.key)")
+    _rollout_parser(commands, configured)
     return parser
+
+
+def _rollout_parser(commands: argparse._SubParsersAction, configured: argparse.ArgumentParser) -> None:
+    from fleet import rollout as r  # its defaults, stated once
+
+    rollout = commands.add_parser("rollout", help="staged rollouts of a signed bundle").add_subparsers(
+        dest="action", required=True)
+    create = rollout.add_parser("create", parents=[configured], help="roll a signed bundle out in waves")
+    create.add_argument("bundle", type=Path, help="the signed bundle directory (cm-fleet sign)")
+    create.add_argument("--devices", required=True,
+                        help="comma-separated: all, device ids, globs (pump-*), site:NAME, tag:NAME")
+    create.add_argument("--canary", default=r.DEFAULT_CANARY, help="the first wave's share of the devices (at least one)")
+    create.add_argument("--wave-wait", default=r.DEFAULT_WAVE_WAIT,
+                        help="start the next wave after this (30m, 1h, 2d) once the wave settled, at once if all active")
+    create.add_argument("--max-failed", default=r.DEFAULT_MAX_FAILED,
+                        help="halt when more than this share of the devices reached failed")
+    create.add_argument("--device-timeout", default=r.DEFAULT_DEVICE_TIMEOUT,
+                        help="a device without a final report this long after its desired document: timed out")
+    create.add_argument("--probation-snapshots", type=int, help="snapshots scored in shadow (default: the agents')")
+    create.add_argument("--probation-seconds", type=float, help="seconds in shadow (default: the agents')")
+    create.add_argument("--trusted-key", action="append", default=[],
+                        help="check the signature against this public key too (repeatable)")
+    status = rollout.add_parser("status", parents=[configured], help="a rollout's waves and devices (all: a list)")
+    status.add_argument("id", nargs="?")
+    status.add_argument("--json", action="store_true", help="as JSON, as the dashboard's /rollouts.json")
+    for action, text in (("pause", "start no further wave"), ("resume", "go on with a paused rollout"),
+                         ("abort", "stop the rollout for good (devices already sent keep going)"),
+                         ("rollback", "point each device reached back to its previous bundle")):
+        rollout.add_parser(action, parents=[configured], help=text).add_argument("id")
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -97,6 +129,42 @@ def _manage(args: argparse.Namespace, config: FleetConfig) -> int:
             if not place(historian, args.device_id, args.site, tags):
                 raise ValueError(f"machine {args.device_id!r}: not in the historian (it appears with its first message)")
             print(f"machine {args.device_id}: placed")
+    finally:
+        historian.close()
+    return 0
+
+
+def _rollout(args: argparse.Namespace, config: FleetConfig) -> int:
+    """The request goes into the historian; cm-fleet serve's scheduler acts on it (fleet/rollout.py)."""
+    import json
+
+    from edge.model.bundle import BundleError
+    from fleet import rollout as r
+    from fleet.historian import rollouts as book
+    from fleet.web.twins import plain
+
+    historian = open_historian(config.historian)
+    try:
+        if args.action == "create":
+            detail = r.create(historian, r.Request(
+                args.bundle, args.devices, args.canary, args.wave_wait, args.max_failed, args.device_timeout,
+                args.probation_snapshots, args.probation_seconds, tuple(args.trusted_key), getpass.getuser()))
+            print(r.describe(detail))
+        elif args.action == "status" and args.id is None:
+            found = book.rollouts(historian)
+            if args.json:
+                print(json.dumps(plain(found)))
+            for rollout in [] if args.json else found:
+                print(f"{rollout.id}\t{rollout.state}\t{rollout.bundle_id}\t{rollout.selector}")
+        elif args.action == "status":
+            detail = book.detail(historian, args.id)
+            print(json.dumps(plain(detail)) if args.json else r.describe(detail))
+        else:
+            changed = book.request(historian, args.id, args.action, getpass.getuser())
+            print(f"rollout {changed.id}: {changed.state}")
+    except (book.RolloutError, BundleError) as error:
+        print(f"cm-fleet rollout {args.action}: {error}", file=sys.stderr)
+        return 2
     finally:
         historian.close()
     return 0
@@ -153,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         return signing_command(args)
     try:
         config = load_config(args.config)
+        if args.command == "rollout":
+            return _rollout(args, config)
         if args.command != "serve":
             return _manage(args, config)
         from fleet.service import serve  # after the arguments: --help stays fast

@@ -28,7 +28,7 @@ import jsonschema
 
 from edge.mqtt.schemas import load_schema
 
-KINDS = ("alert", "state", "status", "health", "telemetry")
+KINDS = ("alert", "state", "status", "health", "telemetry", "model")
 DEVICE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the schemas' device_id
 
 

@@ -1,4 +1,5 @@
-"""`cm-fleet serve`: one process that ingests, stores and (with a [web] section) serves the dashboard.
+"""`cm-fleet serve`: one process that ingests, stores, runs the staged rollouts and (with a [web] section) serves
+the dashboard.
 
 SIGTERM or SIGINT stops it cleanly: the batch being written is committed and acknowledged, the rest stays
 unacknowledged with the broker, which keeps it in this service's session for the next start.
@@ -13,6 +14,7 @@ from types import FrameType
 from fleet.config import FleetConfig, HistorianConfig
 from fleet.historian import Historian, open_historian
 from fleet.ingest import Ingest
+from fleet.rollout import Scheduler
 from fleet.web.server import WebServer
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ def serve(config: FleetConfig, stop: threading.Event | None = None) -> int:
     log.info("historian %s (schema version %d)", historian.where, historian.version())
     ingest = Ingest(config.mqtt, config.ingest, historian)
     compactor = Compactor(historian, config.historian, stop)
+    scheduler = Scheduler(config.mqtt, historian, stop)  # the staged rollouts (fleet/rollout.py)
     try:
         web = WebServer(config.web, historian) if config.web is not None else None
     except BaseException:
@@ -69,6 +72,7 @@ def serve(config: FleetConfig, stop: threading.Event | None = None) -> int:
         raise
     ingest.start()
     compactor.start()
+    scheduler.start()
     if web is not None:
         web.start()
     try:
@@ -77,6 +81,7 @@ def serve(config: FleetConfig, stop: threading.Event | None = None) -> int:
         if web is not None:
             web.stop()
         ingest.stop()
+        scheduler.stop()
         compactor.join(30)
         historian.close()
         counts = ingest.counts

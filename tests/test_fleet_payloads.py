@@ -47,7 +47,8 @@ ALERT = contract_alert("pump-1", 1)
     ("cm/pump-2/alert", encode(ALERT), "device_mismatch"),
     ("cm/pump-1/alert/x", encode(ALERT), "topic"),
     ("cm/pump 1/alert", encode(ALERT), "topic"),
-    ("cm/pump-1/model", encode(ALERT), "topic"),
+    ("cm/pump-1/firmware", encode(ALERT), "topic"),
+    ("cm/pump-1/model", encode(ALERT), "schema"),  # a kind the fleet ingests (the agent's model report), another body
     ("other/pump-1/alert", encode(ALERT), "topic"),
 ])
 def test_anything_else_is_rejected_with_its_reason(topic, payload, reason):

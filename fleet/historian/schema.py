@@ -110,6 +110,52 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE machines ADD COLUMN site TEXT",
         "ALTER TABLE machines ADD COLUMN tags TEXT",         # ,pump,line-3, (commas around each: one LIKE finds a tag)
     ),
+    # version 3: staged rollouts of signed bundles (fleet/rollout.py), and each machine's retained model report
+    (
+        "ALTER TABLE machines ADD COLUMN model_json TEXT",  # cm/<device>/model as received: active, previous, rollout
+        "ALTER TABLE machines ADD COLUMN model_us BIGINT",  # the report's timestamp: an older one never overwrites
+        """CREATE TABLE rollouts (
+            id TEXT PRIMARY KEY,
+            bundle_sha256 TEXT NOT NULL,     -- the archive's (edge.model.store.pack): what desired documents name
+            bundle_id TEXT NOT NULL,         -- the model card's id, for people
+            archive TEXT NOT NULL,           -- the archive, base64: cm-fleet serve publishes it, retained, once
+            archive_published_us BIGINT,
+            selector TEXT NOT NULL,
+            canary_percent DOUBLE PRECISION NOT NULL,
+            wave_wait_s DOUBLE PRECISION NOT NULL,
+            max_failed_percent DOUBLE PRECISION NOT NULL,
+            device_timeout_s DOUBLE PRECISION NOT NULL,
+            probation TEXT NOT NULL,         -- the desired documents' probation settings (JSON, {} for the agents' own)
+            state TEXT NOT NULL,             -- running | paused | halted | aborted | completed | rolling_back | rolled_back
+            reason TEXT,
+            created_by TEXT NOT NULL,
+            created_us BIGINT NOT NULL,
+            updated_us BIGINT NOT NULL
+        )""",
+        """CREATE TABLE rollout_waves (
+            rollout_id TEXT NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
+            number BIGINT NOT NULL,          -- 1 is the canary
+            size BIGINT NOT NULL,
+            started_us BIGINT,               -- NULL until its desired documents are published
+            settled_us BIGINT,               -- every device of it active, rejected, rolled back or timed out
+            PRIMARY KEY (rollout_id, number)
+        )""",
+        """CREATE TABLE rollout_devices (
+            rollout_id TEXT NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
+            device_id TEXT NOT NULL,
+            wave BIGINT NOT NULL,
+            status TEXT NOT NULL,            -- queued | sent | the agent's (edge.rollout.STATUSES) | timed_out
+            reason TEXT,
+            previous_bundle TEXT,            -- the bundle it ran when its desired document was sent: for rollback
+            rollback_status TEXT,            -- after `cm-fleet rollout rollback`: the agent's status of going back
+            rollback_reason TEXT,
+            sent_us BIGINT,
+            report_us BIGINT,                -- the agent's report's `updated`: an older one never overwrites
+            updated_us BIGINT NOT NULL,
+            PRIMARY KEY (rollout_id, device_id)
+        )""",
+        "CREATE INDEX rollout_devices_by_device ON rollout_devices (device_id)",
+    ),
 )
 
 VERSION = len(MIGRATIONS)

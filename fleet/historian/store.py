@@ -17,6 +17,7 @@ from fleet.historian.dialect import Dialect, HistorianError
 from fleet.historian.schema import MIGRATIONS, SCHEMA_VERSION_TABLE, VERSION
 from fleet.payloads import Accepted
 
+ROLLBACK_SUFFIX = "-rollback"  # a rollback's desired documents name the rollout with it (fleet/historian/rollouts.py)
 COMPACT_CHUNK = 20_000  # raw rows folded per transaction: bounds memory and how long the ingest waits
 SUMMARY_FACTOR = 36  # a second level of buckets, 36 of the first (6 h of 600 s), for the charts of long spans
 
@@ -161,6 +162,7 @@ class Historian:
             self._store_telemetry(by_kind.get("telemetry", []))
             self._store_states(by_kind.get("state", []))
             self._store_health(by_kind.get("health", []))
+            self._store_models(by_kind.get("model", []))
             self._executemany("UPDATE machines SET status = ?, status_us = ? WHERE device_id = ?",
                               [(m.payload, received_us, m.device_id) for m in by_kind.get("status", [])])
             self._count_rejections(rejected, received_us)
@@ -201,6 +203,25 @@ class Historian:
             "WHERE device_id = ? AND (health_us IS NULL OR health_us <= ?)",
             [(h["problem"], parse_time(h["timestamp"]), json.dumps(h, separators=(",", ":")), h["device_id"],
               parse_time(h["timestamp"])) for h in (m.payload for m in reports)])
+
+    def _store_models(self, reports: list[Accepted]) -> None:
+        """The agents' retained model reports: the machine's, and the status of the rollout the report names
+        (fleet/historian/rollouts.py). Retained, they arrive again after every reconnect: the older never wins."""
+        self._executemany(
+            "UPDATE machines SET model_json = ?, model_us = ? WHERE device_id = ? AND (model_us IS NULL OR model_us <= ?)",
+            [(json.dumps(r, separators=(",", ":")), parse_time(r["timestamp"]), r["device_id"], parse_time(r["timestamp"]))
+             for r in (m.payload for m in reports)])
+        rollouts = [(r["device_id"], r["rollout"]) for r in (m.payload for m in reports) if r["rollout"] is not None]
+        back = [(d, o) for d, o in rollouts if o["rollout"].endswith(ROLLBACK_SUFFIX)]
+        self._executemany(
+            "UPDATE rollout_devices SET status = ?, reason = ?, report_us = ?, updated_us = ? WHERE rollout_id = ? "
+            "AND device_id = ? AND status <> 'queued' AND (report_us IS NULL OR report_us <= ?)",
+            [(o["status"], o["reason"], parse_time(o["updated"]), now_us(), o["rollout"], d, parse_time(o["updated"]))
+             for d, o in rollouts if (d, o) not in back])
+        self._executemany(
+            "UPDATE rollout_devices SET rollback_status = ?, rollback_reason = ?, updated_us = ? WHERE rollout_id = ? "
+            "AND device_id = ? AND rollback_status IS NOT NULL",
+            [(o["status"], o["reason"], now_us(), o["rollout"].removesuffix(ROLLBACK_SUFFIX), d) for d, o in back])
 
     def _count_rejections(self, rejected: Sequence[Rejection], received_us: int) -> None:
         counts: dict[str, tuple[int, Rejection]] = {}

@@ -13,7 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from fleet.config import FleetConfigError, WebConfig
 from fleet.historian import Historian
 from fleet.historian.accounts import Accounts
-from fleet.web import alerts_page, auth, exports, fleet_page, machine_page
+from fleet.web import alerts_page, auth, exports, fleet_page, machine_page, rollouts_page
 from fleet.web.services import KEY, Services
 from fleet.web.throttle import LoginThrottle
 
@@ -60,7 +60,7 @@ def create_app(config: WebConfig, historian: Historian, secret: bytes | None = N
     app.extensions[KEY] = Services(config, historian, Accounts(historian),
                                    LoginThrottle(config.login_attempts, config.login_window_s))
     app.before_request(auth.authenticate)
-    for module in (auth, fleet_page, machine_page, alerts_page, exports):
+    for module in (auth, fleet_page, machine_page, alerts_page, rollouts_page, exports):
         app.register_blueprint(module.blueprint)
     app.jinja_env.filters["when"] = when
     app.jinja_env.globals["csrf_token"] = auth.csrf_token
