@@ -37,6 +37,9 @@ pytestmark = pytest.mark.slow
 AGENTS = 4  # canary 25%: one, then a wave of two (twice the canary), then the last one (what is left)
 HEALTHY = 12  # replayed files: the candidate's window fills, then its probation's snapshots
 PROBATION = 3
+# README.md's command lines, run in the directory of the service's fleet.toml (the bundle copied to bundles/pump7).
+CREATE = ["cm-fleet", "rollout", "create", "bundles/pump7", "--devices", "all", "--canary", "5%", "--wave-wait", "1h", "--max-failed", "10%", "--config", "fleet.toml"]
+LIST = ["cm-fleet", "rollout", "status", "--config", "fleet.toml"]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +76,11 @@ class Fleet:
     old: Path  # the bundle every agent starts with
 
     def cli(self, *args: str | Path) -> subprocess.CompletedProcess:
-        return subprocess.run([BIN / "cm-fleet", "rollout", *map(str, args), "--config", self.service.config],
-                              capture_output=True, text=True, timeout=60)
+        return self.run(["cm-fleet", "rollout", *map(str, args), "--config", "fleet.toml"])
+
+    def run(self, command: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([BIN / command[0], *command[1:]], cwd=self.service.directory, capture_output=True,
+                              text=True, timeout=60)
 
     def devices(self, rollout_id: str) -> dict[str, str]:
         return dict(self.historian.read("SELECT device_id, status FROM rollout_devices WHERE rollout_id = ?", (rollout_id,)))
@@ -179,10 +185,12 @@ def test_a_good_bundle_goes_out_canary_first_survives_a_fleet_restart_and_rolls_
     old_sha = archive_sha256(pack(fleet.old))
     assert fleet.cli("rollback", rollout_id).returncode == 0
     assert eventually(lambda: fleet.state(rollout_id) == "rolled_back", 30), fleet.service.read_log()
-    for device in fleet.agents:
-        desired = json.loads(fleet.subscriber.on(f"cm/_fleet/desired/{device}")[-1])
+    for device in fleet.agents:  # published before the state changed; on its way to this subscriber still
+        topic = f"cm/_fleet/desired/{device}"
+        assert fleet.subscriber.wait_for(lambda s, t=topic: json.loads(s.on(t)[-1])["bundle"] == old_sha, 10), device
+        desired = json.loads(fleet.subscriber.on(topic)[-1])
         validate("desired", desired)
-        assert desired["bundle"] == old_sha and desired["rollout"] == f"{rollout_id}-rollback"
+        assert desired["rollout"] == f"{rollout_id}-rollback"
     assert eventually(lambda: {s for (s,) in fleet.historian.read(
         "SELECT rollback_status FROM rollout_devices WHERE rollout_id = ?", (rollout_id,))} == {"probation"}, 60)
 
@@ -190,8 +198,9 @@ def test_a_good_bundle_goes_out_canary_first_survives_a_fleet_restart_and_rolls_
 def test_an_untrusted_bundle_halts_the_rollout_at_the_canary(fleet, keys, tmp_path):
     _, other = keys
     foreign = signed_variant(tmp_path, "foreign-model", other)
+    shutil.copytree(foreign, fleet.service.directory / "bundles" / "pump7")
     # The fleet does not check the key here (no --trusted-key): the canary's agent does, and refuses it.
-    rollout_id = created_id(fleet.cli("create", foreign, "--devices", "all", "--canary", "5%", "--max-failed", "10%"))
+    rollout_id = created_id(fleet.run(CREATE))
     assert eventually(lambda: fleet.state(rollout_id) == "halted", 60), (fleet.devices(rollout_id), fleet.service.read_log())
     statuses = fleet.devices(rollout_id)
     (canary,) = [d for d, s in statuses.items() if s != "queued"]
@@ -208,6 +217,8 @@ def test_an_untrusted_bundle_halts_the_rollout_at_the_canary(fleet, keys, tmp_pa
             assert fleet.reports(device)[-1]["rollout"] is None
     assert fleet.cli("resume", rollout_id).returncode == 2  # only a paused rollout resumes
     assert fleet.cli("abort", rollout_id).stdout.strip() == f"rollout {rollout_id}: aborted"
+    listed = fleet.run(LIST)
+    assert listed.returncode == 0 and listed.stdout.startswith(f"{rollout_id}\taborted\tforeign-model\tall"), listed
 
 
 def test_an_unsigned_bundle_is_refused_with_the_reason(tmp_path):
