@@ -73,6 +73,9 @@ def test_templates_read_the_agents_payloads():
     state = {"state": "sensor_fault", "score": None}
     assert render("health", state) == "sensor_fault" and render("problem", state) == "ON"
     assert render("problem", {"state": "normal"}) == "OFF"
+    # A baseline card (no model yet): learning is shown as the health, and is no problem; its faults are.
+    assert render("health", {"state": "learning"}) == "learning" and render("problem", {"state": "learning"}) == "OFF"
+    assert render("problem", {"state": "warning"}) == "ON"
     assert render("score", state) == "None"  # Home Assistant shows "None" as unknown
     from edge.mqtt.health import Health
 
