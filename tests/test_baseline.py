@@ -8,6 +8,7 @@ payloads match their schemas. Probation lets a model take over from a baseline o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,28 @@ def test_cm_train_baseline_writes_a_card_cm_edge_check_accepts(tmp_path: Path) -
     assert isinstance(loaded, Baseline) and loaded.card.healthy_min == (0.05, 0.05)
     with pytest.raises(BundleError, match="kind: a baseline card has no model"):
         load_bundle(directory)  # the trainer's loader (evaluate, sign) wants a model
+
+
+def test_the_readme_command_writes_a_card_for_the_ims_rig(tmp_path: Path) -> None:
+    result = subprocess.run(["cm-train", "baseline", "--channels", "bearing1,bearing2,bearing3,bearing4", "--sample-rate", "20000", "--snapshot-samples", "20480", "--interval-s", "600", "--min-level-g", "0.02", "--out", "bundles/pump9"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    loaded = load_deployable(tmp_path / "bundles" / "pump9")
+    assert isinstance(loaded, Baseline) and loaded.card.feature_spec.sample_rate_hz == 20_000
+    assert loaded.card.feature_spec.snapshot_interval_s == 600 and loaded.card.min_level_g == 0.02
+
+
+def test_install_sh_accepts_a_baseline_card(tmp_path: Path) -> None:
+    directory = baseline_card(tmp_path)
+    install = Path(__file__).resolve().parents[1] / "deploy" / "install.sh"
+    result = subprocess.run(["bash", install, "--dry-run", "--prefix", tmp_path / "cm-edge", "--arch", "arm64",
+                             "--bundle", directory], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "is a baseline card: no model yet" in result.stdout and f"cp -r {directory} " in result.stdout
+    (directory / "model_card.json").unlink()
+    refused = subprocess.run(["bash", install, "--dry-run", "--prefix", tmp_path / "cm-edge", "--bundle", directory],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "expected a bundle directory holding model_card.json" in refused.stderr
 
 
 def test_cm_train_baseline_reads_the_spec_from_a_recording_header(tmp_path: Path) -> None:
