@@ -161,12 +161,10 @@ class ZoneAlarm:
     number 1-4: C warns, D alarms), beside the learned detector. What the device announces is the worse of the
     two, and a sensor fault stays a sensor fault; `announced` is that state, so the transitions are of it."""
 
-    def __init__(self, settings: DetectorSettings, interval_s: float | None = None,
-                 resting: State = State.NORMAL) -> None:
-        """`resting`: what the learned detector beside it says with nothing raised (LEARNING for a baseline)."""
+    def __init__(self, settings: DetectorSettings, interval_s: float | None = None) -> None:
         warning, alarm = ZONE_THRESHOLDS
         self.detector = Detector(replace(settings, warning_threshold=warning, alarm_threshold=alarm), interval_s)
-        self.announced = resting
+        self.announced = State.NORMAL  # edge.scoring.stream starts it at its detector's state (learning: a baseline)
         self._reason: str | None = None  # the worst zone of the last snapshot that had one, e.g. iso_zone_d:bearing1
 
     @property

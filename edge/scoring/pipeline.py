@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from edge.ingest.losses import MISSING_DATA
 from edge.ingest.snapshot import Snapshot
-from edge.model.bundle import Baseline, Deployable, DetectorSettings
+from edge.model.bundle import Deployable, DetectorSettings
 from edge.model.features import FeatureExtractor
 from edge.scoring import diagnosis
 from edge.scoring.detector import Detector, State, Transition, ZoneAlarm
@@ -36,9 +36,7 @@ class Pipeline:
         self.iso_group = iso_group
         # [machine] zone_alarm: the ISO zone, debounced like the score (k of n), beside the learned detector.
         cadence = interval_s if interval_s else spec.snapshot_interval_s  # 0: every snapshot, at the card's pace
-        resting = State.LEARNING if isinstance(bundle, Baseline) else State.NORMAL
-        zone = ZoneAlarm(settings, cadence, resting) if zone_alarm and diagnosis.VELOCITY_FEATURE in spec.features \
-            else None
+        zone = ZoneAlarm(settings, cadence) if zone_alarm and diagnosis.VELOCITY_FEATURE in spec.features else None
         self.core = Stream(bundle, settings, limits=limits, zone=zone, interval_s=cadence)
 
     @property

@@ -62,6 +62,8 @@ class Stream:
             self.model = model if model is not None else Model(bundle)
             self.detector = Detector(settings or bundle.card.detector, cadence)
         self.zone = zone
+        if zone is not None:
+            zone.announced = self.detector.state  # nothing announced yet: what the learned detector rests in
         self._window: deque[np.ndarray] = deque(maxlen=1 if self.model is None else self.model.window)
 
     @property
