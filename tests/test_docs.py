@@ -53,6 +53,8 @@ ELSEWHERE = {
     "cm-fleet user add ada --role admin --password-file ada.password --config fleet.toml": "tests/test_fleet_web_cli.py",
     "cm-fleet token add ada --config fleet.toml": "tests/test_fleet_web_cli.py",
     "cm-fleet machine place pump-7 --site plant-a --tags pumps,line-3 --config fleet.toml": "tests/test_fleet_web_cli.py",
+    "cm-train baseline --channels bearing1,bearing2,bearing3,bearing4 --sample-rate 20000 --snapshot-samples 20480 "
+    "--interval-s 600 --min-level-g 0.02 --out bundles/pump9": "tests/test_baseline.py",
 }
 
 EXCLUDED = {
