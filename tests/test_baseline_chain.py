@@ -21,15 +21,13 @@ from pathlib import Path
 import pytest
 from broker import Mosquitto, Subscriber
 from chain import BIN, TOPIC, Chain
-from cryptography.hazmat.primitives import serialization
 from trained import shared_bundle, shared_dropout_run, shared_run
 
 from edge.model.bundle import file_sha256
-from edge.model.signature import manifest, signature_document
 from edge.model.store import archive_sha256, pack
 from edge.mqtt.schemas import validate
 from firmware_bridge.ims import list_ims_files, read_counts, write_ims_file
-from fleet.signing import KeyPair, keygen, load_private_key, sign
+from fleet.signing import KeyPair, keygen, sign
 
 pytestmark = pytest.mark.slow
 HEALTHY = 24  # files from the start of the shared run: inside the healthy half the shared bundle was fitted on
@@ -97,16 +95,6 @@ def test_a_baseline_agent_learns_raises_sensor_faults_and_never_a_learned_alarm(
     assert "baseline card: no model, learning" in chain.agent_log()
 
 
-def sign_baseline(directory: Path, key: Path) -> None:
-    """What `cm-fleet sign` does, for a baseline card (fleet.signing.sign loads a model bundle first: see the
-    report of this branch); the agent verifies it with the same edge.model.signature as any bundle."""
-    private = load_private_key(key)
-    signed = manifest(directory)
-    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    (directory / "MANIFEST.json").write_bytes(signed)
-    (directory / "MANIFEST.sig").write_bytes(signature_document(private.sign(signed), raw))
-
-
 def test_a_baseline_agent_takes_a_signed_model_over_the_air(broker, tmp_path) -> None:
     fleet: KeyPair = keygen(tmp_path / "fleet")
     healthy = tmp_path / "healthy"
@@ -114,7 +102,7 @@ def test_a_baseline_agent_takes_a_signed_model_over_the_air(broker, tmp_path) ->
     for file in list_ims_files(shared_run())[:HEALTHY]:
         (healthy / file.path.name).symlink_to(file.path)
     baseline = cm_train_baseline(tmp_path / "baseline", healthy)
-    sign_baseline(baseline, fleet.private)
+    sign(baseline, fleet.private)  # cm-fleet sign signs a baseline card as it does a bundle
     candidate = tmp_path / "candidate"
     shutil.copytree(shared_bundle(), candidate)
     sign(candidate, fleet.private)
