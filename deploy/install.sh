@@ -61,6 +61,8 @@ run() {
 }
 
 [[ -f "$SRC/pyproject.toml" ]] || { echo "install.sh: $SRC/pyproject.toml not found: run it from the source tree" >&2; exit 1; }
+# A model bundle (cm-train fit) or a baseline card (cm-train baseline: the card alone, no model yet) both hold
+# model_card.json; cm-edge --check below validates either, naming the key that is wrong.
 if [[ -n "$BUNDLE" && ! -f "$BUNDLE/model_card.json" ]]; then
     echo "install.sh: --bundle $BUNDLE: expected a bundle directory holding model_card.json" >&2; exit 1
 fi
@@ -147,6 +149,9 @@ fi
 step "state directory $STATE_DIR (outbox, recordings, model bundle)"
 run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR"
 if [[ -n "$BUNDLE" ]]; then
+    if grep -Eq '"kind": *"baseline"' "$BUNDLE/model_card.json"; then
+        note "$BUNDLE is a baseline card: no model yet; the agent reports learning until a model replaces it"
+    fi
     # Copy beside the old bundle, then swap, so a half-copied bundle is never the live one.
     run rm -rf "$STATE_DIR/bundle.new" "$STATE_DIR/bundle.old"
     run cp -r "$BUNDLE" "$STATE_DIR/bundle.new"

@@ -26,7 +26,7 @@ from edge.ingest.guard import FrameGuard
 from edge.ingest.intake import Intake, Lost
 from edge.ingest.losses import Losses, Silence
 from edge.ingest.snapshot import Snapshot, SnapshotAssembler
-from edge.model.bundle import Bundle, DetectorSettings
+from edge.model.bundle import Bundle, Deployable, DetectorSettings
 from edge.mqtt.health import Health, Watch
 from edge.mqtt.homeassistant import Discovery, entities
 from edge.mqtt.outbox import Outbox
@@ -34,6 +34,7 @@ from edge.mqtt.payloads import ModelRef
 from edge.mqtt.publisher import Publisher
 from edge.recorder import Recorder
 from edge.rollout import Rollout
+from edge.scoring.detector import BASELINE_SETTINGS
 from edge.scoring.pipeline import Pipeline
 from edge.scoring.sensor import SensorLimits
 from firmware_bridge.frame import Frame
@@ -63,31 +64,38 @@ def _put(frames: queue.Queue[Frame | None], item: Frame | None, stop: threading.
     return False
 
 
-def detector_settings(config: AgentConfig, bundle: Bundle) -> DetectorSettings:
-    """The model card's settings, with the config's overrides on top."""
-    return replace(bundle.card.detector, **config.detector.given())
+def detector_settings(config: AgentConfig, bundle: Deployable) -> DetectorSettings:
+    """The model card's settings (a baseline card's: edge.scoring.detector.BASELINE_SETTINGS), with the config's
+    overrides on top."""
+    carded = bundle.card.detector if isinstance(bundle, Bundle) else BASELINE_SETTINGS
+    return replace(carded, **config.detector.given())
 
 
-def snapshot_interval_s(config: AgentConfig, bundle: Bundle) -> float:
+def model_ref(bundle: Deployable) -> ModelRef:
+    """How payloads name what runs: the model card's id and model file, or the baseline card's id and file."""
+    return ModelRef(bundle.card.id, bundle.model_sha256)
+
+
+def snapshot_interval_s(config: AgentConfig, bundle: Deployable) -> float:
     """Seconds of stream time between scored snapshots: the config's, else the card's cadence, else every one."""
     if config.sensor.snapshot_interval_s is not None:
         return config.sensor.snapshot_interval_s
     return bundle.card.feature_spec.snapshot_interval_s or 0.0
 
 
-def trained_scale(bundle: Bundle) -> float | None:
+def trained_scale(bundle: Deployable) -> float | None:
     """g per count the bundle was trained with, when its card records it (None: the first stream's scale)."""
     return bundle.card.feature_spec.scale
 
 
-def pipeline(config: AgentConfig, bundle: Bundle) -> Pipeline:
+def pipeline(config: AgentConfig, bundle: Deployable) -> Pipeline:
     machine = config.machine
     return Pipeline(bundle, detector_settings(config, bundle), SensorLimits(full_scale_g=config.sensor.full_scale_g),
                     shaft_rpm=machine.shaft_rpm, iso_group=machine.iso_group, zone_alarm=machine.zone_alarm,
                     interval_s=snapshot_interval_s(config, bundle))  # the debounce's seconds at the cadence scored
 
 
-def intake(config: AgentConfig, bundle: Bundle, now_us: Callable[[], int]) -> Intake:
+def intake(config: AgentConfig, bundle: Deployable, now_us: Callable[[], int]) -> Intake:
     spec, port = bundle.card.feature_spec, config.serial.port
     return Intake(FrameGuard(len(spec.channels), spec.sample_rate_hz, trained_scale(bundle), port),
                   StreamClock(port, now=now_us), SnapshotAssembler(spec.snapshot_samples),
@@ -96,7 +104,7 @@ def intake(config: AgentConfig, bundle: Bundle, now_us: Callable[[], int]) -> In
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, bundle: Bundle, *, link: SerialLink | None = None,
+    def __init__(self, config: AgentConfig, bundle: Deployable, *, link: SerialLink | None = None,
                  outbox: Outbox | None = None, publisher: Publishing | None = None, clock: Clock = time) -> None:
         """The collaborators default to the real ones the config describes; tests pass their own."""
         self.config = config
@@ -114,7 +122,7 @@ class Agent:
         self.pipeline = pipeline(config, bundle)
         self.intake = intake(config, bundle, now_us=lambda: int(self.clock.time() * 1_000_000))
         settings = detector_settings(config, bundle)
-        self.announcer = Announcer(config.device_id, ModelRef(bundle.card.id, bundle.card.model_sha256), self.pipeline,
+        self.announcer = Announcer(config.device_id, model_ref(bundle), self.pipeline,
                                    (settings.warning_threshold, settings.alarm_threshold), self.publisher,
                                    checkpoint_path(config.outbox_path), self.health, self.counters)
         self.recorder = Recorder(config.recorder, self.health) if config.recorder.enabled else None
@@ -155,8 +163,9 @@ class Agent:
             self.outbox.close()
 
     def _log_start(self) -> None:
-        log.info("agent %s started: port %s, bundle %s (model %s), %d alert(s) pending in the outbox",
-                 self.config.device_id, self.config.serial.port, self.bundle.path, self.announcer.model.id,
+        running = "model" if isinstance(self.bundle, Bundle) else "baseline card: no model, learning;"
+        log.info("agent %s started: port %s, bundle %s (%s %s), %d alert(s) pending in the outbox",
+                 self.config.device_id, self.config.serial.port, self.bundle.path, running, self.announcer.model.id,
                  self.publisher.pending())
         interval = self.intake.cadence.interval_us / 1e6
         log.info("scoring %s", f"one snapshot per {interval:g} s of stream time" if interval else "every snapshot")
@@ -218,11 +227,11 @@ class Agent:
         if self.recorder is not None:
             self.recorder.save(event)
 
-    def switch(self, bundle: Bundle, pipeline: Pipeline) -> None:
+    def switch(self, bundle: Deployable, pipeline: Pipeline) -> None:
         """A rollout's candidate takes over from the next snapshot on (edge.rollout decides when)."""
         settings = detector_settings(self.config, bundle)
         self.bundle, self.pipeline = bundle, pipeline
-        self.announcer.switch(ModelRef(bundle.card.id, bundle.card.model_sha256), pipeline,
+        self.announcer.switch(model_ref(bundle), pipeline,
                               (settings.warning_threshold, settings.alarm_threshold))
 
     def check_noise(self) -> None:

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # Capture times the agent can print: from 1970 up to the end of year 9999, in microseconds.
 MAX_TIME_US = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()) * 1_000_000
-BEARING_STATES = (State.NORMAL, State.WARNING, State.ALARM)  # `health` is the bearing's: never a sensor fault
+# `health` is the bearing's: never a sensor fault (learning: a baseline card's, with no model yet)
+BEARING_STATES = (State.NORMAL, State.WARNING, State.ALARM, State.LEARNING)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from edge import preflight
 from edge.agent import Agent, detector_settings, snapshot_interval_s
 from edge.compatibility import MismatchError
 from edge.config import AgentConfig, ConfigError, load_config
-from edge.model.bundle import Bundle, BundleError
+from edge.model.bundle import Bundle, BundleError, Deployable
 from edge.mqtt.outbox import OutboxError, holder
 from edge.mqtt.publisher import PublisherError
 from edge.rollout import load_checked, startup_bundle
@@ -24,7 +24,7 @@ from edge.rollout import load_checked, startup_bundle
 log = logging.getLogger("cm-edge")
 
 
-def prepare(config_path: str) -> tuple[AgentConfig, Bundle]:
+def prepare(config_path: str) -> tuple[AgentConfig, Deployable]:
     config = load_config(config_path)
     # The store's active bundle once a rollout switched to one (edge.rollout), else the config's; signed by a
     # trusted key when any is set, fitting the config, its model file loading as the agent will load it.
@@ -36,7 +36,7 @@ def prepare(config_path: str) -> tuple[AgentConfig, Bundle]:
     return config, bundle
 
 
-def check(path: str, config: AgentConfig, bundle: Bundle, offline: bool) -> int:
+def check(path: str, config: AgentConfig, bundle: Deployable, offline: bool) -> int:
     interval = snapshot_interval_s(config, bundle)
     for note in preflight.notes(config, bundle, interval):
         log.warning("%s", note)
@@ -51,8 +51,10 @@ def check(path: str, config: AgentConfig, bundle: Bundle, offline: bool) -> int:
     if running is not None and not offline:
         skipped = (f" (serial port and broker not tried: the agent is running (pid {running or 'unknown'}); opening its "
                    "port and logging in as it would take them from it: its health topic reports both)")
+    what = (f"window {spec.window}" if isinstance(bundle, Bundle) else
+            f"a baseline card {bundle.card.id}: no model, state learning, no learned alarm until a model replaces it")
     print(f"{path}: OK: device {config.device_id}, bundle {bundle.path} ({len(spec.channels)} channels "
-          f"at {spec.sample_rate_hz} Hz, snapshots of {spec.snapshot_samples}, window {spec.window}), "
+          f"at {spec.sample_rate_hz} Hz, snapshots of {spec.snapshot_samples}, {what}), "
           f"scoring {f'one snapshot per {interval:g} s' if interval else 'every snapshot'}, "
           f"port {config.serial.port}, broker {config.mqtt.host}:{config.mqtt.port}{skipped}")
     return 0

@@ -8,14 +8,14 @@ assembler do not change while the agent runs. The feature set may change: featur
 from __future__ import annotations
 
 from edge.config import AgentConfig
-from edge.model.bundle import Bundle
+from edge.model.bundle import Deployable
 
 
 class MismatchError(ValueError):
     """The bundle does not fit the config or the sensor's frames."""
 
 
-def check_bundle_against_config(config: AgentConfig, bundle: Bundle) -> None:
+def check_bundle_against_config(config: AgentConfig, bundle: Deployable) -> None:
     spec = bundle.card.feature_spec
     if not spec.sample_rate_hz or not spec.snapshot_samples:
         raise MismatchError(f"the bundle {bundle.path} was trained on a features table: it has no sample rate or "
@@ -31,7 +31,7 @@ def check_bundle_against_config(config: AgentConfig, bundle: Bundle) -> None:
                                 f"{bundle.path} was trained for {_show(carded)}")
 
 
-def check_same_stream(running: Bundle, candidate: Bundle) -> None:
+def check_same_stream(running: Deployable, candidate: Deployable) -> None:
     """The candidate reads the frames the running bundle reads; else MismatchError naming the card key."""
     now, new = running.card.feature_spec, candidate.card.feature_spec
     for key in ("channels", "sample_rate_hz", "snapshot_samples", "scale"):

@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import AgentConfig, MqttConfig
 from edge.ingest.clock import unsynchronised
-from edge.model.bundle import Bundle
+from edge.model.bundle import Bundle, Deployable
 from edge.mqtt.publisher import PROTOCOLS, PublisherError, read_password
 
 BROKER_TIMEOUT_S = 10.0
@@ -36,13 +36,15 @@ def problems(config: AgentConfig, offline: bool = False) -> list[str]:
     return found
 
 
-def notes(config: AgentConfig, bundle: Bundle, interval_s: float) -> list[str]:
+def notes(config: AgentConfig, bundle: Deployable, interval_s: float) -> list[str]:
     """What the user should know but that does not stop the agent."""
     found = []
     clock = unsynchronised()
     if clock:
         found.append(clock)
     trained = bundle.card.feature_spec.snapshot_interval_s
+    if not isinstance(bundle, Bundle):
+        return found  # a baseline card: nothing was trained, so no cadence of training to differ from
     if trained is None:
         found.append("the bundle's card does not record the cadence it was trained on (an older cm-train): "
                      + (f"scoring one snapshot per {interval_s:g} s as sensor.snapshot_interval_s says" if interval_s

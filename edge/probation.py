@@ -2,7 +2,8 @@
 
 The active model keeps the alerts; the candidate's readings only count here. The candidate fails as soon as
 it says warning or alarm where the active model says normal (on healthy data a new model must not raise
-alarms the old one does not), or its scoring raises; it passes after `snapshots` compared snapshots or
+alarms the old one does not), or its scoring raises; an agent on a baseline card (state `learning`) has no
+model to compare with: there the candidate passes on its own, with no warning or alarm on the baseline; it passes after `snapshots` compared snapshots or
 `seconds` of stream time, whichever comes first. Pure logic: edge.rollout feeds it and acts on the verdict.
 None of the delivery systems the field uses (AWS IoT Jobs, Mender, Azure Device Update) can do this: they
 check that new software starts, not that a new model agrees with the old one on the same machine.
@@ -17,6 +18,7 @@ from edge.scoring.reading import Reading
 DEFAULT_SNAPSHOTS = 144  # a day of snapshots at the IMS cadence (one per 10 minutes)
 DEFAULT_SECONDS = 86_400.0
 RAISED = (State.WARNING, State.ALARM)
+CALM = (State.NORMAL, State.LEARNING)  # nothing raised: by a model, or by a baseline card that has none
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,11 @@ class Probation:
 
     def observe(self, active: Reading, candidate: Reading) -> Verdict | None:
         """One snapshot scored by both; a verdict once there is one, else None (keep going)."""
-        if candidate.state in RAISED and active.state == State.NORMAL:
+        if candidate.state in RAISED and active.state in CALM:
             return Verdict(False, f"candidate said {candidate.state} (score {_score(candidate)}) where the active model "
-                                  f"said normal (score {_score(active)}), snapshot {active.snapshot}")
-        if active.score is None or candidate.score is None:
-            return None  # a sensor fault or lost data compares nothing
+                                  f"said {active.state} (score {_score(active)}), snapshot {active.snapshot}")
+        if candidate.score is None or (active.score is None and active.state != State.LEARNING):
+            return None  # a sensor fault or lost data compares nothing (a baseline never has a score)
         self.compared += 1
         if self._first_us is None:
             self._first_us = active.capture_time_us

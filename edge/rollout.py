@@ -15,7 +15,9 @@ the model file loaded by the interpreter. Then it is written beside the old one 
 cut never leaves half a bundle) and scored in shadow (edge.probation) while the active model keeps the
 alerts. On a pass the agent switches between two snapshots, at one where both models agree on the state,
 so no snapshot goes unscored and no transition is announced by the switch itself; on a failure it drops
-the candidate and reports why. Everything runs on the agent's main loop: the MQTT thread only queues.
+the candidate and reports why. An agent on a baseline card (edge.model.bundle.Baseline: no model, state
+`learning`) takes a model the same way: the candidate passes probation on its own (edge.probation) and takes
+over where it says normal, which counts as agreeing with `learning`. Everything runs on the agent's main loop: the MQTT thread only queues.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from edge.config import FLEET_LEVEL, AgentConfig
 from edge.ingest.clock import iso_time
 from edge.ingest.snapshot import Snapshot
 from edge.model import validation as v
-from edge.model.bundle import Bundle, BundleError, load_bundle
+from edge.model.bundle import Bundle, BundleError, Deployable, load_deployable
 from edge.model.runtime import check_model
 from edge.model.signature import verify
 from edge.model.store import BundleStore, StoreError, archive_sha256, pack, write_atomically
@@ -42,7 +44,7 @@ from edge.model.validation import Optional, required
 from edge.mqtt import payloads
 from edge.mqtt.payloads import ModelRef
 from edge.mqtt.publisher import encode
-from edge.probation import Probation, ProbationSettings, Verdict
+from edge.probation import CALM, Probation, ProbationSettings, Verdict
 from edge.scoring.pipeline import Pipeline
 from edge.scoring.reading import Reading
 
@@ -92,17 +94,20 @@ def startup_bundle(config: AgentConfig) -> Path:
     return config.bundle if current is None else store.path(current.active)
 
 
-def load_checked(config: AgentConfig, path: Path, fits: Callable[[Bundle], None] = lambda bundle: None) -> Bundle:
+def load_checked(config: AgentConfig, path: Path,
+                 fits: Callable[[Deployable], None] = lambda bundle: None) -> Deployable:
     """A bundle this agent may run: signed by a trusted key (when any is set), its card fitting the config (and
-    `fits`), its model loading. Raises BundleError, MismatchError or ValueError naming the file and key."""
+    `fits`), its model loading (a baseline card has none). Raises BundleError, MismatchError or ValueError naming
+    the file and key."""
     if config.trusted_keys:  # before the card is read: nothing of an unsigned or changed bundle is believed
         signed = verify(path, config.trusted_keys)
         log.info("bundle %s: signature by key %s (%s) verified, %d files", path, signed.key.key_id, signed.key.source,
                  len(signed.files))
-    bundle = load_bundle(path)
+    bundle = load_deployable(path)
     check_bundle_against_config(config, bundle)
     fits(bundle)  # before the model is loaded: a card that cannot fit says so, not the interpreter
-    check_model(bundle)
+    if isinstance(bundle, Bundle):
+        check_model(bundle)
     return bundle
 
 
@@ -130,6 +135,11 @@ class Desired:
         return cls(document["bundle"], document["rollout"], settings)
 
 
+def _agree(candidate: object, active: object) -> bool:
+    """Both say the same, or nothing is raised by either: a model's normal agrees with a baseline's learning."""
+    return candidate == active or (candidate in CALM and active in CALM)
+
+
 def _json(payload: bytes, source: str) -> Any:
     try:
         return json.loads(payload)
@@ -139,12 +149,12 @@ def _json(payload: bytes, source: str) -> Any:
 
 @dataclass(frozen=True)
 class Installed:
-    bundle: Bundle
+    bundle: Deployable
     sha256: str  # of the bundle's archive (edge.model.store.pack): what desired documents name
 
     @property
     def ref(self) -> dict[str, str]:
-        return {"id": self.bundle.card.id, "bundle": self.sha256, "model_sha256": self.bundle.card.model_sha256}
+        return {"id": self.bundle.card.id, "bundle": self.sha256, "model_sha256": self.bundle.model_sha256}
 
 
 @dataclass
@@ -156,8 +166,8 @@ class Candidate:
 
 
 class Rollout:
-    def __init__(self, config: AgentConfig, running: Bundle, messenger: Messenger,
-                 make_pipeline: Callable[[Bundle], Pipeline], switch: Callable[[Bundle, Pipeline], None],
+    def __init__(self, config: AgentConfig, running: Deployable, messenger: Messenger,
+                 make_pipeline: Callable[[Deployable], Pipeline], switch: Callable[[Deployable, Pipeline], None],
                  now: Callable[[], float] = time.time) -> None:
         self.config = config
         self.messenger = messenger
@@ -174,7 +184,7 @@ class Rollout:
         self.wanted: Desired | None = None  # the desired document being worked on, waiting for its archive
         self.inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
 
-    def _identify(self, running: Bundle) -> str:
+    def _identify(self, running: Deployable) -> str:
         """The running bundle's sha256: its directory's name when it came from the store (whatever tool made the
         fleet's archive), else that of the archive `pack` makes of it (the fleet's, when it packs the same files)."""
         if running.path.parent == self.store.root and SHA256.fullmatch(running.path.name):
@@ -183,7 +193,7 @@ class Rollout:
             return archive_sha256(pack(running.path))
         except StoreError as error:  # e.g. a folder someone put into the bundle: no reason not to run it
             log.warning("%s; the report names the bundle by its model file's sha256 instead", error)
-            return running.card.model_sha256
+            return running.model_sha256
 
     def start(self) -> None:
         self.messenger.listen(self.topics.desired, lambda payload: self.inbox.put((self.topics.desired, payload)))
@@ -219,7 +229,7 @@ class Rollout:
         elif verdict is not None and candidate.passed is None:
             candidate.passed = verdict
         return payloads.shadow(reading, ModelRef(candidate.installed.bundle.card.id,
-                                                 candidate.installed.bundle.card.model_sha256), candidate.probation.compared)
+                                                 candidate.installed.bundle.model_sha256), candidate.probation.compared)
 
     def missing(self, reason: str) -> None:
         """A lost snapshot: the candidate's detector hears of it too, as the active one's does."""
@@ -229,7 +239,7 @@ class Rollout:
     def after_snapshot(self, active_state: object) -> None:
         """After the snapshot was announced: take over when probation passed and both models agree on the state."""
         candidate = self.candidate
-        if candidate is None or candidate.passed is None or candidate.pipeline.detector.state != active_state:
+        if candidate is None or candidate.passed is None or not _agree(candidate.pipeline.detector.state, active_state):
             return
         old = self.active
         if not self.store.has(old.sha256):  # the config's bundle: kept in the store for a rollback
@@ -298,7 +308,7 @@ class Rollout:
             else:
                 path = self.store.path(desired.bundle)
                 self._check(path)
-            bundle = load_bundle(path)
+            bundle = load_deployable(path)
             pipeline = self.make_pipeline(bundle)
         except (BundleError, MismatchError, ValueError, OSError) as error:
             self._refuse(str(error))

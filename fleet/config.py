@@ -36,10 +36,11 @@ class FleetMqttConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
-    # The shared subscription's group: instances of one group split the load. "" subscribes without sharing
-    # (one instance): Debian's Mosquitto 2.0.11 keeps a plain subscription of a persistent session across its
-    # restart, not a shared one (deploy/plant-group.md).
-    group: str = "cm-fleet"
+    # "": one instance, a plain subscription. Several instances split the load by setting one group on each
+    # ($share/<group>/...), kept secret (deploy/README.md). Plain is the default because Debian's Mosquitto 2.0.11
+    # restores a persistent session's plain subscription after its own restart but not a shared one: alerts
+    # published before a shared group resubscribes are dropped (deploy/plant-group.md).
+    group: str = ""
     client_id: str = ""  # default: cm-fleet-{hostname}; must stay the same across restarts (the session is kept)
     session_expiry_s: int = 7 * 24 * 3600  # how long the broker keeps this service's queued alerts while it is down
     keepalive: int = 30

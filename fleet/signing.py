@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.model.bundle import load_bundle
+from edge.model.bundle import load_deployable
 from edge.model.signature import MANIFEST_FILE, SIGNATURE_FILE, key_id, manifest, signature_document
 
 PRIVATE_KEY_FILE = "bundle-signing.key"
@@ -69,7 +69,7 @@ def sign(bundle: str | Path, key_path: str | Path) -> str:
     the signing key's id. The bundle must load first: a signature never vouches for a broken bundle."""
     directory = Path(bundle)
     key = load_private_key(key_path)
-    load_bundle(directory)  # BundleError names the file and key when it is not a bundle
+    load_deployable(directory)  # a model bundle or a baseline card; BundleError names the file and key when neither
     for name in (MANIFEST_FILE, SIGNATURE_FILE):
         (directory / name).unlink(missing_ok=True)
     signed = manifest(directory)

@@ -75,10 +75,10 @@ def test_a_float_setting_takes_an_integer(tmp_path):
 
 def test_the_readmes_example_is_a_valid_config(tmp_path):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Fleet view (in progress)", 1)[1]
+    section = readme.split("## Fleet view\n", 1)[1]
     example = section.split("```toml\n", 1)[1].split("```", 1)[0]
     config = load_config(write(tmp_path, example))
-    assert config.mqtt.client_id == "cm-fleet-1" and config.historian.bucket_s == 600
+    assert config.mqtt.client_id == "cm-fleet-1" and config.historian.bucket_s == 600 and config.web is not None
 
 
 def test_cm_fleet_names_the_bad_key_and_exits_2(tmp_path):

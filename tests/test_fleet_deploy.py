@@ -79,9 +79,12 @@ def test_the_example_config_is_what_cm_fleet_reads() -> None:
     assert config.ingest == FleetConfig().ingest
 
 
-def test_the_install_makes_the_shared_group_a_secret(tmp_path: Path) -> None:
-    """deploy/README.md's `sed` line, as written (without sudo), on a copy of the example: a random group."""
-    line = next(line for line in (DEPLOY / "README.md").read_text().splitlines() if line.startswith("sudo sed -i"))
+def test_several_instances_share_a_secret_group(tmp_path: Path) -> None:
+    """deploy/README.md's `sed` line for several instances, as written (without sudo), on a copy of the example
+    (one instance, a plain subscription): a random group."""
+    assert load_config(DEPLOY / "fleet.example.toml").mqtt.group == ""
+    line = next(line.strip() for line in (DEPLOY / "README.md").read_text().splitlines()
+                if line.strip().startswith("sudo sed -i"))
     groups = set()
     for attempt in range(2):
         copy = tmp_path / f"fleet-{attempt}.toml"

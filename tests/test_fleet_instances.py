@@ -18,7 +18,7 @@ pytestmark = pytest.mark.waits
 
 def _instance(request, directory, port: int, url: str, name: str) -> FleetService:
     directory.mkdir()
-    service = FleetService(directory, port, url)
+    service = FleetService(directory, port, url, mqtt='group = "cm-fleet-test-group"\n')  # one group: the load is split
     service.config.write_text(service.config.read_text().replace('client_id = "cm-fleet-test"', f'client_id = "{name}"'))
     request.addfinalizer(lambda: service.kill() if service.running() else None)
     return service.start()

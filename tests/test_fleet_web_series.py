@@ -104,3 +104,12 @@ def test_failure_episodes_run_from_a_closed_alert_to_the_return_to_normal(histor
         close(historian, contract_alert("pump-1", 0)["id"], "ada", "cage", "")
     assert [a.id for a in alert_rows(historian, "closed")] == [contract_alert("pump-1", i)["id"] for i in (6, 4, 3, 1, 0)]
     assert alert_rows(historian, "active") == []  # every raising alert closed; returns to normal are no alerts here
+
+
+def test_a_return_to_learning_ends_an_episode_as_a_return_to_normal_does(historian):
+    # a machine on a baseline card (issue 20): its sensor fault is an alert to act on, its return to learning is not
+    fault = contract_alert("pump-1", 0) | {"state": "sensor_fault", "previous_state": "learning"}
+    back = contract_alert("pump-1", 1) | {"state": "learning", "previous_state": "sensor_fault"}
+    historian.store([Accepted("alert", "pump-1", alert) for alert in (fault, back)], [], T0_US)
+    assert [a.id for a in alert_rows(historian, "active")] == [fault["id"]]
+    assert [a.id for a in alert_rows(historian, "unacknowledged")] == [fault["id"]]

@@ -56,7 +56,7 @@ def test_discovery_configs_are_retained_complete_and_sent_again_when_home_assist
         assert config["device"]["identifiers"] == [f"cm-edge-{DEVICE}"]
     health = by_id[f"cm_{DEVICE}_health"]
     assert health["device_class"] == "enum" and health["state_topic"] == ours.state
-    assert set(health["options"]) == {"normal", "warning", "alarm", "sensor_fault"}
+    assert set(health["options"]) == {"normal", "warning", "alarm", "sensor_fault", "learning"}
     assert by_id[f"cm_{DEVICE}_problem"]["device_class"] == "problem"
     assert by_id[f"cm_{DEVICE}_score"]["state_topic"] == ours.state
     assert by_id[f"cm_{DEVICE}_feature_bearing_2"]["value_template"] == '{{ value_json.features["bearing 2"] }}'
@@ -73,6 +73,9 @@ def test_templates_read_the_agents_payloads():
     state = {"state": "sensor_fault", "score": None}
     assert render("health", state) == "sensor_fault" and render("problem", state) == "ON"
     assert render("problem", {"state": "normal"}) == "OFF"
+    # A baseline card (no model yet): learning is shown as the health, and is no problem; its faults are.
+    assert render("health", {"state": "learning"}) == "learning" and render("problem", {"state": "learning"}) == "OFF"
+    assert render("problem", {"state": "warning"}) == "ON"
     assert render("score", state) == "None"  # Home Assistant shows "None" as unknown
     from edge.mqtt.health import Health
 

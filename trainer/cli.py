@@ -1,5 +1,5 @@
 """`cm-train`: fit a bundle from a recording (IMS, FEMTO, MATLAB, CSV snapshots) or a features table,
-evaluate a bundle on a run."""
+evaluate a bundle on a run, write a baseline card for a machine that has no model yet."""
 from __future__ import annotations
 
 import argparse
@@ -12,12 +12,16 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.model.bundle import BundleError
 from edge.scoring.diagnosis import ISO_GROUPS
 from firmware_bridge.recording import FORMATS, RecordingSpec
 from trainer.calibrate import RULES
 from trainer.options import DEFAULT_WINDOW, DatasetSpec, EvaluateOptions, FitOptions
+
+if TYPE_CHECKING:
+    from trainer.baseline import BaselineOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label-column", help="features table column marking anomalies (1 = anomaly), e.g. cm-fleet's "
                           "labels.csv `label`: precision, recall and F1 against it (default: the card's, if it was fitted with one)")
     evaluate.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines (silent by default)")
+    add_baseline_parser(commands)
     return parser
+
+
+def add_baseline_parser(commands: argparse._SubParsersAction) -> None:
+    baseline = commands.add_parser("baseline", help="write a baseline card (the feature spec alone, no model): the agent "
+                                                    "runs it in state learning until a model replaces it")
+    baseline.add_argument("input", type=Path, nargs="?",
+                          help="a recording to read the spec from, as for fit (default: the flags say it all)")
+    baseline.add_argument("--out", type=Path, required=True, help="bundle directory to write (its card only)")
+    add_recording_arguments(baseline)
+    baseline.add_argument("--feature-set", choices=("mean_abs", "vibration"), default=DatasetSpec.feature_set,
+                          help=f"features per channel (default {DatasetSpec.feature_set}; vibration needs --bearing and "
+                               "--shaft-rpm)")
+    baseline.add_argument("--bearing", type=_bearing, metavar="PRESET|GEOMETRY", help="as for fit")
+    baseline.add_argument("--shaft-rpm", type=float, metavar="RPM", help="shaft speed for the bearing's defect lines")
+    baseline.add_argument("--scale", type=float, metavar="G", help="g per count of the sensor's frames (default: the "
+                          "recording's; without one, the agent takes its first stream's)")
+    baseline.add_argument("--interval-s", type=float, metavar="S", help="seconds between the snapshots the agent "
+                          "computes (default: the recording's median spacing; without one, every snapshot)")
+    baseline.add_argument("--min-level-g", type=float, metavar="G", help="the least mean |acceleration| every channel "
+                          "gives while the machine runs: below the dropout share of it, a channel has dropped out "
+                          "(default: no dropout check, flatline and clipping only)")
+    baseline.set_defaults(verbose=True)  # no TensorFlow to silence
 
 
 def _bearing(text: str) -> object:
@@ -133,7 +160,11 @@ def run(args: argparse.Namespace) -> int:
     from trainer.dataset import DatasetError
 
     try:
-        if args.command == "fit":
+        if args.command == "baseline":
+            from trainer.baseline import write
+
+            print(write(baseline_options(args)))
+        elif args.command == "fit":
             from trainer.export import ExportError
             from trainer.train import fit
 
@@ -179,6 +210,18 @@ def fit_options(args: argparse.Namespace) -> FitOptions:
         target_precision=args.target_precision,
         verbose=0 if args.quiet else 2,
     )
+
+
+def baseline_options(args: argparse.Namespace) -> BaselineOptions:
+    from trainer.baseline import BaselineOptions
+    from trainer.dataset import parse_channels
+
+    spec = {"out": args.out, "feature_set": args.feature_set, "scale": args.scale, "interval_s": args.interval_s,
+            "bearing": args.bearing, "shaft_rpm": args.shaft_rpm, "min_level_g": args.min_level_g}
+    if args.input is not None:
+        return BaselineOptions(recording=args.input, reading=recording_spec(args), **spec)
+    return BaselineOptions(channels=parse_channels(args.channels), sample_rate_hz=args.sample_rate,
+                           snapshot_samples=args.snapshot_samples, **spec)
 
 
 def evaluate_options(args: argparse.Namespace) -> EvaluateOptions:

@@ -3,6 +3,10 @@
 The card is the contract between trainer and agent: which features in which order, how they are scaled,
 which thresholds and debounce settings apply, and the sha256 of the model file, so the agent never scores
 with a model the card does not describe. Loading errors name the file and key and what was expected.
+
+A card of `kind` "baseline" (BaselineCard, in a Baseline directory) is the feature spec alone: a machine
+that has no model yet runs it to check its sensor, compute its features and report `learning` while its
+baseline is gathered (issue 20). A card without `kind` is a model card, as every card before baselines was.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,6 +37,7 @@ MAX_WINDOW = 4096
 MAX_CHANNELS = 255  # the frame header's channel count is one byte
 MAX_DEBOUNCE_S = 7 * 24 * 3600.0  # a week: a longer debounce is a typo, not a setting
 MAX_DEBOUNCE_SNAPSHOTS = 100_000  # the detector keeps n hit vectors: bounded memory at any cadence
+MODEL_KIND, BASELINE_KIND = "model", "baseline"  # card.json's `kind`; absent: a model card
 TFLITE_IDENTIFIER = b"TFL3"  # a TFLite flatbuffer's file identifier, at bytes 4-8
 CARD_FILE = "model_card.json"
 INT8_MODEL_FILE = "model_int8.tflite"
@@ -225,6 +230,70 @@ class Bundle:
     def float_model_path(self) -> Path:
         return self.path / FLOAT_MODEL_FILE
 
+    @property
+    def model_sha256(self) -> str:
+        """What telemetry, alerts and rollout reports name the running model by (Baseline has its own)."""
+        return self.card.model_sha256
+
+
+@dataclass(frozen=True)
+class BaselineCard:
+    """The feature spec alone (card kind "baseline"): no model, no scaler, no thresholds. `min_level_g` is the
+    least mean |acceleration| (g) a running machine gives on every channel: a channel below the sensor checks'
+    dropout share of it has dropped out (None: no dropout check, only flatline and clipping, since without a
+    model card there is no healthy minimum to compare with)."""
+
+    id: str
+    created: str
+    feature_spec: FeatureSpec
+    provenance: dict
+    min_level_g: float | None = None
+    kind: ClassVar[str] = BASELINE_KIND
+
+    @property
+    def healthy_min(self) -> tuple[float, ...]:
+        """The sensor checks' floor per column: min_level_g on each channel's first feature (mean_abs in every
+        set, the only column the dropout check reads), 0 elsewhere (never checked)."""
+        floor = self.min_level_g or 0.0
+        per_channel = len(self.feature_spec.features)
+        return tuple(floor if column % per_channel == 0 else 0.0 for column in range(self.feature_spec.columns))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "kind": self.kind, "id": self.id, "created": self.created,
+                "feature_spec": self.feature_spec.to_dict(), "provenance": self.provenance} | (
+            {} if self.min_level_g is None else {"min_level_g": self.min_level_g})
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = CARD_FILE) -> BaselineCard:
+        """Validate and build a baseline card; a BundleError names `source` and the key that is wrong."""
+        head = v.check(_HEAD, data, source, BundleError)
+        if head.get("kind") != BASELINE_KIND:
+            raise BundleError(f"{source}: kind: expected {BASELINE_KIND!r}, got {head.get('kind')!r}")
+        spec = _feature_spec(head["feature_spec"], source)
+        for key in ("sample_rate_hz", "snapshot_samples"):  # it reads raw frames: a features table's 0 cannot
+            if not getattr(spec, key):
+                raise BundleError(f"{source}: feature_spec.{key}: expected a positive integer (a baseline card reads "
+                                  f"the sensor's frames), got 0")
+        card = v.check(_BASELINE, data, source, BundleError)
+        return cls(id=card["id"], created=card["created"], feature_spec=spec, provenance=card.get("provenance", {}),
+                   min_level_g=card.get("min_level_g"))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A bundle directory holding a baseline card only: what a machine runs before it has a model."""
+
+    path: Path
+    card: BaselineCard
+    card_sha256: str  # the card file's: it names the baseline where a model is named by its model file's sha256
+
+    @property
+    def model_sha256(self) -> str:
+        return self.card_sha256
+
+
+Deployable = Bundle | Baseline  # what the agent can run: a model bundle, or a baseline card before there is one
+
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -236,13 +305,39 @@ def write_card(card: ModelCard, directory: Path) -> Path:
     return path
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Read and validate a bundle directory; the model file must match the card's sha256."""
+def write_baseline(card: BaselineCard, directory: Path) -> Path:
+    """A baseline bundle directory: the card alone."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = Path(directory) / CARD_FILE
+    path.write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_deployable(path: str | Path) -> Deployable:
+    """What the agent runs: a model bundle, or a baseline card (kind "baseline") when the machine has no model."""
+    card_path, data = _read_card(path)
+    if isinstance(data, dict) and data.get("kind") == BASELINE_KIND:
+        card = BaselineCard.from_dict(data, source=str(card_path))
+        return Baseline(path=Path(path), card=card, card_sha256=file_sha256(card_path))
+    return load_bundle(path)
+
+
+def _read_card(path: str | Path) -> tuple[Path, Any]:
     directory = Path(path)
     card_path = directory / CARD_FILE
     if not directory.is_dir():
         raise BundleError(f"{directory}: expected a bundle directory holding {CARD_FILE}")
-    card = ModelCard.from_dict(v.read_json(card_path, "the model card", BundleError), source=str(card_path))
+    return card_path, v.read_json(card_path, "the model card", BundleError)
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and validate a bundle directory; the model file must match the card's sha256."""
+    directory = Path(path)
+    card_path, data = _read_card(directory)
+    if isinstance(data, dict) and data.get("kind") == BASELINE_KIND:
+        raise BundleError(f"{card_path}: kind: a baseline card has no model to score with; expected a model bundle "
+                          f"(kind {MODEL_KIND!r} or no kind)")
+    card = ModelCard.from_dict(data, source=str(card_path))
     model_path = directory / card.model_file
     if Path(card.model_file).name != card.model_file:
         raise BundleError(f"{card_path}: model_file: expected a file name inside the bundle, got {card.model_file!r}")
@@ -285,6 +380,7 @@ def _bearing(data: Any) -> BearingGeometry:
 # cards are optional, null or absent in an older card (mean_abs, no machine data).
 _HEAD = v.table({
     required("schema_version"): _version,
+    Optional("kind"): v.one_of((MODEL_KIND, BASELINE_KIND)),
     required("feature_spec"): v.table({
         required("feature_set"): v.one_of(FEATURE_SETS),
         required("channels"): v.names(most=MAX_CHANNELS),
@@ -298,6 +394,22 @@ _HEAD = v.table({
         Optional("shaft_rpm"): v.nullable(v.number()),
         Optional("scale"): v.nullable(v.number(positive=True, what="a positive number of g per count")),
     }, name="feature_spec", kind=_OBJECT, extra=True),
+}, kind=_OBJECT, extra=True)
+
+
+# A model card's keys, each refused in a baseline card by name: a half-converted card is a mistake to report.
+_MODEL_ONLY = ("scaler", "threshold_rule", "detector", "healthy_min", "quantization", "model_file", "model_sha256",
+               "channel_error_reference", *THRESHOLDS)
+_BASELINE = v.table({
+    required("schema_version"): object,  # (checked first, with the feature spec and kind)
+    required("kind"): object,
+    required("feature_spec"): object,
+    required("id"): v.text(),
+    required("created"): v.text(),
+    Optional("provenance"): v.table({}, kind=_OBJECT, extra=True),
+    Optional("min_level_g"): v.nullable(v.number(positive=True, what="a positive number of g")),
+    **{Optional(key): v.refused("not part of a baseline card: it has no model, scaler or thresholds (kind baseline)")
+       for key in _MODEL_ONLY},
 }, kind=_OBJECT, extra=True)
 
 

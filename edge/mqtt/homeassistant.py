@@ -50,7 +50,8 @@ def entities(device_id: str, topics: Topics, channels: Sequence[str], counters: 
             "icon": "mdi:sine-wave"}),
         Entity("binary_sensor", "problem", {
             "name": "Problem", "state_topic": topics.state, "device_class": "problem",
-            "value_template": "{{ 'OFF' if value_json.state == 'normal' else 'ON' }}"}),
+            # learning (a baseline card, no model yet) is no problem: the machine is being learned, not judged.
+            "value_template": "{{ 'OFF' if value_json.state in ('normal', 'learning') else 'ON' }}"}),
         # The agent's own faults (edge/mqtt/health.py): storage, broker refusals, clock, link; the faults are
         # its attributes. A diagnostic entity: it is about the monitor, not the machine.
         Entity("binary_sensor", "agent_problem", {

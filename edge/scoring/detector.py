@@ -10,7 +10,8 @@ wanders from channel to channel does not add up to an alarm, and the alarm knows
 (`driver`): that is the bearing an alert names, not whichever channel happened to peak on one snapshot.
 Sensor faults are a state of their own: never a healthy reading, never a bearing alarm. edge.scoring.stream feeds
 it for the agent, `cm-train evaluate` and training alike; with `[machine] zone_alarm` the agent's stream also
-feeds a ZoneAlarm beside it.
+feeds a ZoneAlarm beside it. Without a model (a baseline card) nothing is scored: the detector rests in
+`learning` instead of `normal`, and only sensor faults (and the zone alarm beside it) move it.
 """
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ class State(StrEnum):
     WARNING = "warning"
     ALARM = "alarm"
     SENSOR_FAULT = "sensor_fault"
+    LEARNING = "learning"  # a baseline card: no model yet, the machine's baseline is being gathered
+
+
+# The zone alarm's thresholds on the ISO zone number (A=1 .. D=4): above 2.5 is zone C (warning), above 3.5 D.
+ZONE_THRESHOLDS = (2.5, 3.5)
+# A baseline card's detector: nothing is scored, so only the debounce matters (fault_after; k of n for the zone
+# alarm): DetectorSettings' defaults, under the agent's [detector] overrides. Its thresholds are the zone
+# alarm's, the only ones that can raise a state without a model, and the ones its alerts quote.
+BASELINE_SETTINGS = DetectorSettings(*ZONE_THRESHOLDS)
 
 
 @dataclass(frozen=True)
@@ -39,9 +49,11 @@ class Transition:
 
 
 class Detector:
-    def __init__(self, settings: DetectorSettings, interval_s: float | None = None) -> None:
+    def __init__(self, settings: DetectorSettings, interval_s: float | None = None,
+                 resting: State = State.NORMAL) -> None:
         """`interval_s`: the stream's cadence (seconds per scored snapshot), which turns the card's debounce
-        in seconds into snapshots; None: the counts as given."""
+        in seconds into snapshots; None: the counts as given. `resting`: the state with nothing raised
+        (LEARNING for a baseline card, whose detector is never given a score)."""
         self.settings = settings
         self.debounce = settings.at_cadence(interval_s)  # k, n and clear_after in snapshots at this cadence
         # Per snapshot, which channels exceeded the threshold (one entry per channel).
@@ -51,8 +63,8 @@ class Detector:
         self.driver: int | None = None  # the channel whose k of n raised the current warning or alarm
         self._quiet = 0  # consecutive scores below the warning threshold
         self._fault_streak = 0
-        self._health = State.NORMAL  # the bearing's state, kept through a sensor fault
-        self._state = State.NORMAL
+        self._health = resting  # the bearing's state, kept through a sensor fault
+        self._state = resting
         self.reason: str | None = None
 
     @property
@@ -104,6 +116,12 @@ class Detector:
             self.driver = None
         return self._move(self._health, None)
 
+    def unscored(self) -> Transition | None:
+        """A snapshot that passed its sensor checks with no model to score it (a baseline card): it ends a
+        sensor fault like a scored one does, and leaves the bearing's state as it is."""
+        self._fault_streak = 0
+        return self._move(self._health, None)
+
     def _next_health(self) -> State:
         alarm = self._raising(self._alarm_hits)
         if alarm is not None:
@@ -135,7 +153,7 @@ class Detector:
         return transition
 
 
-_RANK = {State.NORMAL: 0, State.WARNING: 1, State.ALARM: 2}
+_RANK = {State.NORMAL: 0, State.LEARNING: 0, State.WARNING: 1, State.ALARM: 2}
 
 
 class ZoneAlarm:
@@ -144,8 +162,9 @@ class ZoneAlarm:
     two, and a sensor fault stays a sensor fault; `announced` is that state, so the transitions are of it."""
 
     def __init__(self, settings: DetectorSettings, interval_s: float | None = None) -> None:
-        self.detector = Detector(replace(settings, warning_threshold=2.5, alarm_threshold=3.5), interval_s)
-        self.announced = State.NORMAL
+        warning, alarm = ZONE_THRESHOLDS
+        self.detector = Detector(replace(settings, warning_threshold=warning, alarm_threshold=alarm), interval_s)
+        self.announced = State.NORMAL  # edge.scoring.stream starts it at its detector's state (learning: a baseline)
         self._reason: str | None = None  # the worst zone of the last snapshot that had one, e.g. iso_zone_d:bearing1
 
     @property

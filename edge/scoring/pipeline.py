@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from edge.ingest.losses import MISSING_DATA
 from edge.ingest.snapshot import Snapshot
-from edge.model.bundle import Bundle, DetectorSettings
+from edge.model.bundle import Deployable, DetectorSettings
 from edge.model.features import FeatureExtractor
 from edge.scoring import diagnosis
 from edge.scoring.detector import Detector, State, Transition, ZoneAlarm
@@ -22,11 +22,12 @@ __all__ = ["MISSING_DATA", "Pipeline"]
 
 
 class Pipeline:
-    def __init__(self, bundle: Bundle, settings: DetectorSettings, limits: SensorLimits = SensorLimits(),
+    def __init__(self, bundle: Deployable, settings: DetectorSettings, limits: SensorLimits = SensorLimits(),
                  shaft_rpm: float | None = None, iso_group: str = DEFAULT_ISO_GROUP, zone_alarm: bool = False,
                  interval_s: float | None = None) -> None:
         """`interval_s`: the scoring cadence ([sensor] snapshot_interval_s; None: the card's), for the debounce
-        the card states in seconds."""
+        the card states in seconds. A baseline card (edge.model.bundle.Baseline) runs without a model: the
+        stream (edge.scoring.stream) says `learning` where a model would say normal."""
         spec = bundle.card.feature_spec
         self.channels = spec.channels
         self.feature_names = spec.features

@@ -9,7 +9,9 @@ One home for the rules the agent, `cm-train evaluate` and training all apply, so
   or a missing snapshot empties it (a fault must never be scored as vibration);
 - the first W-1 snapshots after a reset are not scored: the window is not full yet;
 - the model (edge.model.runtime.Model) and the debounced detector (edge.scoring.detector.Detector), with the
-  agent's zone alarm beside it when `[machine] zone_alarm` is on.
+  agent's zone alarm beside it when `[machine] zone_alarm` is on;
+- a baseline card (edge.model.bundle.Baseline) has no model: the sensor checks, the faults and the zone alarm
+  are the same, nothing is scored, and the detector rests in `learning` (the one place this rule is kept).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.ingest.losses import MISSING_DATA
-from edge.model.bundle import Bundle, DetectorSettings
+from edge.model.bundle import Baseline, Deployable, DetectorSettings
 from edge.model.runtime import Model, Score
 from edge.scoring.detector import Detector, State, Transition, ZoneAlarm
 from edge.scoring.sensor import SensorCheck, SensorLimits
@@ -42,18 +44,32 @@ class Stream:
     """The streaming core (edge.model.runtime.Model only runs the model): feed snapshots in order with
     `update()` (or `checked()`), lost snapshots with `missing()`."""
 
-    def __init__(self, bundle: Bundle, settings: DetectorSettings | None = None, model: Model | None = None,
+    def __init__(self, bundle: Deployable, settings: DetectorSettings | None = None, model: Model | None = None,
                  limits: SensorLimits = SensorLimits(), zone: ZoneAlarm | None = None,
                  interval_s: float | None = None) -> None:
         """`interval_s`: the cadence the stream is scored at (None: the card's training cadence), which sets
-        how many snapshots the card's debounce in seconds spans."""
+        how many snapshots the card's debounce in seconds spans. A Baseline needs `settings` (its card has
+        no detector: the agent's come from edge.agent.detector_settings)."""
         card = bundle.card
         self.sensor = SensorCheck(card.feature_spec.channels, card.healthy_min, limits)
-        self.model = model if model is not None else Model(bundle)
         cadence = interval_s if interval_s is not None else card.feature_spec.snapshot_interval_s
-        self.detector = Detector(settings or card.detector, cadence)
+        self.model: Model | None
+        if isinstance(bundle, Baseline):
+            if settings is None:
+                raise ValueError(f"{bundle.path}: a baseline card states no detector settings: pass them")
+            self.model, self.detector = None, Detector(settings, cadence, resting=State.LEARNING)
+        else:
+            self.model = model if model is not None else Model(bundle)
+            self.detector = Detector(settings or bundle.card.detector, cadence)
         self.zone = zone
-        self._window: deque[np.ndarray] = deque(maxlen=self.model.window)
+        if zone is not None:
+            zone.announced = self.detector.state  # nothing announced yet: what the learned detector rests in
+        self._window: deque[np.ndarray] = deque(maxlen=1 if self.model is None else self.model.window)
+
+    @property
+    def learning(self) -> bool:
+        """A baseline card: no model, nothing scored."""
+        return self.model is None
 
     def update(self, features: np.ndarray, fault: str | None = None) -> Step:
         """One snapshot's features, and the raw-count check's reason if it failed (None: passed)."""
@@ -65,7 +81,9 @@ class Stream:
             return self._fault(fault)
         self._window.append(np.asarray(features, dtype=np.float64))
         score, transition = None, None  # still filling the window: nothing to score yet
-        if len(self._window) == self._window.maxlen:
+        if self.model is None:
+            transition = self.detector.unscored()  # a baseline card: a checked snapshot ends a fault, nothing more
+        elif len(self._window) == self._window.maxlen:
             score = self.model.score(np.stack(self._window))
             transition = self.detector.update(score.score,
                                               channel_scores=score.channel_errors if score.per_channel else None)

@@ -14,7 +14,8 @@ FAILURE_MODES = ("outer_race", "inner_race", "ball", "cage", "unbalance", "misal
                  "sensor_fault", "false_alarm", "other")
 NOT_A_FAILURE = frozenset({"sensor_fault", "false_alarm"})  # closed so, an episode is labelled healthy
 FILTERS = ("active", "unacknowledged", "closed", "all")
-RAISED = "state <> 'normal'"
+CALM = ("normal", "learning")  # an alert into these ends an episode: nothing to acknowledge or close
+RAISED = f"state NOT IN {CALM!r}"
 WHERE = {"active": "closed_us IS NULL", "unacknowledged": "acknowledged_us IS NULL AND closed_us IS NULL",
          "closed": "closed_us IS NOT NULL", "all": "1 = 1"}
 COLUMNS = ("id, device_id, time_us, state, previous_state, score, warning_threshold, alarm_threshold, top_channel, "

@@ -6,13 +6,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet.historian.alert_book import RAISED
 from fleet.historian.store import Historian
 
-STATES = ("normal", "warning", "alarm", "sensor_fault", "offline", "unknown")
+STATES = ("normal", "learning", "warning", "alarm", "sensor_fault", "offline", "unknown")
 # The state a person sees: an offline agent's last state is stale, so offline wins.
 SHOWN_STATE = "CASE WHEN m.status = 'offline' THEN 'offline' ELSE COALESCE(m.state, 'unknown') END"
 SEVERITY = (f"CASE {SHOWN_STATE} WHEN 'alarm' THEN 0 WHEN 'sensor_fault' THEN 1 WHEN 'warning' THEN 2 "
-            "WHEN 'offline' THEN 3 WHEN 'normal' THEN 4 ELSE 5 END")
+            "WHEN 'offline' THEN 3 WHEN 'learning' THEN 4 WHEN 'normal' THEN 5 ELSE 6 END")
 SORTS = {"severity": f"{SEVERITY}, m.score DESC, m.device_id", "device": "m.device_id", "score": "m.score DESC, m.device_id",
          "last_seen": "m.last_seen_us DESC, m.device_id", "since": "since_us DESC, m.device_id",
          "unacknowledged": "unacknowledged DESC, m.device_id"}
@@ -72,7 +73,7 @@ def _conditions(chosen: FleetFilter) -> tuple[list[str], list[Any]]:
     return conditions, params
 
 
-UNACKNOWLEDGED = ("LEFT JOIN (SELECT device_id, COUNT(*) AS unacknowledged FROM alerts WHERE state <> 'normal' "
+UNACKNOWLEDGED = (f"LEFT JOIN (SELECT device_id, COUNT(*) AS unacknowledged FROM alerts WHERE {RAISED} "
                   "AND acknowledged_us IS NULL AND closed_us IS NULL GROUP BY device_id) a ON a.device_id = m.device_id")
 MAX_LIMIT = 100_000
 

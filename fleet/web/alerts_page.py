@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, g, jsonify, redirect, request, url_for
 
-from fleet.historian.alert_book import FAILURE_MODES, FILTERS, AlertBookError, AlreadyDone, acknowledge, alert_rows, close
+from fleet.historian.alert_book import CALM, FAILURE_MODES, FILTERS, AlertBookError, AlreadyDone, acknowledge, alert_rows, close
 from fleet.web.auth import refuse, requires, wants_json
 from fleet.web.services import services
 from fleet.web.twins import plain, respond, twin_routes
@@ -24,7 +24,7 @@ def alerts_page(fmt: str) -> Any:
     except AlertBookError as error:
         return refuse(400, str(error))
     return respond(fmt, "alerts.html", {"alerts": rows, "filter": which, "filters": list(FILTERS), "machine": device_id,
-                                        "failure_modes": list(FAILURE_MODES)})
+                                        "failure_modes": list(FAILURE_MODES), "calm": CALM})
 
 
 twin_routes(blueprint, "/alerts", "alerts_page", alerts_page)

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, request
 
 from edge.scoring.diagnosis import DEFAULT_ISO_GROUP, ISO_GROUPS, VELOCITY_FEATURE
-from fleet.historian.alert_book import FAILURE_MODES, alert_rows
+from fleet.historian.alert_book import CALM, FAILURE_MODES, alert_rows
 from fleet.historian.overview import FleetFilter, fleet_rows, machine_picture, model_history
 from fleet.historian.series import Span, latest_record, series, series_names, telemetry_extent
 from fleet.web.auth import refuse
@@ -60,7 +60,7 @@ def machine_page(device_id: str, fmt: str) -> Any:
         "iso_group": iso_group, "iso_groups": list(ISO_GROUPS), "iso_boundaries": list(ISO_GROUPS[iso_group]),
         "velocity_feature": VELOCITY_FEATURE, "series": charts(points), "alerts": timeline, "state": state,
         "health": health, "counters": (record or {}).get("counters"), "time_source": (record or {}).get("time_source"),
-        "models": model_history(historian, device_id), "failure_modes": list(FAILURE_MODES)})
+        "models": model_history(historian, device_id), "failure_modes": list(FAILURE_MODES), "calm": CALM})
 
 
 blueprint.add_url_rule("/machines/<device_id>", "machine_page", machine_page, defaults={"fmt": "html"})
