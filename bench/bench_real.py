@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from score_traces import GRID, ScoreTrace, Setting, record, replay  # noqa: E402
 
-from edge.model.bearing import PRESETS  # noqa: E402
+from edge.model.bearing import DEFECTS, PRESETS  # noqa: E402
 from edge.model.bundle import load_bundle  # noqa: E402
 from edge.scoring.detector import State  # noqa: E402
 from edge.scoring.diagnosis import diagnose  # noqa: E402
@@ -81,7 +81,8 @@ def cwru(scratch: Path) -> dict:
         episodes = report["alarm_episodes"]
         entry = {"snapshots": len(states), "alarm_snapshots": sum(s == State.ALARM for s in states),
                  "warning_snapshots": sum(s == State.WARNING for s in states),
-                 "episodes": [e.get("defect") for e in episodes], "per_snapshot_kinds": kinds}
+                 "episodes": [e.get("defect") for e in episodes], "per_snapshot_kinds": kinds,
+                 "median_prominence": _median_prominence(dataset)}
         if name in CWRU_README_HZ:
             kind, readme_hz = CWRU_README_HZ[name]
             found = [e["defect"]["frequency_hz"] for e in episodes if e.get("defect", {}).get("kind") == kind]
@@ -89,6 +90,14 @@ def cwru(scratch: Path) -> dict:
             entry["line_error_percent"] = [round(100 * (f - readme_hz) / readme_hz, 2) for f in found]
         results[name] = entry
     return results
+
+
+def _median_prominence(dataset: object) -> dict:
+    """Per channel and defect line, the median over the recording's snapshots of the line's prominence (what
+    the diagnosis weighs against MIN_PROMINENCE): where a fault's evidence stands, named or not."""
+    prominence = np.asarray(dataset.prominence)  # type: ignore[attr-defined]  # (snapshots, C, 4)
+    return {channel: {line: round(float(np.median(prominence[:, c, k])), 2) for k, line in enumerate(DEFECTS)}
+            for c, channel in enumerate(dataset.channels)}  # type: ignore[attr-defined]
 
 
 def _debounced_alarm(over: np.ndarray, k: int = 3, n: int = 5) -> int | None:
@@ -286,7 +295,8 @@ def print_table(results: dict) -> None:
             if isinstance(entry, dict):
                 print(f"  {name:<7} alarm snapshots {entry['alarm_snapshots']}/{entry['snapshots']}  "
                       f"episodes {entry['episodes']}  per-snapshot {entry['per_snapshot_kinds']}"
-                      + (f"  line error vs README {entry['line_error_percent']} %" if "readme_hz" in entry else ""))
+                      + (f"  line error vs README {entry['line_error_percent']} %" if "readme_hz" in entry else "")
+                      + f"  median prominence {entry['median_prominence']}")
     if "femto" in results:
         print("FEMTO (trained on the first 30%, whole run evaluated; minutes before the end of the debounced alarm)")
         for run, entry in results["femto"].items():

@@ -266,13 +266,11 @@ def _export(trained: Trained, dataset: Dataset, span: Span, options: FitOptions,
 
 def _calibrate(draft: Bundle, dataset: Dataset, span: Span, options: FitOptions) -> tuple[Bundle, calibrate.Thresholds]:
     """Per-channel error references, then thresholds on the int8 model's scores of the training span (with
-    labels: the F1-best threshold on the validation split)."""
-    raw = Model(draft)  # the card has no per-channel references yet: raw per-channel errors
+    labels: the F1-best threshold on the validation split, on the mean-error score: see `by_labels`)."""
+    splits = labelled_splits(dataset, span.in_training)
+    validation = splits[0] if splits is not None and options.threshold_rule == "calibration" else None
     drift = drift_floor(draft.card, dataset, span)
-    fit_errors, calibration_errors = (np.array([s.raw_errors for s in streamed(draft, raw, dataset, r)])
-                                      for r in (span.fit_rows, span.calibration_rows))
-    reference = calibrate.channel_reference(fit_errors, calibration_errors, drift)
-    bundle = replace(draft, card=replace(draft.card, channel_error_reference=reference))
+    bundle = draft if validation is not None else _with_references(draft, dataset, span, drift)
     int8 = Model(bundle)
     fit_scores = streamed_scores(bundle, int8, dataset, span.fit_rows)
     calibration_scores = streamed_scores(bundle, int8, dataset, span.calibration_rows)
@@ -280,12 +278,21 @@ def _calibrate(draft: Bundle, dataset: Dataset, span: Span, options: FitOptions)
     if drift is not None:
         limits = replace(limits, basis=limits.basis | {"drift_fraction": calibrate.DRIFT_FRACTION,
                                                        "drift_floor": [round(float(f), 6) for f in drift]})
-    splits = labelled_splits(dataset, span.in_training)
-    if splits is not None and dataset.labels is not None and options.threshold_rule == "calibration":
-        validation, _ = splits
+    if validation is not None and dataset.labels is not None:
         limits = calibrate.best_f1(streamed_scores(bundle, int8, dataset, validation),
-                                   dataset.labels[validation], options.target_precision, limits.basis)
+                                   dataset.labels[validation], options.target_precision,
+                                   limits.basis | {"score": calibrate.LABELLED_SCORE})
     return bundle, limits
+
+
+def _with_references(draft: Bundle, dataset: Dataset, span: Span, drift: np.ndarray | None) -> Bundle:
+    """The card with each channel's healthy error reference: the score becomes the largest channel's error
+    over its own reference (edge.model.runtime)."""
+    raw = Model(draft)  # the card has no per-channel references yet: raw per-channel errors
+    fit_errors, calibration_errors = (np.array([s.raw_errors for s in streamed(draft, raw, dataset, r)])
+                                      for r in (span.fit_rows, span.calibration_rows))
+    reference = calibrate.channel_reference(fit_errors, calibration_errors, drift)
+    return replace(draft, card=replace(draft.card, channel_error_reference=reference))
 
 
 def drift_floor(card: ModelCard, dataset: Dataset, span: Span) -> np.ndarray | None:
