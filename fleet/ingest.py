@@ -130,6 +130,17 @@ class Ingest:
                                    properties=self._connect_properties())
         self._client.loop_start()
 
+    def publish_retained(self, topic: str, payload: bytes, timeout_s: float) -> bool:
+        """Publish on this service's one connection (QoS 1, retained); true once the broker acknowledged it. One
+        connection per service: under deploy/'s broker config the username is the client id, so a second
+        connection with the same credentials would end this one."""
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        try:
+            info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError):  # not queued: disconnected, or the queue is full
+            return False
+        return info.is_published()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the batch being written, then disconnect: the session (and what is not yet acknowledged) stays
         with the broker for the next start."""

@@ -26,17 +26,12 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from typing import Any, Protocol
 
 from edge.config import FLEET_LEVEL
 from edge.model.bundle import load_bundle
 from edge.model.signature import MANIFEST_FILE, SIGNATURE_FILE, load_public_key, verify
 from edge.model.store import archive_sha256, pack
-from edge.mqtt.publisher import read_password
-from fleet.config import FleetMqttConfig
 from fleet.historian import rollouts as book
 from fleet.historian.rollouts import FAILED, SETTLED, NewRollout, RolloutError
 from fleet.historian.store import ROLLBACK_SUFFIX, Historian, now_us
@@ -153,44 +148,34 @@ def describe(detail: book.Detail) -> str:
     return "\n".join(lines)
 
 
+class Publishing(Protocol):
+    """The service's MQTT connection (fleet.ingest.Ingest): the scheduler publishes on it, never on its own."""
+
+    connected: threading.Event  # set while the connection is up
+
+    def publish_retained(self, topic: str, payload: bytes, timeout_s: float) -> bool: ...
+
+
 class Scheduler:
     """Runs the rollouts inside cm-fleet serve: a thread that, every TICK_S, moves each one on from the historian's
-    state, with an MQTT connection of its own that publishes the retained archives and desired documents."""
+    state, publishing the retained archives and desired documents on the service's connection."""
 
-    def __init__(self, mqtt_config: FleetMqttConfig, historian: Historian, stopping: threading.Event) -> None:
-        self.mqtt_config = mqtt_config
+    def __init__(self, topic_prefix: str, historian: Historian, stopping: threading.Event, mqtt: Publishing) -> None:
         self.historian = historian
         self._stopping = stopping
-        self._prefix = f"{mqtt_config.topic_prefix}/{FLEET_LEVEL}"
-        self._client = self._make_client()
+        self._prefix = f"{topic_prefix}/{FLEET_LEVEL}"
+        self._mqtt = mqtt
         self._thread = threading.Thread(target=self._run, name="fleet-rollouts", daemon=True)
 
-    def _make_client(self) -> mqtt.Client:
-        config = self.mqtt_config
-        # Its own client id beside the ingest's session: publishing only, so a clean session.
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{config.session_id}-rollouts", protocol=mqtt.MQTTv5)
-        client.suppress_exceptions = True
-        if config.username is not None:
-            client.username_pw_set(config.username, read_password(config.password_file) if config.password_file else None)
-        if config.tls_ca or config.tls_cert:
-            client.tls_set(ca_certs=config.tls_ca, certfile=config.tls_cert, keyfile=config.tls_key)
-        client.reconnect_delay_set(config.reconnect_min, config.reconnect_max)  # type: ignore[arg-type]
-        return client
-
     def start(self) -> None:
-        config = self.mqtt_config
-        self._client.connect_async(config.host, config.port, config.keepalive)
-        self._client.loop_start()
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._thread.join(timeout)
-        self._client.disconnect()
-        self._client.loop_stop()
 
     def _run(self) -> None:
         while not self._stopping.wait(TICK_S):
-            if not self._client.is_connected():
+            if not self._mqtt.connected.is_set():
                 continue  # nothing can be published: the next tick tries again
             try:
                 self.tick()
@@ -206,9 +191,7 @@ class Scheduler:
 
     # -- publishing ----------------------------------------------------------------------------------------
     def _publish(self, topic: str, payload: bytes) -> None:
-        info = self._client.publish(topic, payload, qos=1, retain=True)
-        info.wait_for_publish(PUBLISH_TIMEOUT_S)
-        if not info.is_published():
+        if not self._mqtt.publish_retained(topic, payload, PUBLISH_TIMEOUT_S):
             raise RolloutError(f"{topic}: not acknowledged by the broker within {PUBLISH_TIMEOUT_S:g} s")
 
     def _desire(self, device: str, bundle: str, rollout_id: str, settings: dict[str, Any]) -> None:

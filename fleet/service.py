@@ -64,7 +64,7 @@ def serve(config: FleetConfig, stop: threading.Event | None = None) -> int:
     log.info("historian %s (schema version %d)", historian.where, historian.version())
     ingest = Ingest(config.mqtt, config.ingest, historian)
     compactor = Compactor(historian, config.historian, stop)
-    scheduler = Scheduler(config.mqtt, historian, stop)  # the staged rollouts (fleet/rollout.py)
+    scheduler = Scheduler(config.mqtt.topic_prefix, historian, stop, ingest)  # the staged rollouts, on ingest's connection
     try:
         web = WebServer(config.web, historian) if config.web is not None else None
     except BaseException:
@@ -80,8 +80,8 @@ def serve(config: FleetConfig, stop: threading.Event | None = None) -> int:
     finally:
         if web is not None:
             web.stop()
+        scheduler.stop()  # before the connection it publishes on
         ingest.stop()
-        scheduler.stop()
         compactor.join(30)
         historian.close()
         counts = ingest.counts
