@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from demo import free_port, run, step  # scripts/demo.py, beside this one (make demo): the same steps, printed alike
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("CM_FLEET_DEMO_OUT", ROOT / "fleet-demo-out"))
 BIN = Path(sys.executable).parent
@@ -35,20 +37,6 @@ SECONDS = float(os.environ.get("CM_FLEET_DEMO_SECONDS", "0"))  # 0: until Ctrl-C
 STATUS_EVERY_S = 5.0
 DEMO_USER = "demo"
 
-
-def step(text: str) -> None:
-    print(f"\n== {text}", flush=True)
-
-
-def run(*args: str | Path) -> None:
-    print("$ " + " ".join(str(a) for a in args), flush=True)
-    subprocess.run([str(a) for a in args], check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -15,18 +15,17 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from broker import Mosquitto, Subscriber
 from chain import BIN, TOPIC, Chain
-from trained import shared_bundle, shared_dropout_run, shared_run
+from trained import dropout_cycles, shared_bundle, shared_run
 
 from edge.model.bundle import file_sha256
 from edge.model.store import archive_sha256, pack
 from edge.mqtt.schemas import validate
-from firmware_bridge.ims import list_ims_files, read_counts, write_ims_file
+from firmware_bridge.ims import list_ims_files
 from fleet.signing import KeyPair, keygen, sign
 
 pytestmark = pytest.mark.slow
@@ -37,15 +36,7 @@ DESIRED = "cm/_fleet/desired/pump-7"
 @pytest.fixture(scope="module")
 def dropout_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Healthy x3, bearing 3's sensor dropped out x3, healthy x3, ten minutes apart (as in test_faults)."""
-    files = list_ims_files(shared_dropout_run())
-    healthy, dropout = read_counts(files[0].path), read_counts(files[-1].path)
-    run = tmp_path_factory.mktemp("dropout") / "run"
-    run.mkdir()
-    moment = files[0].timestamp
-    for counts in [healthy] * 3 + [dropout] * 3 + [healthy] * 3:
-        write_ims_file(run, moment, counts)
-        moment += timedelta(minutes=10)
-    return run
+    return dropout_cycles(tmp_path_factory.mktemp("dropout") / "run")
 
 
 def cm_train_baseline(out: Path, run: Path, *flags: str) -> Path:

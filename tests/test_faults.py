@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import HOST, Mosquitto, Subscriber, write_password_file
 from paho.mqtt.enums import CallbackAPIVersion
-from trained import shared_bundle, shared_dropout_run
+from trained import dropout_cycles, shared_bundle
 from waiting import eventually
 
 from edge.mqtt.schemas import validate
@@ -45,16 +45,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def fault_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """IMS files alternating healthy snapshots and dropouts of bearing 3, ten minutes apart."""
-    source = shared_dropout_run()
-    files = list_ims_files(source)
-    healthy, dropout = read_counts(files[0].path), read_counts(files[-1].path)
-    run = tmp_path_factory.mktemp("faults") / "run"
-    run.mkdir()
-    moment = files[0].timestamp
-    for counts in ([healthy] * 3 + [dropout] * 3) * CYCLES + [healthy] * 3:
-        write_ims_file(run, moment, counts)
-        moment += timedelta(minutes=10)
-    return run
+    return dropout_cycles(tmp_path_factory.mktemp("faults") / "run", CYCLES)
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,15 @@ import contextlib
 import json
 import sqlite3
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from broker import Mosquitto, Subscriber
 from chain import TOPIC, Chain
-from trained import shared_bundle, shared_dropout_run
+from trained import dropout_cycles, shared_bundle
 from waiting import eventually
 
 from edge.config import ConfigError, MqttConfig, load_config
-from firmware_bridge.ims import list_ims_files, read_counts, write_ims_file
 
 OUTAGE_S = 12.0  # a 1 s doubling back-off tries at 1, 3, 7 and 15 s: 3 s after the broker's return
 BACK_WITHIN_S = 2.0
@@ -29,15 +27,7 @@ BACK_WITHIN_S = 2.0
 @pytest.fixture(scope="module")
 def two_alerts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Healthy, a sensor dropout, healthy again: two alerts (-> sensor_fault, -> normal)."""
-    files = list_ims_files(shared_dropout_run())
-    healthy, dropout = read_counts(files[0].path), read_counts(files[-1].path)
-    run = tmp_path_factory.mktemp("reconnect") / "run"
-    run.mkdir()
-    moment = files[0].timestamp
-    for counts in [healthy] * 3 + [dropout] * 3 + [healthy] * 3:
-        write_ims_file(run, moment, counts)
-        moment += timedelta(minutes=10)
-    return run
+    return dropout_cycles(tmp_path_factory.mktemp("reconnect") / "run")
 
 
 def stored_alerts(outbox: Path) -> int:

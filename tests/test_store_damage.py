@@ -15,17 +15,15 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from broker import Mosquitto, Subscriber
 from chain import TOPIC, Chain
-from trained import shared_bundle, shared_dropout_run
+from trained import dropout_cycles, shared_bundle
 from waiting import eventually
 
 from edge.mqtt.schemas import validate
-from firmware_bridge.ims import list_ims_files, read_counts, write_ims_file
 
 pytestmark = pytest.mark.waits
 CYCLES = 2  # healthy, dropout, ...: two alerts a cycle (-> sensor_fault, -> normal)
@@ -33,15 +31,7 @@ CYCLES = 2  # healthy, dropout, ...: two alerts a cycle (-> sensor_fault, -> nor
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    files = list_ims_files(shared_dropout_run())
-    healthy, dropout = read_counts(files[0].path), read_counts(files[-1].path)
-    directory = tmp_path_factory.mktemp("store") / "run"
-    directory.mkdir()
-    moment = files[0].timestamp
-    for counts in ([healthy] * 3 + [dropout] * 3) * CYCLES + [healthy] * 3:
-        write_ims_file(directory, moment, counts)
-        moment += timedelta(minutes=10)
-    return directory
+    return dropout_cycles(tmp_path_factory.mktemp("store") / "run", CYCLES)
 
 
 @pytest.fixture

@@ -20,12 +20,13 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 
 from edge.model.features import snapshot_features
-from firmware_bridge.ims import IMS_SCALE, list_ims_files, read_counts
+from firmware_bridge.ims import IMS_SCALE, list_ims_files, read_counts, write_ims_file
 from firmware_bridge.synth import generate
 
 RUN_FILES = 140
@@ -127,6 +128,19 @@ def shared_dropout_run() -> Path:
     """`shared_run()` with bearing 3's sensor dropping out in its last three files (cm-synth --dropout-at-end);
     the files before are the same. Read-only: a test that changes a file links the others into its own folder."""
     return _made_once("dropout-run", lambda path: make_synthetic_run(path, dropout_at_end=True))
+
+
+def dropout_cycles(directory: Path, cycles: int = 1) -> Path:
+    """IMS files ten minutes apart: (healthy x3, bearing 3's sensor dropped out x3) `cycles` times, then healthy x3.
+    Each cycle raises two alerts (-> sensor_fault, and back). Made from `shared_dropout_run()`'s first and last file."""
+    files = list_ims_files(shared_dropout_run())
+    healthy, dropout = read_counts(files[0].path), read_counts(files[-1].path)
+    directory.mkdir(parents=True)
+    moment = files[0].timestamp
+    for counts in ([healthy] * 3 + [dropout] * 3) * cycles + [healthy] * 3:
+        write_ims_file(directory, moment, counts)
+        moment += timedelta(minutes=10)
+    return directory
 
 
 def run_features(run_dir: Path) -> np.ndarray:
