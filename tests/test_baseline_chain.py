@@ -20,12 +20,11 @@ from pathlib import Path
 import pytest
 from broker import Mosquitto, Subscriber
 from chain import BIN, TOPIC, Chain
-from trained import dropout_cycles, shared_bundle, shared_run
+from trained import dropout_cycles, first_files, shared_bundle, shared_run
 
 from edge.model.bundle import file_sha256
 from edge.model.store import archive_sha256, pack
 from edge.mqtt.schemas import validate
-from firmware_bridge.ims import list_ims_files
 from fleet.signing import KeyPair, keygen, sign
 
 pytestmark = pytest.mark.slow
@@ -88,10 +87,7 @@ def test_a_baseline_agent_learns_raises_sensor_faults_and_never_a_learned_alarm(
 
 def test_a_baseline_agent_takes_a_signed_model_over_the_air(broker, tmp_path) -> None:
     fleet: KeyPair = keygen(tmp_path / "fleet")
-    healthy = tmp_path / "healthy"
-    healthy.mkdir()
-    for file in list_ims_files(shared_run())[:HEALTHY]:
-        (healthy / file.path.name).symlink_to(file.path)
+    healthy = first_files(shared_run(), HEALTHY, tmp_path / "healthy")
     baseline = cm_train_baseline(tmp_path / "baseline", healthy)
     sign(baseline, fleet.private)  # cm-fleet sign signs a baseline card as it does a bundle
     candidate = tmp_path / "candidate"

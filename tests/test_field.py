@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from broker import Mosquitto, Subscriber
 from chain import BIN, DEVICE, TOPIC, Chain
-from trained import make_bundle, shared_run
+from trained import first_files, make_bundle, shared_run
 from waiting import eventually
 
 from edge.model.bundle import load_bundle
@@ -84,10 +84,7 @@ def test_the_trainer_records_the_cadence_it_was_trained_on(short_bundle):
 
 def test_a_continuous_boot_time_stream_is_dated_by_the_agent_scored_at_the_cards_cadence_and_announced_to_ha(
         short_run, short_bundle, broker, tmp_path):
-    healthy = tmp_path / "healthy"
-    healthy.mkdir()
-    for ims in list_ims_files(short_run)[:60]:  # the healthy part the bundle was fitted on
-        (healthy / ims.path.name).symlink_to(ims.path)
+    healthy = first_files(short_run, 60, tmp_path / "healthy")  # the healthy part the bundle was fitted on
     chain = Chain(tmp_path, broker, short_bundle)
     wall_minus_monotonic = time.time() - time.monotonic()
     with Subscriber(broker.port, [f"{TOPIC}/#"]) as subscriber:

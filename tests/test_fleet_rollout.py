@@ -23,12 +23,11 @@ import pytest
 from broker import Mosquitto, Subscriber
 from chain import BIN, Chain
 from fleet_helpers import FleetService, start_fleet
-from trained import shared_bundle, shared_run
+from trained import first_files, shared_bundle, shared_run
 from waiting import eventually
 
 from edge.model.store import archive_sha256, pack
 from edge.mqtt.schemas import validate
-from firmware_bridge.ims import list_ims_files
 from fleet.config import HistorianConfig
 from fleet.historian import Historian, open_historian
 from fleet.signing import KeyPair, keygen, sign
@@ -49,10 +48,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[KeyPair, KeyPair]:
 
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("healthy")
-    for file in list_ims_files(shared_run())[:HEALTHY]:
-        (folder / file.path.name).symlink_to(file.path)
-    return folder
+    return first_files(shared_run(), HEALTHY, tmp_path_factory.mktemp("healthy"))
 
 
 def signed_variant(root: Path, name: str, signer: KeyPair) -> Path:

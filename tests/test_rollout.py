@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from broker import Mosquitto, Subscriber
 from chain import TOPIC, Chain
-from trained import shared_bundle, shared_run
+from trained import first_files, shared_bundle, shared_run
 from waiting import eventually
 
 from edge.checkpoint import checkpoint_path, load_checkpoint
@@ -26,7 +26,6 @@ from edge.config import load_config
 from edge.model.store import CURRENT_FILE, archive_sha256, pack
 from edge.mqtt.schemas import validate
 from edge.rollout import store_path
-from firmware_bridge.ims import list_ims_files
 from fleet.signing import KeyPair, keygen, sign
 
 pytestmark = pytest.mark.slow
@@ -42,10 +41,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[KeyPair, KeyPair]:
 
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("healthy")
-    for file in list_ims_files(shared_run())[:HEALTHY]:
-        (folder / file.path.name).symlink_to(file.path)
-    return folder
+    return first_files(shared_run(), HEALTHY, tmp_path_factory.mktemp("healthy"))
 
 
 def variant(root: Path, name: str, signer: KeyPair, card: Callable[[dict], None] = lambda card: None,

@@ -130,6 +130,14 @@ def shared_dropout_run() -> Path:
     return _made_once("dropout-run", lambda path: make_synthetic_run(path, dropout_at_end=True))
 
 
+def first_files(run_dir: Path, count: int, directory: Path) -> Path:
+    """A folder of links to the first `count` files of a recorded run: its healthy start, replayed or fitted on."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for file in list_ims_files(run_dir)[:count]:
+        (directory / file.path.name).symlink_to(file.path)
+    return directory
+
+
 def dropout_cycles(directory: Path, cycles: int = 1) -> Path:
     """IMS files ten minutes apart: (healthy x3, bearing 3's sensor dropped out x3) `cycles` times, then healthy x3.
     Each cycle raises two alerts (-> sensor_fault, and back). Made from `shared_dropout_run()`'s first and last file."""
