@@ -10,6 +10,9 @@
     cm-fleet sign BUNDLE --key KEY                          sign a bundle directory (MANIFEST.json + MANIFEST.sig)
     cm-fleet rollout create BUNDLE --devices SELECTOR       a staged rollout of a signed bundle (run by cm-fleet serve)
     cm-fleet rollout status [ID] | pause ID | resume ID | abort ID | rollback ID
+    cm-fleet commission DEVICE                              check its baseline now; if good, cm-fleet serve trains it
+    cm-fleet commission status [DEVICE] [--json]            each machine's phase: learning, training, probation, monitoring
+    cm-fleet commission learn-again DEVICE                  a new baseline from now on (after a repair, a change)
 """
 from __future__ import annotations
 
@@ -59,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("bundle", help="the bundle directory (as cm-train fit writes it)")
     sign.add_argument("--key", required=True, help="the private key file (bundle-signing.key)")
     _rollout_parser(commands, configured)
+    commission = commands.add_parser("commission", parents=[configured],
+                                     help="commission a machine now (status: the phases; learn-again: a new baseline)")
+    commission.add_argument("words", nargs="+", metavar="DEVICE | status [DEVICE] | learn-again DEVICE")
+    commission.add_argument("--json", action="store_true", help="status as JSON, as the dashboard's twins")
     return parser
 
 
@@ -170,6 +177,46 @@ def _rollout(args: argparse.Namespace, config: FleetConfig) -> int:
     return 0
 
 
+def _commission(args: argparse.Namespace, config: FleetConfig) -> int:
+    """The checks run here and now, so the answer is printed; cm-fleet serve's worker trains (fleet/commissioning.py)."""
+    import json
+
+    from fleet.commissioning import assess, describe
+    from fleet.historian import commissioning as book
+    from fleet.web.twins import plain
+
+    action, rest = (args.words[0], args.words[1:]) if args.words[0] in ("status", "learn-again") else ("now", args.words)
+    if len(rest) not in ((0, 1) if action == "status" else (1,)):
+        print("cm-fleet commission: expected DEVICE, status [DEVICE] or learn-again DEVICE", file=sys.stderr)
+        return 2
+    historian = open_historian(config.historian)
+    try:
+        if action == "status":
+            found = book.records(historian) if not rest else [r for r in [book.record(historian, rest[0])] if r]
+            print(json.dumps(plain(found)) if args.json else "\n".join(describe(r) for r in found) or "no machine commissioned")
+            return 0 if found or not rest else 1
+        if action == "learn-again":
+            print(describe(book.learn_again(historian, rest[0], f"learn again by {getpass.getuser()}")))
+            return 0
+        if config.commissioning is None:
+            raise FleetConfigError(f"{args.config}: no [commissioning] section: nothing would train the machine")
+        record = book.request(historian, rest[0], getpass.getuser())
+        verdict = assess(historian, record, config.commissioning)
+        if not verdict.passed:
+            book.refuse(historian, record.device_id, verdict.reason)
+        else:
+            book.set_progress(historian, record.device_id, verdict.progress)
+        found_record = book.record(historian, record.device_id)
+        assert found_record is not None
+        print(describe(found_record) + ("" if not verdict.passed else f"; {verdict.reason}: cm-fleet serve trains it"))
+        return 0 if verdict.passed else 1
+    except book.CommissioningError as error:
+        print(f"cm-fleet commission: {error}", file=sys.stderr)
+        return 2
+    finally:
+        historian.close()
+
+
 def _simulate_parser(commands: argparse._SubParsersAction) -> None:
     from fleet.simulate import SimulationConfig as Sim  # its defaults, stated once
 
@@ -223,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         if args.command == "rollout":
             return _rollout(args, config)
+        if args.command == "commission":
+            return _commission(args, config)
         if args.command != "serve":
             return _manage(args, config)
         from fleet.service import serve  # after the arguments: --help stays fast

@@ -7,6 +7,7 @@ and the value, as the agent's config does.
     [historian]   url = "sqlite:///var/lib/cm-fleet/historian.sqlite" or "postgresql://cm@db/cm_fleet"
     [ingest]      what a payload may be, and how often rejections are logged
     [web]         the dashboard and its JSON API (served only when the section is there)
+    [commissioning]  machines' baselines checked, trained, signed and rolled out (only when the section is there)
 """
 from __future__ import annotations
 
@@ -87,11 +88,31 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class CommissioningConfig:
+    """A machine on a baseline card learns its baseline; cm-fleet trains it a model (deploy/README.md)."""
+
+    baseline_cards: str = ""  # a directory of the cards the agents run (cm-train baseline --out DIR/NAME), found by id
+    signing_key: str = ""  # the private key (cm-fleet keygen) the trained bundles are signed with
+    auto: bool = True  # train as soon as a learning machine's baseline passes; false: only on request
+    min_days: float = 14.0  # the baseline spans at least this long (capture times) ...
+    min_snapshots: int = 1000  # ... and holds at least this many snapshots
+    max_shift: float = 6.0  # a feature's level in the last third this many spreads off the first third's: changed state
+    check_interval_s: float = 60.0  # how often the worker looks at the learning machines
+    work_dir: str = "/var/lib/cm-fleet/commissioning"  # tables, bundles and reports of each training, kept
+    trainer: str = "cm-train"  # the trainer's command (the fleet host needs the trainer extra); beside python if there
+    fit_epochs: int = 0  # 0: cm-train fit's own default
+    train_timeout_s: float = 3600.0  # fit and evaluate each, beyond which the attempt is refused
+    probation_snapshots: int = 0  # 0: the agent's own default (edge.probation)
+    probation_seconds: float = 0.0  # 0: the agent's own default
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     mqtt: FleetMqttConfig = FleetMqttConfig()
     historian: HistorianConfig = HistorianConfig()
     ingest: IngestConfig = IngestConfig()
     web: WebConfig | None = None  # no [web] section: ingest only, nothing listens
+    commissioning: CommissioningConfig | None = None  # no [commissioning] section: nothing is trained
 
 
 Section = TypeVar("Section")
@@ -141,14 +162,34 @@ def _check(config: FleetConfig, path: Path) -> FleetConfig:
         ("web.login_attempts", web.login_attempts, web.login_attempts >= 1, ">= 1"),
         ("web.login_window_s", web.login_window_s, web.login_window_s > 0, "> 0"),
     ]
-    for key, value, ok, expected in checks:
+    for key, value, ok, expected in checks + _commissioning_checks(config):
         if not ok:
             raise FleetConfigError(f"{path}: {key}: expected {expected}, got {value!r}")
     return config
 
 
+def _commissioning_checks(config: FleetConfig) -> list[tuple[str, Any, Any, str]]:
+    c = config.commissioning
+    if c is None:
+        return []
+    retention = config.historian.raw_retention_days
+    return [
+        ("commissioning.baseline_cards", c.baseline_cards, c.baseline_cards != "", "a directory of baseline cards"),
+        ("commissioning.signing_key", c.signing_key, c.signing_key != "", "a private key file (cm-fleet keygen)"),
+        ("commissioning.min_days", c.min_days, 0 <= c.min_days < retention,
+         f">= 0 and below historian.raw_retention_days ({retention:g}: the baseline is read raw)"),
+        ("commissioning.min_snapshots", c.min_snapshots, c.min_snapshots >= 2, ">= 2"),
+        ("commissioning.max_shift", c.max_shift, c.max_shift > 0, "> 0"),
+        ("commissioning.check_interval_s", c.check_interval_s, c.check_interval_s > 0, "> 0"),
+        ("commissioning.fit_epochs", c.fit_epochs, c.fit_epochs >= 0, ">= 0"),
+        ("commissioning.train_timeout_s", c.train_timeout_s, c.train_timeout_s > 0, "> 0"),
+        ("commissioning.probation_snapshots", c.probation_snapshots, c.probation_snapshots >= 0, ">= 0"),
+        ("commissioning.probation_seconds", c.probation_seconds, c.probation_seconds >= 0, ">= 0"),
+    ]
+
+
 SECTIONS = {"mqtt": FleetMqttConfig, "historian": HistorianConfig, "ingest": IngestConfig}
-OPTIONAL_SECTIONS = {"web": WebConfig}  # absent: that part does not run
+OPTIONAL_SECTIONS = {"web": WebConfig, "commissioning": CommissioningConfig}  # absent: that part does not run
 
 
 def parse_config(document: dict[str, Any], path: Path) -> FleetConfig:

@@ -1,5 +1,5 @@
-"""`cm-fleet serve`: one process that ingests, stores, runs the staged rollouts and (with a [web] section) serves
-the dashboard.
+"""`cm-fleet serve`: one process that ingests, stores, runs the staged rollouts, (with a [commissioning] section)
+commissions the machines that learn their baseline and (with a [web] section) serves the dashboard.
 
 SIGTERM or SIGINT stops it cleanly: the batch being written is committed and acknowledged, the rest stays
 unacknowledged with the broker, which keeps it in this service's session for the next start.
@@ -11,6 +11,7 @@ import signal
 import threading
 from types import FrameType
 
+from fleet.commissioning_worker import Worker
 from fleet.config import FleetConfig, HistorianConfig
 from fleet.historian import Historian, open_historian
 from fleet.ingest import Ingest
@@ -65,6 +66,7 @@ def serve(config: FleetConfig, stop: threading.Event | None = None) -> int:
     ingest = Ingest(config.mqtt, config.ingest, historian)
     compactor = Compactor(historian, config.historian, stop)
     scheduler = Scheduler(config.mqtt.topic_prefix, historian, stop, ingest)  # the staged rollouts, on ingest's connection
+    worker = Worker(config.commissioning, historian, stop) if config.commissioning is not None else None
     try:
         web = WebServer(config.web, historian) if config.web is not None else None
     except BaseException:
@@ -73,6 +75,8 @@ def serve(config: FleetConfig, stop: threading.Event | None = None) -> int:
     ingest.start()
     compactor.start()
     scheduler.start()
+    if worker is not None:
+        worker.start()
     if web is not None:
         web.start()
     try:
@@ -80,6 +84,8 @@ def serve(config: FleetConfig, stop: threading.Event | None = None) -> int:
     finally:
         if web is not None:
             web.stop()
+        if worker is not None:
+            worker.stop()  # its trainer subprocess, if one runs, is ended
         scheduler.stop()  # before the connection it publishes on
         ingest.stop()
         compactor.join(30)

@@ -1,5 +1,7 @@
 """Alerts as people work them: one table across the fleet, acknowledged (who, when, comment) and closed with
-a failure mode; the closed ones become the labels a model is scored against.
+a failure mode; the closed ones become the labels a model is scored against. Closing with a repair (REPAIRS)
+says the machine is not the one its model learned any more: it learns a new baseline from then on
+(fleet/historian/commissioning.py), its old model watching until the new one passes probation.
 
 An alert here is a raising transition (to warning, alarm or sensor_fault); the transition back to normal
 ends its episode. Acknowledging and closing happen once: a second acknowledgement or close changes nothing.
@@ -8,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fleet.historian import commissioning
 from fleet.historian.store import Historian, now_us
 
 FAILURE_MODES = ("outer_race", "inner_race", "ball", "cage", "unbalance", "misalignment", "looseness", "lubrication",
                  "sensor_fault", "false_alarm", "other")
+REPAIRS = ("bearing_replaced", "realigned", "rebalanced", "lubricated", "other")
 NOT_A_FAILURE = frozenset({"sensor_fault", "false_alarm"})  # closed so, an episode is labelled healthy
 FILTERS = ("active", "unacknowledged", "closed", "all")
 CALM = ("normal", "learning")  # an alert into these ends an episode: nothing to acknowledge or close
@@ -20,7 +24,7 @@ WHERE = {"active": "closed_us IS NULL", "unacknowledged": "acknowledged_us IS NU
          "closed": "closed_us IS NOT NULL", "all": "1 = 1"}
 COLUMNS = ("id, device_id, time_us, state, previous_state, score, warning_threshold, alarm_threshold, top_channel, "
            "reason, model_id, defect, acknowledged_by, acknowledged_us, ack_comment, closed_by, closed_us, failure_mode, "
-           "close_comment")
+           "close_comment, repair")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class AlertRow:
     closed_us: int | None
     failure_mode: str | None
     close_comment: str | None
+    repair: str | None = None
 
 
 class AlertBookError(ValueError):
@@ -81,17 +86,23 @@ def acknowledge(historian: Historian, alert_id: str, user: str, comment: str) ->
     return _after(historian, alert_id, changed, "acknowledged")
 
 
-def close(historian: Historian, alert_id: str, user: str, failure_mode: str, comment: str) -> AlertRow:
-    """Closing acknowledges too, if nobody had."""
+def close(historian: Historian, alert_id: str, user: str, failure_mode: str, comment: str,
+          repair: str | None = None) -> AlertRow:
+    """Closing acknowledges too, if nobody had; with a repair, the machine learns a new baseline."""
     if failure_mode not in FAILURE_MODES:
         raise AlertBookError(f"failure_mode: expected one of {', '.join(FAILURE_MODES)}, got {failure_mode!r}")
+    if repair is not None and repair not in REPAIRS:
+        raise AlertBookError(f"repair: expected one of {', '.join(REPAIRS)} (or none), got {repair!r}")
     now = now_us()
     changed, _ = historian.write([
-        ("UPDATE alerts SET closed_by = ?, closed_us = ?, failure_mode = ?, close_comment = ? WHERE id = ? AND closed_us IS NULL",
-         (user, now, failure_mode, comment, alert_id)),
+        ("UPDATE alerts SET closed_by = ?, closed_us = ?, failure_mode = ?, close_comment = ?, repair = ? "
+         "WHERE id = ? AND closed_us IS NULL", (user, now, failure_mode, comment, repair, alert_id)),
         ("UPDATE alerts SET acknowledged_by = ?, acknowledged_us = ? WHERE id = ? AND acknowledged_us IS NULL",
          (user, now, alert_id))])
-    return _after(historian, alert_id, changed, "closed")
+    row = _after(historian, alert_id, changed, "closed")
+    if repair is not None:
+        commissioning.learn_again(historian, row.device_id, f"{repair.replace('_', ' ')} (alert {alert_id} closed by {user})")
+    return row
 
 
 def _after(historian: Historian, alert_id: str, changed: int, done: str) -> AlertRow:

@@ -156,6 +156,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX rollout_devices_by_device ON rollout_devices (device_id)",
     ),
+    # version 4: commissioning (fleet/commissioning.py): each machine's baseline, its training and its phase; a
+    # repair recorded when an alert is closed starts a new baseline
+    (
+        """CREATE TABLE commissioning (
+            device_id TEXT PRIMARY KEY,
+            phase TEXT NOT NULL,             -- learning | training | probation | monitoring
+            phase_us BIGINT NOT NULL,        -- received: when the phase began
+            baseline_start_us BIGINT NOT NULL,  -- capture time: the baseline is the telemetry from here on
+            baseline_card TEXT,              -- the card id whose feature spec the model is trained for
+            started_by TEXT NOT NULL,        -- what started this baseline: the first `learning`, a repair, a person
+            reason TEXT,                     -- learning: why the baseline was refused; training: the step it is at
+            progress TEXT,                   -- learning: JSON {snapshots, days, min_snapshots, min_days, checked_us}
+            requested_by TEXT,               -- a request to train now (cm-fleet commission, the dashboard)
+            requested_us BIGINT,
+            held BOOLEAN NOT NULL DEFAULT FALSE,  -- an attempt failed: no automatic retry on this baseline
+            bundle_sha256 TEXT,              -- the trained bundle's archive, as its rollout names it
+            rollout_id TEXT,
+            updated_us BIGINT NOT NULL
+        )""",
+        "CREATE INDEX commissioning_by_phase ON commissioning (phase)",
+        "ALTER TABLE alerts ADD COLUMN repair TEXT",  # fleet.historian.alert_book.REPAIRS: closing with one learns again
+    ),
 )
 
 VERSION = len(MIGRATIONS)

@@ -7,7 +7,17 @@ from typing import Any
 
 from flask import Blueprint, g, jsonify, redirect, request, url_for
 
-from fleet.historian.alert_book import CALM, FAILURE_MODES, FILTERS, AlertBookError, AlreadyDone, acknowledge, alert_rows, close
+from fleet.historian.alert_book import (
+    CALM,
+    FAILURE_MODES,
+    FILTERS,
+    REPAIRS,
+    AlertBookError,
+    AlreadyDone,
+    acknowledge,
+    alert_rows,
+    close,
+)
 from fleet.web.auth import refuse, requires, wants_json
 from fleet.web.services import services
 from fleet.web.twins import plain, respond, twin_routes
@@ -24,7 +34,7 @@ def alerts_page(fmt: str) -> Any:
     except AlertBookError as error:
         return refuse(400, str(error))
     return respond(fmt, "alerts.html", {"alerts": rows, "filter": which, "filters": list(FILTERS), "machine": device_id,
-                                        "failure_modes": list(FAILURE_MODES), "calm": CALM})
+                                        "failure_modes": list(FAILURE_MODES), "repairs": list(REPAIRS), "calm": CALM})
 
 
 twin_routes(blueprint, "/alerts", "alerts_page", alerts_page)
@@ -65,5 +75,5 @@ def acknowledge_alert(alert_id: str) -> Any:
 @blueprint.post("/alerts/<alert_id>/close")
 @requires("operator")
 def close_alert(alert_id: str) -> Any:
-    comment, mode = _field("comment")[:MAX_COMMENT], _field("failure_mode")
-    return _done(lambda: close(services().historian, alert_id, g.user.name, mode, comment))
+    comment, mode, repair = _field("comment")[:MAX_COMMENT], _field("failure_mode"), _field("repair") or None
+    return _done(lambda: close(services().historian, alert_id, g.user.name, mode, comment, repair))

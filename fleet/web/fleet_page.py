@@ -1,5 +1,5 @@
 """The fleet page: every machine with its state, since when, score, bearing, defect, ISO zone, model, last seen
-and agent health; filtered by state, unacknowledged alerts, site or tag, and sorted; its JSON twin is what the
+agent health and commissioning phase (learning with its progress, training, probation, monitoring); filtered by state, unacknowledged alerts, site or tag, and sorted; its JSON twin is what the
 page polls to update without a reload."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, redirect, request, url_for
 
+from fleet.historian.commissioning import summaries
 from fleet.historian.overview import SORTS, STATES, FleetFilter, OverviewError, fleet_counts, fleet_rows, sites_and_tags
 from fleet.web.auth import refuse
 from fleet.web.services import services
@@ -39,7 +40,7 @@ def fleet_page(fmt: str) -> Any:
     sites, tags = sites_and_tags(historian)
     return respond(fmt, "fleet.html", {"machines": machines, "total": sum(counts.values()), "counts": counts,
                                        "filter": chosen, "states": list(STATES), "sorts": list(SORTS), "sites": sites,
-                                       "tags": tags})
+                                       "tags": tags, "phases": summaries(historian)})
 
 
 twin_routes(blueprint, "/fleet", "fleet_page", fleet_page)

@@ -1,19 +1,21 @@
 """A machine's page: score trend against its warning and alarm thresholds, per-bearing error, features and
-velocity RMS against the ISO zones, the alert timeline, agent health and model history. The charts' series
-come downsampled from the historian (fleet/historian/series.py): any span is at most ~1000 points."""
+velocity RMS against the ISO zones, the alert timeline, agent health, model history and commissioning (its phase,
+"commission now" and "learn again" for operators). The charts' series come downsampled from the historian
+(fleet/historian/series.py): any span is at most ~1000 points."""
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, g, jsonify, redirect, request, url_for
 
 from edge.scoring.diagnosis import DEFAULT_ISO_GROUP, ISO_GROUPS, VELOCITY_FEATURE
-from fleet.historian.alert_book import CALM, FAILURE_MODES, alert_rows
+from fleet.historian import commissioning
+from fleet.historian.alert_book import CALM, FAILURE_MODES, REPAIRS, alert_rows
 from fleet.historian.overview import FleetFilter, fleet_rows, machine_picture, model_history
 from fleet.historian.series import Span, latest_record, series, series_names, telemetry_extent
-from fleet.web.auth import refuse
+from fleet.web.auth import refuse, requires, wants_json
 from fleet.web.services import services
-from fleet.web.twins import respond
+from fleet.web.twins import plain, respond
 
 blueprint = Blueprint("machine", __name__)
 SPANS_S = {"1h": 3600, "1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400, "365d": 365 * 86400, "all": None}
@@ -60,8 +62,33 @@ def machine_page(device_id: str, fmt: str) -> Any:
         "iso_group": iso_group, "iso_groups": list(ISO_GROUPS), "iso_boundaries": list(ISO_GROUPS[iso_group]),
         "velocity_feature": VELOCITY_FEATURE, "series": charts(points), "alerts": timeline, "state": state,
         "health": health, "counters": (record or {}).get("counters"), "time_source": (record or {}).get("time_source"),
-        "models": model_history(historian, device_id), "failure_modes": list(FAILURE_MODES), "calm": CALM})
+        "models": model_history(historian, device_id), "failure_modes": list(FAILURE_MODES), "calm": CALM,
+        "repairs": list(REPAIRS), "commissioning": commissioning.record(historian, device_id)})
 
 
 blueprint.add_url_rule("/machines/<device_id>", "machine_page", machine_page, defaults={"fmt": "html"})
 blueprint.add_url_rule("/machines/<device_id>.json", "machine_page", machine_page, defaults={"fmt": "json"})
+
+
+def _commissioning_change(device_id: str, change: Any) -> Any:
+    """"Commission now" and "learn again": the request goes into the historian, cm-fleet serve's worker acts on it."""
+    try:
+        found = change()
+    except commissioning.CommissioningError as error:
+        return refuse(409, str(error))
+    if wants_json():
+        return jsonify(plain(found))
+    return redirect(url_for("machine.machine_page", device_id=device_id), code=303)
+
+
+@blueprint.post("/machines/<device_id>/commission")
+@requires("operator")
+def commission_now(device_id: str) -> Any:
+    return _commissioning_change(device_id, lambda: commissioning.request(services().historian, device_id, g.user.name))
+
+
+@blueprint.post("/machines/<device_id>/learn-again")
+@requires("operator")
+def learn_again(device_id: str) -> Any:
+    return _commissioning_change(device_id, lambda: commissioning.learn_again(
+        services().historian, device_id, f"learn again by {g.user.name}"))

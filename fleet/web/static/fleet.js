@@ -44,6 +44,7 @@ function draw(data) {
     else cell(row, m.health_problem == null ? "-" : "ok");
     cell(row, m.unacknowledged ? String(m.unacknowledged) : "");
     cell(row, (m.site || "") + (m.tags.length ? " [" + m.tags.join(", ") + "]" : ""));
+    cell(row, (data.phases || {})[m.device_id] || "-").dataset.testid = "machine-phase";
   }
   const shown = data.total > data.machines.length ? ", the first " + data.machines.length + " shown" : "";
   document.getElementById("fleet-count").textContent = data.total + " machines" + shown;
