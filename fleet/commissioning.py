@@ -27,6 +27,7 @@ import numpy as np
 
 from edge.ingest.clock import iso_time
 from edge.model.bundle import CARD_FILE, BundleError, FeatureSpec, load_deployable
+from edge.model.features import feature_columns
 from fleet.config import CommissioningConfig
 from fleet.historian import commissioning as book
 from fleet.historian.store import Historian
@@ -38,14 +39,6 @@ FAULT_STATE = "sensor_fault"
 
 class CommissioningError(ValueError):
     """A machine that cannot be trained (no card for it, a trainer that fails); the message says why."""
-
-
-def feature_columns(spec: FeatureSpec) -> list[str]:
-    """The table's columns after the timestamp, channel-major: the channel for a one-feature set, else
-    `<channel>.<feature>` (the trainer reads them by these names)."""
-    if len(spec.features) == 1:
-        return list(spec.channels)
-    return [f"{channel}.{feature}" for channel in spec.channels for feature in spec.features]
 
 
 def _values(payload: dict[str, Any], spec: FeatureSpec) -> list[float] | None:
@@ -79,7 +72,7 @@ class Baseline:
             else:
                 times.append(time_us)
                 rows.append(values)
-        columns = feature_columns(spec)
+        columns = list(feature_columns(spec.feature_set, spec.channels))  # the trainer's naming: one rule for both
         return cls(device_id, columns, times, np.array(rows, dtype=np.float64).reshape(-1, len(columns)), faults)
 
 
