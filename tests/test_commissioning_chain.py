@@ -81,10 +81,9 @@ probation_snapshots = 3
         assert eventually(lambda: (found := book.record(historian, DEVICE)) is not None and found.progress is not None
                           and found.progress["snapshots"] == BASELINE_FILES, 30), service.read_log()
 
-        asked = subprocess.run([BIN / "cm-fleet", "commission", DEVICE, "--config", service.config], capture_output=True,
-                               text=True, timeout=60)
+        asked = cm_fleet(service.directory, ["cm-fleet", "commission", "pump-7", "--config", "fleet.toml"])
         assert asked.returncode == 0, asked.stderr
-        assert f"{DEVICE}: learning since " in asked.stdout and "training requested" not in asked.stderr
+        assert asked.stdout.startswith(f"{DEVICE}: learning since ")
         assert f"baseline good: {BASELINE_FILES} snapshots over 0.41 days: cm-fleet serve trains it" in asked.stdout
 
         assert eventually(lambda: book.record(historian, DEVICE).phase == "probation", 240), (  # type: ignore[union-attr]
@@ -108,9 +107,10 @@ probation_snapshots = 3
         assert trained.card.feature_spec.sample_rate_hz == card.card.feature_spec.sample_rate_hz
         assert trained.card.feature_spec.snapshot_samples == card.card.feature_spec.snapshot_samples
 
-        status = subprocess.run([BIN / "cm-fleet", "commission", "status", DEVICE, "--json", "--config", service.config],
-                                capture_output=True, text=True, timeout=60)
+        status = cm_fleet(service.directory, ["cm-fleet", "commission", "status", DEVICE, "--json", "--config", "fleet.toml"])
         assert json.loads(status.stdout)[0]["phase"] == "probation"
+        listed = cm_fleet(service.directory, ["cm-fleet", "commission", "status", "--config", "fleet.toml"])
+        assert listed.stdout.startswith(f"{DEVICE}: probation since ") and f"rollout {record.rollout_id}" in listed.stdout
 
         outcome = {"rollout": record.rollout_id, "bundle": record.bundle_sha256, "status": "active", "reason": None,
                    "started": "2023-11-15T00:00:00Z", "updated": "2023-11-16T00:00:00Z"}
@@ -119,4 +119,16 @@ probation_snapshots = 3
         with Subscriber(broker.port, "cm/_none") as agent:
             assert agent.publish_acked(f"cm/{DEVICE}/model", json.dumps(report.payload).encode())
         assert eventually(lambda: book.record(historian, DEVICE).phase == "monitoring", 30), service.read_log()  # type: ignore[union-attr]
+
+        again = cm_fleet(service.directory, ["cm-fleet", "commission", "learn-again", "pump-7", "--config", "fleet.toml"])
+        assert again.returncode == 0, again.stderr
+        relearning = book.record(historian, DEVICE)
+        assert relearning is not None and relearning.phase == "learning"
+        assert relearning.baseline_start_us == T0_US + (BASELINE_FILES - 1) * STEP_US + 1  # after the newest snapshot
+        assert relearning.started_by.startswith("learn again by ")
         assert service.stop() == 0
+
+
+def cm_fleet(directory, command: list[str]) -> subprocess.CompletedProcess:
+    """The docs' command line, run where the service's fleet.toml is."""
+    return subprocess.run([BIN / command[0], *command[1:]], cwd=directory, capture_output=True, text=True, timeout=60)

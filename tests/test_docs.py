@@ -56,6 +56,9 @@ ELSEWHERE = {
     "cm-fleet rollout create bundles/pump7 --devices all --canary 5% --wave-wait 1h --max-failed 10% --config fleet.toml":
         "tests/test_fleet_rollout.py",  # a bundle signed by a key the agents do not trust: halted at the canary
     "cm-fleet rollout status --config fleet.toml": "tests/test_fleet_rollout.py",
+    "cm-fleet commission pump-7 --config fleet.toml": "tests/test_commissioning_chain.py",
+    "cm-fleet commission status --config fleet.toml": "tests/test_commissioning_chain.py",
+    "cm-fleet commission learn-again pump-7 --config fleet.toml": "tests/test_commissioning_chain.py",
     "cm-train baseline --channels bearing1,bearing2,bearing3,bearing4 --sample-rate 20000 --snapshot-samples 20480 "
     "--interval-s 600 --min-level-g 0.02 --out bundles/pump9": "tests/test_baseline.py",
 }
