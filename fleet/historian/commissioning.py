@@ -72,7 +72,7 @@ def discover(historian: Historian) -> list[str]:
     rows = historian.read(
         "SELECT m.device_id, m.model_id, (SELECT MIN(t.time_us) FROM telemetry t WHERE t.device_id = m.device_id "
         "AND t.state = ?) FROM machines m LEFT JOIN commissioning c ON c.device_id = m.device_id "
-        "WHERE c.device_id IS NULL AND m.state = ?", (LEARNING_STATE, LEARNING_STATE))
+        "WHERE c.device_id IS NULL AND m.state = ? ORDER BY m.device_id", (LEARNING_STATE, LEARNING_STATE))
     now = now_us()
     added = [(device, card, int(first)) for device, card, first in rows if first is not None]
     historian.write([(
