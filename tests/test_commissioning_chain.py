@@ -72,7 +72,7 @@ min_days = 0.3
 min_snapshots = 50
 check_interval_s = 1
 work_dir = "{tmp_path / 'work'}"
-fit_epochs = 20
+fit_epochs = 5
 probation_snapshots = 3
 """)
         publish_learning(broker.port, card, run_features(run)[:BASELINE_FILES])
