@@ -64,8 +64,9 @@ class Worker:
         self._checked = 0.0  # monotonic time of the last look at every learning baseline
 
     def start(self) -> None:
-        for record in book.records(self.historian, ("training",)):  # a restart cut it short: try again
+        for record in book.records(self.historian, ("training",)):  # a restart cut it short: asked again
             book.refuse(self.historian, record.device_id, "training was cut short by a restart of cm-fleet; trying again")
+            book.request(self.historian, record.device_id, "cm-fleet, after a restart")
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -203,3 +203,32 @@ def test_the_commissioning_section_is_checked_by_key(tmp_path):
         parse_config({"commissioning": good | {"min_days": 40}}, path)
     with pytest.raises(FleetConfigError, match="commissioning.auto: expected bool, got 'yes'"):
         parse_config({"commissioning": good | {"auto": "yes"}}, path)
+
+
+def test_auto_trains_a_baseline_that_passes_and_a_failed_attempt_is_held_with_the_reason(historian, card, config):
+    learning(historian, card, levels(120))
+    worker = Worker(dataclasses.replace(config, trainer="/bin/false"), historian, stopping=threading.Event())
+    worker.tick()  # the first tick looks at every baseline: this one passes, and its training starts
+    assert worker._job is not None
+    worker._job.join(30)
+    found = book.record(historian, "pump-1")
+    assert found is not None and (found.phase, found.held) == ("learning", True)
+    assert found.reason is not None and found.reason.startswith("training: cm-train fit failed (exit 1; ")
+    assert len(list(Path(config.work_dir, "pump-1").glob("*/baseline.csv"))) == 1  # the table it was given
+    worker._checked = 0.0
+    worker.tick()  # held: no automatic retry on this baseline
+    assert not worker.busy and book.record(historian, "pump-1") == found
+
+
+def test_a_training_cut_short_by_a_restart_is_tried_again(historian, card, config):
+    learning(historian, card, levels(120))
+    book.move(historian, "pump-1", "learning", "training", "training: cm-train fit")
+    stopping = threading.Event()
+    stopping.set()  # the worker's thread ends at once: only what start() does is looked at
+    worker = Worker(dataclasses.replace(config, auto=False), historian, stopping)
+    worker.start()
+    worker.stop()
+    found = book.record(historian, "pump-1")
+    assert found is not None and (found.phase, found.held) == ("learning", False)
+    assert found.reason == "training was cut short by a restart of cm-fleet; trying again"
+    assert found.requested_by == "cm-fleet, after a restart"  # asked again, auto or not
