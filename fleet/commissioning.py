@@ -81,6 +81,7 @@ class Verdict:
     passed: bool
     reason: str  # why it was refused, or what passed
     progress: dict[str, Any]
+    final: bool = False  # refused for good: a fault or a change of state stays in this baseline, however long it gets
 
 
 def progress(snapshots: int, first_us: int | None, last_us: int | None, config: CommissioningConfig) -> dict[str, Any]:
@@ -138,9 +139,12 @@ def check(baseline: Baseline, config: CommissioningConfig) -> Verdict:
     """Long enough, no sensor fault, one state: passed, or refused with the reason."""
     t = baseline.times_us
     found = progress(len(t), t[0] if t else None, t[-1] if t else None, config)
-    for reason in (too_short(found), _fault(baseline), _shift(baseline, config.max_shift)):
+    short = too_short(found)
+    if short is not None:
+        return Verdict(False, short, found)
+    for reason in (_fault(baseline), _shift(baseline, config.max_shift)):
         if reason is not None:
-            return Verdict(False, reason, found)
+            return Verdict(False, reason, found, final=True)
     return Verdict(True, f"baseline good: {found['snapshots']} snapshots over {found['days']:.2f} days", found)
 
 

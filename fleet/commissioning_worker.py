@@ -117,7 +117,8 @@ class Worker:
         if not verdict.passed:
             if verdict.reason != record.reason or record.requested_us is not None:
                 log.info("commissioning %s: refused: %s", record.device_id, verdict.reason)
-            book.refuse(self.historian, record.device_id, verdict.reason)
+            # A final refusal is held: the worker does not read the same faulty baseline again every interval.
+            book.refuse(self.historian, record.device_id, verdict.reason, hold=verdict.final)
             return False
         if not book.move(self.historian, record.device_id, "learning", "training", verdict.reason):
             return False

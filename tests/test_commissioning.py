@@ -179,6 +179,19 @@ def test_the_phase_follows_the_agents_report_on_the_rollout(historian, card, con
     assert bad.reason == "the trained bundle did not pass probation (rollout r-bad: rejected: probation: 3 alarms)"
 
 
+def test_a_baseline_refused_for_good_is_not_read_again_until_asked(historian, card, config):
+    learning(historian, card, levels(120), faults={5: "flatline:bearing1"})
+    worker = Worker(config, historian, stopping=threading.Event())
+    worker.tick()
+    found = book.record(historian, "pump-1")
+    assert found is not None and found.held and found.reason is not None and found.reason.startswith("sensor fault")
+    assert not worker.busy
+    book.request(historian, "pump-1", "otto")  # an operator may still ask: checked again, refused again
+    worker.tick()
+    again = book.record(historian, "pump-1")
+    assert again is not None and again.requested_us is None and again.reason == found.reason
+
+
 def test_a_request_is_checked_by_the_worker_and_a_refusal_answers_it(historian, card, config):
     learning(historian, card, levels(20))
     book.request(historian, "pump-1", "otto")
