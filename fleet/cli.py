@@ -202,10 +202,9 @@ def _commission(args: argparse.Namespace, config: FleetConfig) -> int:
             raise FleetConfigError(f"{args.config}: no [commissioning] section: nothing would train the machine")
         record = book.request(historian, rest[0], getpass.getuser())
         verdict = assess(historian, record, config.commissioning)
+        book.set_progress(historian, record.device_id, verdict.progress)
         if not verdict.passed:
-            book.refuse(historian, record.device_id, verdict.reason)
-        else:
-            book.set_progress(historian, record.device_id, verdict.progress)
+            book.refuse(historian, record.device_id, verdict.reason, hold=verdict.final)
         found_record = book.record(historian, record.device_id)
         assert found_record is not None
         print(describe(found_record) + ("" if not verdict.passed else f"; {verdict.reason}: cm-fleet serve trains it"))

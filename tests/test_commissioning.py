@@ -24,10 +24,12 @@ from fleet_helpers import (
 from edge.ingest.clock import iso_time
 from edge.model.bearing import PRESETS
 from edge.model.features import FEATURE_SETS, VIBRATION
+from fleet.cli import main
 from fleet.commissioning import Baseline, assess, baseline_of, check, write_table
 from fleet.commissioning_worker import Worker
-from fleet.config import CommissioningConfig, FleetConfigError, parse_config
+from fleet.config import CommissioningConfig, FleetConfigError, HistorianConfig, parse_config
 from fleet.historian import commissioning as book
+from fleet.historian import open_historian
 from fleet.historian.alert_book import AlertBookError, close
 from fleet.historian.rollouts import NewRollout, create
 from fleet.payloads import Accepted
@@ -245,3 +247,23 @@ def test_a_training_cut_short_by_a_restart_is_tried_again(historian, card, confi
     assert found is not None and (found.phase, found.held) == ("learning", False)
     assert found.reason == "training was cut short by a restart of cm-fleet; trying again"
     assert found.requested_by == "cm-fleet, after a restart"  # asked again, auto or not
+
+
+def test_cm_fleet_commission_prints_the_refusal_and_the_status(tmp_path, card, capsys):
+    url = f"sqlite://{tmp_path / 'historian.sqlite'}"
+    toml = tmp_path / "fleet.toml"
+    toml.write_text(f'[historian]\nurl = "{url}"\n[commissioning]\nbaseline_cards = "{tmp_path / "cards"}"\n'
+                    f'signing_key = "{tmp_path / "key"}"\nmin_days = 0.5\nmin_snapshots = 60\n')
+    opened = open_historian(HistorianConfig(url=url))
+    opened.store(learning_messages("pump-1", card, levels(30), T0_US), [], NOW)
+    opened.close()
+    assert main(["commission", "pump-1", "--config", str(toml)]) == 1
+    refused = capsys.readouterr().out
+    assert refused.startswith("pump-1: learning since ") and refused.rstrip().endswith(
+        "30/60 snapshots, 0.20/0.5 days: baseline too short: 0.20 of 0.5 days and 30 of 60 snapshots so far")
+    assert main(["commission", "status", "--json", "--config", str(toml)]) == 0
+    (shown,) = json.loads(capsys.readouterr().out)
+    assert (shown["device_id"], shown["phase"], shown["requested_us"]) == ("pump-1", "learning", None)
+    assert main(["commission", "nope", "--config", str(toml)]) == 2
+    assert "cm-fleet commission: machine 'nope': not in the historian" in capsys.readouterr().err
+    assert main(["commission", "status", "a", "b", "--config", str(toml)]) == 2
