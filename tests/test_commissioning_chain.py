@@ -15,6 +15,7 @@ import io
 import json
 import subprocess
 import tarfile
+from dataclasses import replace
 
 import pytest
 from broker import Mosquitto, Subscriber
@@ -23,6 +24,7 @@ from fleet_helpers import BIN, T0_US, start_fleet
 from trained import first_files, run_features, shared_run
 from waiting import eventually
 
+from edge.compatibility import check_same_stream
 from edge.model.bundle import Baseline, load_bundle, load_deployable
 from edge.model.signature import load_public_key, verify
 from edge.model.store import archive_sha256
@@ -103,9 +105,9 @@ probation_snapshots = 3
             tar.extractall(unpacked)
         verify(unpacked, [load_public_key(keys.public)])  # signed with [commissioning] signing_key
         trained = load_bundle(unpacked)
-        assert trained.card.feature_spec.channels == card.card.feature_spec.channels
-        assert trained.card.feature_spec.sample_rate_hz == card.card.feature_spec.sample_rate_hz
-        assert trained.card.feature_spec.snapshot_samples == card.card.feature_spec.snapshot_samples
+        # The card's spec (what the agent computes), but for the window of feature vectors the trainer chose.
+        assert replace(trained.card.feature_spec, window=card.card.feature_spec.window) == card.card.feature_spec
+        check_same_stream(card, trained)  # the agent's own check of a bundle arriving over the air
 
         status = cm_fleet(service.directory, ["cm-fleet", "commission", "status", DEVICE, "--json", "--config", "fleet.toml"])
         assert json.loads(status.stdout)[0]["phase"] == "probation"
