@@ -1,13 +1,14 @@
-"""Commissioning with real parts: Mosquitto, `cm-fleet serve` with [commissioning], the real trainer in its own
-processes and the agent's payloads published over MQTT.
+"""Commissioning with real parts, the chain as in the field: cm-replay -> pty -> cm-edge on a signed baseline card
+-> Mosquitto -> `cm-fleet serve` with [commissioning], the real trainer in its own processes.
 
-A machine on a baseline card (`cm-train baseline` from the synthetic run's header) publishes `learning`
-telemetry with the features of the run's healthy first files, as the agent computes them; cm-fleet stores it,
-`cm-fleet commission DEVICE` checks the baseline and asks for training; the worker in cm-fleet serve exports the
-baseline, trains and evaluates it with `cm-train`, signs it and creates a one-device rollout, whose archive and
-desired document the scheduler publishes, retained. The bundle carries the card's feature spec and a signature
-the fleet's public key verifies; the phase is `probation` until the agent reports the bundle active, then
-`monitoring`.
+The agent on the card (`cm-train baseline` from the synthetic run's header) publishes `learning` telemetry for the
+run's healthy first files; cm-fleet stores it. `cm-fleet commission DEVICE` checks the baseline and asks for
+training; the worker in cm-fleet serve exports the baseline, trains and evaluates it with `cm-train`, signs it and
+creates a one-device rollout, whose archive and desired document the scheduler publishes, retained. The bundle
+carries the card's feature spec and a signature the fleet's public key verifies; the agent takes it over the air,
+scores it in shadow on the next files and reports it active, which moves the machine from `probation` to
+`monitoring`; `learn-again` then starts a new baseline after the newest snapshot. (The automatic trigger, the
+refusals and the held attempts are tests/test_commissioning.py's.)
 """
 from __future__ import annotations
 
@@ -16,56 +17,61 @@ import json
 import subprocess
 import tarfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from broker import Mosquitto, Subscriber
-from commissioning_helpers import STEP_US, model_message
-from fleet_helpers import BIN, T0_US, start_fleet
-from trained import first_files, run_features, shared_run
+from chain import Chain
+from fleet_helpers import BIN, start_fleet
+from trained import first_files, shared_run
 from waiting import eventually
 
 from edge.compatibility import check_same_stream
 from edge.model.bundle import Baseline, load_bundle, load_deployable
 from edge.model.signature import load_public_key, verify
 from edge.model.store import archive_sha256
-from edge.mqtt.payloads import ModelRef, state, telemetry
-from edge.scoring.detector import State
-from edge.scoring.reading import Reading
+from firmware_bridge.ims import list_ims_files
 from fleet.config import HistorianConfig
 from fleet.historian import commissioning as book
 from fleet.historian import open_historian
-from fleet.signing import keygen
+from fleet.historian.store import parse_time
+from fleet.signing import keygen, sign
 from trainer.baseline import BaselineOptions, write
 
 pytestmark = pytest.mark.slow
 DEVICE = "pump-7"
 BASELINE_FILES = 60  # inside the shared run's healthy half
-COUNTERS = {"frames": 0, "crc_errors": 0, "malformed": 0, "resyncs": 0, "sequence_gaps": 0, "bytes_dropped": 0,
-            "snapshots": 0, "snapshots_discarded": 0, "alerts_pending": 0, "telemetry_dropped": 0}
+PROBATION_FILES = 8  # the next ones: the candidate's window fills, then 3 snapshots in shadow
 
 
-def publish_learning(port: int, card: Baseline, features) -> None:
-    """What the agent on the card publishes: its retained state, then a telemetry record per snapshot."""
-    spec = card.card.feature_spec
-    readings = [Reading(capture_time_us=T0_US + i * STEP_US, snapshot=i, features=row, score=None, channel_errors=None,
-                        state=State.LEARNING, reason=None) for i, row in enumerate(features)]
-    with Subscriber(port, "cm/_none") as agent:
-        ref = ModelRef(card.card.id, card.model_sha256)
-        assert agent.publish_acked(f"cm/{DEVICE}/state", json.dumps(state(DEVICE, readings[-1], T0_US, spec.channels, ref)).encode())
-        for reading in readings:
-            assert agent.publish_acked(f"cm/{DEVICE}/telemetry",
-                                       json.dumps(telemetry(DEVICE, reading, spec.channels, COUNTERS)).encode())
+def files(run: Path, start: int, stop: int, directory: Path) -> Path:
+    """A folder of links to the run's files [start, stop): a span of it replayed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for file in list_ims_files(run)[start:stop]:
+        (directory / file.path.name).symlink_to(file.path)
+    return directory
 
 
-def test_a_learning_machine_is_trained_signed_and_rolled_out_by_the_fleet(request, tmp_path):
+def cm_fleet(directory: Path, command: list[str]) -> subprocess.CompletedProcess:
+    """The docs' command line, run where the service's fleet.toml is."""
+    return subprocess.run([BIN / command[0], *command[1:]], cwd=directory, capture_output=True, text=True, timeout=60)
+
+
+def phase(historian) -> str | None:
+    found = book.record(historian, DEVICE)
+    return None if found is None else found.phase
+
+
+def test_a_learning_machine_is_trained_signed_rolled_out_and_taken_by_its_agent(request, tmp_path):
     run = shared_run()
+    keys = keygen(tmp_path / "keys")
     cards = tmp_path / "cards"
     write(BaselineOptions(out=cards / "pump", feature_set="mean_abs", recording=first_files(run, 4, tmp_path / "head")))
+    sign(cards / "pump", keys.private)  # the agent trusts only the fleet's key: its card is signed too
     card = load_deployable(cards / "pump")
     assert isinstance(card, Baseline)
-    keys = keygen(tmp_path / "keys")
     url = f"sqlite://{tmp_path / 'historian.sqlite'}"
-    with Mosquitto(tmp_path / "broker") as broker, Subscriber(broker.port, "cm/_fleet/#") as fleet_topics:
+    with Mosquitto(tmp_path / "broker") as broker, Subscriber(broker.port, "cm/#") as subscriber:
         service = start_fleet(request, tmp_path, broker.port, url, extra=f"""[commissioning]
 baseline_cards = "{cards}"
 signing_key = "{keys.private}"
@@ -77,28 +83,31 @@ work_dir = "{tmp_path / 'work'}"
 fit_epochs = 5
 probation_snapshots = 3
 """)
-        publish_learning(broker.port, card, run_features(run)[:BASELINE_FILES])
+        chain = Chain(tmp_path / "agent", broker, cards / "pump")
+        chain.config.write_text(chain.config.read_text().replace("[model]\n", f'[model]\ntrusted_keys = ["{keys.public}"]\n'))
+        request.addfinalizer(chain.kill_agent)
+        chain.start_online(subscriber)
         historian = open_historian(HistorianConfig(url=url))
         request.addfinalizer(historian.close)
+        assert chain.replay(files(run, 0, BASELINE_FILES, tmp_path / "baseline")).returncode == 0
         assert eventually(lambda: (found := book.record(historian, DEVICE)) is not None and found.progress is not None
-                          and found.progress["snapshots"] == BASELINE_FILES, 30), service.read_log()
+                          and found.progress["snapshots"] == BASELINE_FILES, 60), (service.read_log(), chain.agent_log())
+        assert phase(historian) == "learning"  # auto = false: nothing trains until asked
 
         asked = cm_fleet(service.directory, ["cm-fleet", "commission", "pump-7", "--config", "fleet.toml"])
         assert asked.returncode == 0, asked.stderr
         assert asked.stdout.startswith(f"{DEVICE}: learning since ")
         assert f"baseline good: {BASELINE_FILES} snapshots over 0.41 days: cm-fleet serve trains it" in asked.stdout
 
-        assert eventually(lambda: book.record(historian, DEVICE).phase == "probation", 240), (  # type: ignore[union-attr]
-            book.record(historian, DEVICE), service.read_log())
+        assert eventually(lambda: phase(historian) == "probation", 240), (book.record(historian, DEVICE), service.read_log())
         record = book.record(historian, DEVICE)
         assert record is not None and record.rollout_id is not None and record.bundle_sha256 is not None
         desired = f"cm/_fleet/desired/{DEVICE}"
-        assert fleet_topics.wait_for(lambda s: bool(s.on(desired)), 30), service.read_log()
-        document = json.loads(fleet_topics.on(desired)[-1])
+        assert subscriber.wait_for(lambda s: bool(s.on(desired)), 30), service.read_log()
+        document = json.loads(subscriber.on(desired)[-1])
         assert document == {"bundle": record.bundle_sha256, "rollout": record.rollout_id, "probation": {"snapshots": 3}}
-        archive = fleet_topics.on(f"cm/_fleet/bundles/{record.bundle_sha256}")[-1]
+        archive = subscriber.on(f"cm/_fleet/bundles/{record.bundle_sha256}")[-1]
         assert archive_sha256(archive) == record.bundle_sha256
-
         unpacked = tmp_path / "arrived"
         unpacked.mkdir()
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
@@ -114,23 +123,22 @@ probation_snapshots = 3
         listed = cm_fleet(service.directory, ["cm-fleet", "commission", "status", "--config", "fleet.toml"])
         assert listed.stdout.startswith(f"{DEVICE}: probation since ") and f"rollout {record.rollout_id}" in listed.stdout
 
-        outcome = {"rollout": record.rollout_id, "bundle": record.bundle_sha256, "status": "active", "reason": None,
-                   "started": "2023-11-15T00:00:00Z", "updated": "2023-11-16T00:00:00Z"}
-        report = model_message(DEVICE, {"id": trained.card.id, "bundle": record.bundle_sha256,
-                                        "model_sha256": trained.card.model_sha256}, outcome, "2023-11-16T00:00:00Z")
-        with Subscriber(broker.port, "cm/_none") as agent:
-            assert agent.publish_acked(f"cm/{DEVICE}/model", json.dumps(report.payload).encode())
-        assert eventually(lambda: book.record(historian, DEVICE).phase == "monitoring", 30), service.read_log()  # type: ignore[union-attr]
+        assert subscriber.wait_for(lambda s: b"probation" in b"".join(s.on(f"cm/{DEVICE}/model")), 60), chain.agent_log()
+        after = files(run, BASELINE_FILES, BASELINE_FILES + PROBATION_FILES, tmp_path / "after")
+        assert chain.replay(after).returncode == 0
+        assert eventually(lambda: phase(historian) == "monitoring", 60), (book.record(historian, DEVICE), chain.agent_log())
+        report = json.loads(subscriber.on(f"cm/{DEVICE}/model")[-1])
+        assert report["active"]["bundle"] == record.bundle_sha256 and report["rollout"]["status"] == "active"
+        assert subscriber.wait_for(lambda s: json.loads(s.on(f"cm/{DEVICE}/state")[-1])["state"] == "normal", 30)
+        assert subscriber.on(f"cm/{DEVICE}/alert") == []  # from learning to its own model: nothing to announce
 
+        stored = BASELINE_FILES + PROBATION_FILES
+        assert eventually(lambda: historian.read("SELECT COUNT(*) FROM telemetry")[0][0] == stored, 30)
         again = cm_fleet(service.directory, ["cm-fleet", "commission", "learn-again", "pump-7", "--config", "fleet.toml"])
         assert again.returncode == 0, again.stderr
         relearning = book.record(historian, DEVICE)
-        assert relearning is not None and relearning.phase == "learning"
-        assert relearning.baseline_start_us == T0_US + (BASELINE_FILES - 1) * STEP_US + 1  # after the newest snapshot
+        newest = max(parse_time(json.loads(t)["timestamp"]) for t in subscriber.on(f"cm/{DEVICE}/telemetry"))
+        assert relearning is not None and relearning.phase == "learning" and relearning.baseline_start_us == newest + 1
         assert relearning.started_by.startswith("learn again by ")
+        chain.stop_agent()
         assert service.stop() == 0
-
-
-def cm_fleet(directory, command: list[str]) -> subprocess.CompletedProcess:
-    """The docs' command line, run where the service's fleet.toml is."""
-    return subprocess.run([BIN / command[0], *command[1:]], cwd=directory, capture_output=True, text=True, timeout=60)
