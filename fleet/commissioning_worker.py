@@ -151,7 +151,7 @@ class Worker:
         try:
             detail = self._attempt(record)
         except (Refused, CommissioningError, RolloutError, SigningError, BundleError, OSError) as error:
-            book.refuse(self.historian, device, str(error), hold=not self._stopping.is_set())
+            book.refuse(self.historian, device, str(error), hold=not self._stopping.is_set(), expected="training")
             log.warning("commissioning %s: refused: %s", device, error)
             return
         moved = book.move(self.historian, device, "training", "probation",
@@ -177,6 +177,9 @@ class Worker:
         self._refuse_if_raised(json.loads((report / "report.json").read_text(encoding="utf-8")))
         book.note(self.historian, device, "signing the bundle")
         sign(bundle, config.signing_key)
+        now = book.record(self.historian, device)
+        if now is None or now.phase != "training":  # learn again came in meanwhile: this bundle is for the old one
+            raise Refused("the baseline changed while it was trained (learn again): its bundle is not rolled out")
         book.note(self.historian, device, "creating its rollout")
         return rollout.create(self.historian, rollout.Request(
             bundle, device, canary="100%", wave_wait="0s", probation_snapshots=config.probation_snapshots or None,

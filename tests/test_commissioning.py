@@ -145,6 +145,9 @@ def test_closing_an_alert_with_a_repair_starts_a_new_baseline(historian, card):
     assert found is not None and found.phase == "learning" and found.baseline_card == card.card.id
     assert found.baseline_start_us == T0_US + 49 * STEP_US + 1  # after the newest snapshot: the agent's clock
     assert found.started_by == f"bearing replaced (alert {alert_id} closed by otto)"
+    # A training of the old baseline that fails now leaves the new one alone (the worker refuses from `training`).
+    book.refuse(historian, "pump-1", "training: cm-train fit failed", hold=True, expected="training")
+    assert book.record(historian, "pump-1") == found
 
 
 def test_learn_again_without_a_record_and_for_an_unknown_machine(historian, card):

@@ -171,14 +171,16 @@ def set_progress(historian: Historian, device_id: str, progress: dict[str, Any])
                       (json.dumps(progress), device_id))])
 
 
-def refuse(historian: Historian, device_id: str, reason: str, hold: bool = False) -> None:
-    """Back to (or still in) `learning`, with the reason; the request, if any, is answered. `hold`: a training
-    attempt failed, so no automatic retry on this baseline (a request or a new baseline tries again)."""
+def refuse(historian: Historian, device_id: str, reason: str, hold: bool = False, expected: str | None = None) -> None:
+    """Back to (or still in) `learning`, with the reason; the request, if any, is answered. `hold`: no automatic
+    retry on this baseline (a request or a new baseline tries again). `expected`: only if still in that phase (a
+    training that fails after "learn again" leaves the new baseline alone)."""
     now = now_us()
     historian.write([(
         "UPDATE commissioning SET phase = 'learning', phase_us = CASE WHEN phase = 'learning' THEN phase_us ELSE ? END, "
         "reason = ?, requested_by = NULL, requested_us = NULL, held = CASE WHEN ? THEN TRUE ELSE held END, "
-        "updated_us = ? WHERE device_id = ?", (now, reason, hold, now, device_id))])
+        "updated_us = ? WHERE device_id = ? AND phase = COALESCE(?, phase)",
+        (now, reason, hold, now, device_id, expected))])
 
 
 def move(historian: Historian, device_id: str, expected: str, phase: str, reason: str | None = None,
