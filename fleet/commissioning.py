@@ -193,7 +193,7 @@ def assess(historian: Historian, record: book.Record, config: CommissioningConfi
     try:
         _, baseline = baseline_of(historian, record, config)
     except CommissioningError as error:
-        extent = book.baseline_extent(historian).get(record.device_id, (0, None, None))
+        extent = book.baseline_extent(historian, record.device_id).get(record.device_id, (0, None, None))
         return Verdict(False, str(error), progress(*extent, config))
     return check(baseline, config)
 

@@ -151,11 +151,13 @@ def summaries(historian: Historian) -> dict[str, str]:
 
 # -- the worker's side ---------------------------------------------------------------------------------------
 
-def baseline_extent(historian: Historian) -> dict[str, tuple[int, int | None, int | None]]:
-    """Each learning machine's baseline so far, in one query: snapshots, first and last capture time."""
+def baseline_extent(historian: Historian, device_id: str | None = None) -> dict[str, tuple[int, int | None, int | None]]:
+    """Each learning machine's baseline so far (or the one machine's), in one query: snapshots, first and last
+    capture time."""
     rows = historian.read(
         "SELECT c.device_id, COUNT(t.time_us), MIN(t.time_us), MAX(t.time_us) FROM commissioning c LEFT JOIN telemetry t "
-        "ON t.device_id = c.device_id AND t.time_us >= c.baseline_start_us WHERE c.phase = 'learning' GROUP BY c.device_id")
+        "ON t.device_id = c.device_id AND t.time_us >= c.baseline_start_us WHERE c.phase = 'learning' "
+        "AND c.device_id = COALESCE(?, c.device_id) GROUP BY c.device_id", (device_id,))
     return {d: (int(n), None if a is None else int(a), None if b is None else int(b)) for d, n, a, b in rows}
 
 
