@@ -66,7 +66,7 @@ def serve(config: FleetConfig, stop: threading.Event | None = None) -> int:
     compactor = Compactor(historian, config.historian, stop)
     scheduler = Scheduler(config.mqtt.topic_prefix, historian, stop, ingest)  # the staged rollouts, on ingest's connection
     try:
-        web = WebServer(config.web, historian) if config.web is not None else None
+        web = WebServer(config.web, historian, config.rollout) if config.web is not None else None
     except BaseException:
         historian.close()
         raise
