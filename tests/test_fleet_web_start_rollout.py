@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from broker import Mosquitto
 from browser import browser, page, screenshot  # noqa: F401  (fixtures)
+from chain import BIN
 from fleet_helpers import FleetService, contract_state
 from trained import shared_bundle
 from waiting import eventually
@@ -55,6 +57,11 @@ class Fleet:
     keys: KeyPair
     admin_token: str
     viewer_token: str
+    config: Path  # the service's fleet.toml
+
+    def cli(self, *args: str | Path) -> subprocess.CompletedProcess:
+        return subprocess.run([BIN / "cm-fleet", "rollout", *args, "--config", self.config],
+                              capture_output=True, text=True, timeout=60)
 
     def rollouts(self) -> list[tuple]:
         return self.historian.read("SELECT id, bundle_id, selector, canary_percent, created_by FROM rollouts ORDER BY created_us")
@@ -85,7 +92,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     try:
         service.start()
         assert eventually(lambda: "dashboard on http://" in service.read_log()), service.read_log()
-        yield Fleet(dashboard_url(service.read_log()), historian, bundles, keys, admin_token, viewer_token)
+        yield Fleet(dashboard_url(service.read_log()), historian, bundles, keys, admin_token, viewer_token, service.config)
         assert service.stop() == 0
     finally:
         if service.running():
@@ -162,6 +169,9 @@ def test_the_json_twin_starts_a_rollout_and_refuses_what_is_not_offered(fleet) -
         answer = api.post("/rollouts.json", json={"bundle": "good", "devices": "all", field: value}, headers=bearer)
         assert answer.status_code == 400 and answer.json()["field"] == field, (field, answer.text)
         assert f"{value!r}" in answer.json()["error"] and reason in answer.json()["error"], answer.text
+    # The CLI reads the same [rollout] trusted_keys: what the dashboard does not offer, `create` does not take.
+    foreign = fleet.cli("create", fleet.bundles / "foreign", "--devices", "all")
+    assert foreign.returncode == 2 and "not trusted" in foreign.stderr, foreign.stderr
     assert fleet.rollouts() == after  # nothing refused was written
 
     admin_view = Browser(fleet.base).get("/rollouts.json", headers=bearer).json()
