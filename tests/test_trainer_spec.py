@@ -152,7 +152,7 @@ def test_flags_that_agree_with_the_card_and_a_recording_are_told_apart(vibration
 def test_a_bundle_from_published_features_matches_the_bundle_from_the_run_s_files(tmp_path: Path) -> None:
     """Parity: the shared run's features as an agent running the shared bundle publishes them (rounded to 6
     decimals), fitted with --feature-spec that bundle and the same options, give the same columns, thresholds
-    within 2% and the same state at every snapshot of the run, scored from its files as the agent scores it."""
+    within 2% (per-channel error references within 5%) and the same state at every snapshot of the run, scored from its files as the agent scores it."""
     run, files_bundle = shared_run(), shared_bundle()
     table = write_published_features(tmp_path / "features.csv", run, read_spec_card(files_bundle).spec)
     table_bundle = make_bundle(table, tmp_path / "bundle", feature_spec=read_spec_card(files_bundle))
@@ -166,6 +166,10 @@ def test_a_bundle_from_published_features_matches_the_bundle_from_the_run_s_file
     reports = {name: evaluate(bundle, source, tmp_path / name)
                for name, bundle, source in (("files", files_bundle, run), ("table", table_bundle, run))}
     relative = {key: ours["detector"][key] / theirs["detector"][key] - 1 for key in ("warning_threshold", "alarm_threshold")}
+    # The thresholds apply to each channel's error over its healthy reference: the references are calibrated too.
+    references = np.divide(ours["channel_error_reference"], theirs["channel_error_reference"]) - 1
+    relative["channel_error_reference_max"] = float(np.abs(references).max())
+    relative["scaler_max"] = float(np.abs(np.divide(ours["scaler"]["maximum"], theirs["scaler"]["maximum"]) - 1).max())
     scored = np.isfinite(traces["files"].scores)
     # Each bundle's scores in units of its own alarm threshold: what the detector compares.
     own = {name: trace.scores[scored] / card["detector"]["alarm_threshold"]
@@ -177,6 +181,7 @@ def test_a_bundle_from_published_features_matches_the_bundle_from_the_run_s_file
                       **{f"{name}.{key}": report[key] for name, report in reports.items()
                          for key in ("first_warning", "first_alarm", "lead_time_hours", "final_state")}}, indent=1))
     assert abs(relative["warning_threshold"]) < 0.02 and abs(relative["alarm_threshold"]) < 0.02
+    assert relative["channel_error_reference_max"] < 0.05
     assert traces["table"].states == traces["files"].states
     assert traces["table_on_table"].states == traces["files"].states
     assert reports["table"]["lead_time_hours"] == reports["files"]["lead_time_hours"] is not None
