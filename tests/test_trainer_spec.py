@@ -7,6 +7,7 @@ The measured differences (thresholds, scores, lead) are printed (-s shows them) 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -93,6 +94,31 @@ def test_a_baseline_card_s_spec_becomes_the_bundle_s_and_the_agent_accepts_it(vi
     # evaluate reads a features table by the bundle's own spec.
     assert main(["evaluate", str(bundle), str(table), "--out", str(tmp_path / "report")]) == 0
     assert json.loads((tmp_path / "report" / "report.json").read_text())["snapshots"] == 40
+
+
+@pytest.mark.slow
+def test_the_readme_command_trains_the_baseline_machine_s_model_from_its_published_features(tmp_path: Path) -> None:
+    """README: the baseline card of pump-9 (its own README command), then its agent's features, as cm-fleet's
+    telemetry.csv exports them (mean_abs: one column per channel), train the bundle that agent takes over."""
+    baseline = subprocess.run(["cm-train", "baseline", "--channels", "bearing1,bearing2,bearing3,bearing4", "--sample-rate", "20000", "--snapshot-samples", "20480", "--interval-s", "600", "--min-level-g", "0.02", "--out", "bundles/pump9"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_path_env())
+    assert baseline.returncode == 0, baseline.stderr
+    write_published_features(tmp_path / "pump-9-telemetry.csv", shared_run(), read_spec_card(tmp_path / "bundles" / "pump9").spec)
+    fitted = subprocess.run(["cm-train", "fit", "pump-9-telemetry.csv", "--feature-spec", "bundles/pump9", "--out", "bundles/pump9-model"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_path_env())
+    assert fitted.returncode == 0, fitted.stderr
+    bundle = tmp_path / "bundles" / "pump9-model"
+    card, base = card_of(bundle), card_of(tmp_path / "bundles" / "pump9")
+    assert card["feature_spec"] == base["feature_spec"] | {"window": card["feature_spec"]["window"]}
+    assert card["feature_spec"]["snapshot_interval_s"] == 600
+    check_same_stream(load_deployable(tmp_path / "bundles" / "pump9"), load_bundle(bundle))
+    checked = edge_check(tmp_path, bundle, card)
+    assert checked.returncode == 0, checked.stderr
+
+
+def _path_env() -> dict[str, str]:
+    """The venv's commands first on PATH, as an installed cm-train is."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def test_a_features_table_bundle_without_a_spec_still_reads_no_frames(tmp_path: Path) -> None:
