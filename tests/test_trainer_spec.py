@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tables import write_published_features
-from trained import make_bundle, make_synthetic_run, shared_bundle, shared_run, table_bundle
+from trained import first_files, make_bundle, make_synthetic_run, shared_bundle, shared_run, table_bundle
 
 from edge.compatibility import check_same_stream
 from edge.model.bearing import PRESETS
@@ -103,7 +103,9 @@ def test_the_readme_command_trains_the_baseline_machine_s_model_from_its_publish
     baseline = subprocess.run(["cm-train", "baseline", "--channels", "bearing1,bearing2,bearing3,bearing4", "--sample-rate", "20000", "--snapshot-samples", "20480", "--interval-s", "600", "--min-level-g", "0.02", "--out", "bundles/pump9"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_path_env())
     assert baseline.returncode == 0, baseline.stderr
-    write_published_features(tmp_path / "pump-9-telemetry.csv", shared_run(), read_spec_card(tmp_path / "bundles" / "pump9").spec)
+    # Its healthy first 60 snapshots (10 hours at 600 s) keep the default training short.
+    healthy = first_files(shared_run(), 60, tmp_path / "healthy")
+    write_published_features(tmp_path / "pump-9-telemetry.csv", healthy, read_spec_card(tmp_path / "bundles" / "pump9").spec)
     fitted = subprocess.run(["cm-train", "fit", "pump-9-telemetry.csv", "--feature-spec", "bundles/pump9", "--out", "bundles/pump9-model"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_path_env())
     assert fitted.returncode == 0, fitted.stderr
