@@ -2,6 +2,9 @@
 bearing), a creditcard-style labelled table and make_blobs-like labelled tables.
 
     from tables import write_blobs_table, write_fraud_table, write_seed_table
+
+and a run's features as an agent publishes them, for `cm-train fit TABLE --feature-spec CARD`
+(write_published_features).
 """
 from __future__ import annotations
 
@@ -9,6 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from edge.model.bundle import FeatureSpec
+from edge.model.features import FeatureExtractor, feature_columns
+from firmware_bridge.recording import RecordingSpec, open_recording
 
 SEED_HEADER = ",Bearing 1,Bearing 2,Bearing 3,Bearing4"
 
@@ -54,4 +61,21 @@ def write_blobs_table(path: Path, samples: int, random_state: int) -> Path:
     frame.insert(0, "time", np.arange(samples))
     frame["label"] = labels
     frame.to_csv(path, index=False)
+    return path
+
+
+def write_published_features(path: Path, run_dir: Path, spec: FeatureSpec, order: str = "reversed") -> Path:
+    """A recorded run's features as the agent publishes them and cm-fleet's historian keeps them: computed by
+    edge.model.features with the card's spec, rounded to 6 decimals (edge.mqtt.payloads), one row per snapshot
+    with its ISO time, the columns named by feature_columns; `order` "reversed" writes them back to front (a
+    reader must go by name, not position), "spec" in the spec's own order."""
+    recording = open_recording(run_dir, RecordingSpec())
+    extractor = FeatureExtractor(spec.feature_config())
+    names = feature_columns(spec.feature_set, spec.channels)
+    order_of = list(range(len(names)))[::-1] if order == "reversed" else list(range(len(names)))
+    lines = ["timestamp," + ",".join(names[i] for i in order_of)]
+    for moment, snapshot in zip(recording.times, recording.snapshots()):
+        values = extractor(snapshot.counts, snapshot.scale)
+        lines.append(moment.strftime("%Y-%m-%dT%H:%M:%SZ") + "," + ",".join(repr(round(float(values[i]), 6)) for i in order_of))
+    path.write_text("\n".join(lines) + "\n")
     return path

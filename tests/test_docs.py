@@ -58,6 +58,8 @@ ELSEWHERE = {
     "cm-fleet rollout status --config fleet.toml": "tests/test_fleet_rollout.py",
     "cm-train baseline --channels bearing1,bearing2,bearing3,bearing4 --sample-rate 20000 --snapshot-samples 20480 "
     "--interval-s 600 --min-level-g 0.02 --out bundles/pump9": "tests/test_baseline.py",
+    "cm-train fit pump-9-telemetry.csv --feature-spec bundles/pump9 --out bundles/pump9-model":
+        "tests/test_trainer_spec.py",  # on the baseline card above and a run's features as its agent published them
 }
 
 EXCLUDED = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.model.features import mean_abs, snapshot_features
+from edge.model.features import VIBRATION_FEATURES, feature_columns, mean_abs, snapshot_features
 
 
 def test_mean_abs_is_the_exact_integer_mean_times_the_scale():
@@ -23,3 +23,13 @@ def test_unknown_feature_set_and_empty_snapshot_are_refused():
         snapshot_features(np.ones((4, 1), dtype=np.int16), 0.001, "rms")
     with pytest.raises(ValueError, match="non-empty"):
         mean_abs(np.empty((0, 4), dtype=np.int16), 0.001)
+
+
+def test_feature_columns_are_channel_major_and_named_as_telemetry_names_them():
+    assert feature_columns("mean_abs", ["bearing1", "bearing2"]) == ("bearing1", "bearing2")
+    columns = feature_columns("vibration", ["bearing1", "bearing2"])
+    assert len(columns) == 2 * len(VIBRATION_FEATURES)
+    assert columns[:2] == ("bearing1.mean_abs", "bearing1.rms")
+    assert columns[len(VIBRATION_FEATURES) + 5] == "bearing2.velocity_rms"
+    with pytest.raises(ValueError, match="unknown feature set 'rms'"):
+        feature_columns("rms", ["bearing1"])

@@ -22,6 +22,7 @@ from trainer.options import DEFAULT_WINDOW, DatasetSpec, EvaluateOptions, FitOpt
 
 if TYPE_CHECKING:
     from trainer.baseline import BaselineOptions
+    from trainer.spec_card import SpecCard
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("input", type=Path, help="recording (IMS/FEMTO folder, .mat file, CSV/TSV/NPY folder) or features table CSV")
     fit.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     add_recording_arguments(fit)
-    fit.add_argument("--feature-set", choices=("mean_abs", "vibration"), default=DatasetSpec.feature_set,
+    # default None, resolved in fit_options: a --feature-set beside --feature-spec must be told from the default
+    fit.add_argument("--feature-set", choices=("mean_abs", "vibration"), default=None,
                      help=f"features per channel (default {DatasetSpec.feature_set}; vibration needs --bearing and --shaft-rpm)")
+    fit.add_argument("--feature-spec", type=Path, metavar="CARD",
+                     help="a features table's spec: the model or baseline card (bundle directory or model_card.json) "
+                          "of the machine that will run the bundle; its columns are named <channel> (mean_abs) or "
+                          "<channel>.<feature>, and the bundle takes the card's feature spec")
     fit.add_argument("--bearing", type=_bearing, metavar="PRESET|GEOMETRY",
                      help="za-2115, 6205-2rs, 6203-2rs, pronostia or balls=N,ball_mm=X,pitch_mm=Y,contact_deg=Z")
     fit.add_argument("--shaft-rpm", type=float, metavar="RPM", help="shaft speed for the bearing's defect lines")
@@ -194,12 +200,15 @@ def recording_spec(args: argparse.Namespace) -> RecordingSpec:
 def fit_options(args: argparse.Namespace) -> FitOptions:
     from trainer.dataset import parse_time
 
+    reading = recording_spec(args)
+    card = spec_card(args, reading)
     return FitOptions(
-        **vars(recording_spec(args)),
+        **vars(reading),
         out=args.out,
-        feature_set=args.feature_set,
-        bearing=args.bearing,
-        shaft_rpm=args.shaft_rpm,
+        feature_set=card.spec.feature_set if card else args.feature_set or DatasetSpec.feature_set,
+        bearing=card.spec.bearing if card else args.bearing,
+        shaft_rpm=card.spec.shaft_rpm if card else args.shaft_rpm,
+        feature_spec=card,
         label_column=args.label_column,
         train_until=parse_time(args.train_until) if args.train_until else None,
         train_fraction=args.train_fraction,
@@ -210,6 +219,19 @@ def fit_options(args: argparse.Namespace) -> FitOptions:
         target_precision=args.target_precision,
         verbose=0 if args.quiet else 2,
     )
+
+
+def spec_card(args: argparse.Namespace, reading: RecordingSpec) -> SpecCard | None:
+    """--feature-spec's card; flags that say what it says too must agree with it (the table is read by the card)."""
+    if args.feature_spec is None:
+        return None
+    from trainer.spec_card import read_spec_card, refuse_contradictions
+
+    card = read_spec_card(args.feature_spec)
+    refuse_contradictions(card, {"--feature-set": args.feature_set, "--channels": reading.channels,
+                                 "--sample-rate": reading.sample_rate_hz, "--snapshot-samples": reading.snapshot_samples,
+                                 "--bearing": args.bearing, "--shaft-rpm": args.shaft_rpm, "--format": reading.format})
+    return card
 
 
 def baseline_options(args: argparse.Namespace) -> BaselineOptions:

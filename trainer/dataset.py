@@ -5,7 +5,9 @@ Recordings are read by firmware_bridge.recording as the same int16 counts and sc
 and passed through edge.model.features.snapshot_features, so features from files equal features from a replayed
 stream bit for bit.
 Tables (the seeds' merged table, labelled fraud tables) are read with pandas; bad cells are errors naming
-file, line and column, and rows with NaN or inf are excluded and reported, never dropped silently.
+file, line and column, and rows with NaN or inf are excluded and reported, never dropped silently. A table
+read by a card's feature spec (--feature-spec: the agent's published features, from cm-fleet's historian) has
+its columns named by edge.model.features.feature_columns and takes the card's sampling, scale and features.
 """
 from __future__ import annotations
 
@@ -17,11 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from edge.model.features import FEATURE_SET, FeatureConfig, FeatureExtractor
+from edge.model.features import FEATURE_SET, FeatureConfig, FeatureExtractor, feature_columns
 from edge.scoring.sensor import check_counts
 from firmware_bridge import ims
 from firmware_bridge.recording import Recording, RecordingError, open_recording, parse_channel_list
 from trainer.options import DatasetSpec
+from trainer.spec_card import SpecCard
+
+SPEC_TABLE = "features"  # Dataset.kind of a features table read by a card's feature spec (load_spec_table)
 
 
 class DatasetError(ValueError):
@@ -31,7 +36,7 @@ class DatasetError(ValueError):
 @dataclass(frozen=True)
 class Dataset:
     source: str
-    kind: str  # the recording format (ims, femto, mat, csv) or "table"
+    kind: str  # the recording format (ims, femto, mat, csv), "table", or SPEC_TABLE (a table read by a card's spec)
     timestamps: np.ndarray  # datetime64[ms], UTC, non-decreasing
     features: np.ndarray  # (snapshots, channels) float64, finite
     channels: tuple[str, ...]
@@ -96,6 +101,11 @@ def load_dataset(path: str | Path, spec: DatasetSpec = DatasetSpec()) -> Dataset
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file or directory")
+    if spec.feature_spec is not None:
+        if not (path.is_file() and path.suffix.lower() == ".csv"):
+            raise DatasetError(f"{path}: --feature-spec reads a features table (a .csv file); a recording's spec "
+                               "comes from its files and flags")
+        return load_spec_table(path, spec.feature_spec, spec.label_column)
     if path.is_file() and path.suffix.lower() == ".csv" and not spec.names_samples():
         if spec.channels is not None:
             raise DatasetError(f"{path}: --channels applies to a recording; a table's channels are its columns "
@@ -175,6 +185,82 @@ def _analyse(recording: Recording, extractor: FeatureExtractor) -> _Analysed:
 
 def load_table(path: Path, label_column: str | None = None) -> Dataset:
     """A CSV whose first column is a timestamp (or seconds) and whose other numeric columns are channels."""
+    frame, lines, stamps, labels = _read_table(path, label_column)
+    names: list[str] = []
+    values: list[np.ndarray] = []
+    for name in frame.columns[1:]:
+        if name == label_column:
+            continue
+        column = _numeric(path, frame[name], lines, name)
+        if column is not None:
+            names.append(str(name))
+            values.append(column)
+    if not values:
+        raise DatasetError(f"{path}: no numeric channel columns after the timestamp column {frame.columns[0]!r}")
+    features = np.column_stack(values)
+    finite, excluded = _finite_rows(path, features, names, lines)
+    return Dataset(
+        source=str(path),
+        kind="table",
+        timestamps=stamps[finite],
+        features=features[finite],
+        channels=tuple(names),
+        labels=None if labels is None else labels[finite],
+        excluded=excluded,
+    )
+
+
+def load_spec_table(path: Path, card: SpecCard, label_column: str | None = None) -> Dataset:
+    """A features table read by a card's feature spec (--feature-spec): after the timestamp, one column per
+    name edge.model.features.feature_columns gives for the spec, in any order, read into the spec's
+    channel-major order. A missing column or one the spec does not name (beside --label-column) is an error:
+    a table of another machine, or of another feature set, must not train this machine's model."""
+    frame, lines, stamps, labels = _read_table(path, label_column)
+    spec = card.spec
+    expected = feature_columns(spec.feature_set, spec.channels)
+    given = [str(name) for name in frame.columns[1:] if name != label_column]
+    missing = [name for name in expected if name not in given]
+    extra = [name for name in given if name not in expected]
+    if missing:
+        instead = f"; the table has {_listed(tuple(extra))}, which the spec does not name" if extra else ""
+        raise DatasetError(f"{path}: column {missing[0]!r} is missing ({len(missing)} of {len(expected)} missing): "
+                           f"the feature spec of {card.source} ({spec.feature_set}, channels "
+                           f"{','.join(spec.channels)}) needs the columns {_listed(expected)}{instead}")
+    if extra:
+        raise DatasetError(f"{path}: column {extra[0]!r} is not a feature of {card.source}'s spec "
+                           f"({spec.feature_set}, channels {','.join(spec.channels)}): expected the columns "
+                           f"{_listed(expected)}" + ("" if label_column else " (a label column: --label-column)"))
+    values = []
+    for name in expected:
+        column = _numeric(path, frame[name], lines, name)
+        if column is None:
+            raise DatasetError(f"{path}: column {name!r}: expected numbers (a feature of {card.source}'s spec), "
+                               f"got {frame[name].iloc[0]!r}")
+        values.append(column)
+    features = np.column_stack(values)
+    finite, excluded = _finite_rows(path, features, list(expected), lines)
+    return Dataset(
+        source=str(path),
+        kind=SPEC_TABLE,
+        timestamps=stamps[finite],
+        features=features[finite],
+        channels=spec.channels,
+        labels=None if labels is None else labels[finite],
+        excluded=excluded,
+        sample_rate_hz=spec.sample_rate_hz,
+        snapshot_samples=spec.snapshot_samples,
+        scales=() if spec.scale is None else (spec.scale,),
+        feature_config=spec.feature_config(),
+    )
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    shown = ", ".join(names[:12])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+
+
+def _read_table(path: Path, label_column: str | None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The table as text cells, each row's line number, its timestamps and (--label-column) its labels."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
@@ -191,18 +277,11 @@ def load_table(path: Path, label_column: str | None = None) -> Dataset:
         if label_column not in frame.columns:
             raise DatasetError(f"{path}: --label-column {label_column!r}: no such column; columns are {list(frame.columns)}")
         labels = _labels(path, frame[label_column], lines, label_column)
-    names: list[str] = []
-    values: list[np.ndarray] = []
-    for name in frame.columns[1:]:
-        if name == label_column:
-            continue
-        column = _numeric(path, frame[name], lines, name)
-        if column is not None:
-            names.append(str(name))
-            values.append(column)
-    if not values:
-        raise DatasetError(f"{path}: no numeric channel columns after the timestamp column {time_name!r}")
-    features = np.column_stack(values)
+    return frame, lines, stamps, labels
+
+
+def _finite_rows(path: Path, features: np.ndarray, names: list[str], lines: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Rows without NaN or inf, and one message per excluded row (the first 20 printed)."""
     finite = np.isfinite(features).all(axis=1)
     excluded = tuple(
         f"{path}:{lines[row]}: excluded: non-finite value in column {names[int(np.argmin(np.isfinite(features[row])))]!r}"
@@ -214,15 +293,7 @@ def load_table(path: Path, label_column: str | None = None) -> Dataset:
         print(f"{path}: ... {len(excluded)} rows excluded for NaN or inf in all", file=sys.stderr)
     if not finite.any():
         raise DatasetError(f"{path}: every row has a NaN or inf value: nothing left to use")
-    return Dataset(
-        source=str(path),
-        kind="table",
-        timestamps=stamps[finite],
-        features=features[finite],
-        channels=tuple(names),
-        labels=None if labels is None else labels[finite],
-        excluded=excluded,
-    )
+    return finite, excluded
 
 
 def _timestamps(path: Path, column: pd.Series, lines: np.ndarray, name: str) -> np.ndarray:

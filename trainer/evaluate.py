@@ -19,13 +19,14 @@ import numpy as np
 
 from edge.ingest.cadence import training_interval_s
 from edge.ingest.clock import iso_time
-from edge.model.bundle import Bundle, ModelCard, check_channels, load_bundle
+from edge.model.bundle import CARD_FILE, Bundle, ModelCard, check_channels, load_bundle
 from edge.scoring import diagnosis
 from edge.scoring.detector import State
 from edge.scoring.stream import Stream, score_stream
 from firmware_bridge.recording import RecordingSpec
-from trainer.dataset import Dataset, load_dataset, parse_time
+from trainer.dataset import SPEC_TABLE, Dataset, load_dataset, parse_time
 from trainer.options import DatasetSpec, EvaluateOptions
+from trainer.spec_card import SpecCard
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def evaluate(bundle_path: str | Path, input_path: str | Path, out: str | Path,
              options: EvaluateOptions = EvaluateOptions()) -> dict:
     """Score, detect, and write report.json and score.png into `out`; returns the report."""
     bundle = load_bundle(bundle_path)
-    spec = dataset_spec(bundle.card, input_path, options)
+    spec = dataset_spec(bundle.card, input_path, options, str(bundle.path / CARD_FILE))
     if options.label_column is not None:  # labels made after training (cm-fleet's labels.csv), not the card's
         spec = replace(spec, label_column=options.label_column)
     dataset = load_dataset(input_path, spec)
@@ -142,18 +143,26 @@ def evaluate(bundle_path: str | Path, input_path: str | Path, out: str | Path,
     return report
 
 
-def dataset_spec(card: ModelCard, input_path: str | Path, given: RecordingSpec) -> DatasetSpec:
+def dataset_spec(card: ModelCard, input_path: str | Path, given: RecordingSpec, source: str = CARD_FILE) -> DatasetSpec:
     """The input read as the card says the training data was (format, channels, sample rate, snapshot length,
-    features) unless `given` says otherwise."""
+    features) unless `given` says otherwise; a features table given to a bundle that reads sensor frames, by the
+    card's feature spec (its columns named by edge.model.features.feature_columns). `source`: the card's file."""
     provenance, spec = card.provenance, card.feature_spec
     label_column = provenance.get("label_column") if provenance.get("kind") == "table" else None
+    if spec.sample_rate_hz and _is_table_file(input_path, provenance) and not given.names_samples():
+        # A features table for a bundle that reads sensor frames: its columns are named by the bundle's own spec.
+        card_spec = SpecCard(spec=spec, source=source, card_id=card.id, card_kind="model")
+        return DatasetSpec(feature_set=spec.feature_set, bearing=spec.bearing, shaft_rpm=spec.shaft_rpm,
+                           label_column=provenance.get("label_column"), feature_spec=card_spec)
     from_card = DatasetSpec(feature_set=spec.feature_set, bearing=spec.bearing, shaft_rpm=spec.shaft_rpm,
                             label_column=label_column)
     if provenance.get("kind", "table") != "table":
         from_card = replace(
             from_card,
             channels=tuple(provenance["columns"]) if provenance.get("columns") else None,
-            format=None if _is_table_file(input_path, provenance) else provenance.get("format") or None,
+            # A bundle trained on a table by a card's spec knows its sensor, not the recording's format: detected.
+            format=None if _is_table_file(input_path, provenance) or provenance.get("kind") == SPEC_TABLE
+            else provenance.get("format") or None,
             sample_rate_hz=spec.sample_rate_hz or None,
             snapshot_samples=spec.snapshot_samples or None,
         )

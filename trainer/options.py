@@ -16,6 +16,7 @@ from edge.model.bearing import BearingGeometry
 from edge.model.features import FEATURE_SET
 from edge.scoring.diagnosis import DEFAULT_ISO_GROUP
 from firmware_bridge.recording.spec import RecordingSpec
+from trainer.spec_card import SpecCard
 
 DEFAULT_WINDOW = 2  # chosen by evaluation on synthetic runs: see trainer/README.md
 
@@ -28,6 +29,7 @@ class DatasetSpec(RecordingSpec):
     bearing: BearingGeometry | None = None  # vibration set: --bearing
     shaft_rpm: float | None = None  # vibration set: --shaft-rpm
     label_column: str | None = None  # features tables only: the column marking anomalies
+    feature_spec: SpecCard | None = None  # --feature-spec: a features table's columns are read by this card's spec
 
 
 @dataclass(frozen=True, kw_only=True)

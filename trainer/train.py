@@ -392,18 +392,7 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
     return ModelCard(
         id="cm-draft",  # replaced by content_id() once the model and thresholds are final
         created=iso_time(time.time_ns() // 1000),
-        feature_spec=FeatureSpec(
-            feature_set=dataset.feature_config.feature_set,
-            channels=dataset.channels,
-            sample_rate_hz=dataset.sample_rate_hz,
-            snapshot_samples=dataset.snapshot_samples,
-            window=options.window,
-            snapshot_interval_s=training_interval_s(dataset.timestamps[rows].astype("datetime64[us]").astype(np.int64)),
-            features=dataset.feature_config.names,
-            bearing=dataset.feature_config.bearing,
-            shaft_rpm=dataset.feature_config.shaft_rpm,
-            scale=dataset.scales[0] if len(dataset.scales) == 1 else None,
-        ),
+        feature_spec=_feature_spec(dataset, rows, options),
         scaler=scaler,
         threshold_rule=options.threshold_rule,
         detector=DetectorSettings(warning_threshold=1.0, alarm_threshold=1.0),
@@ -417,6 +406,7 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
             # The scale rule of firmware_bridge.recording: 0.001 g per count, or 0.001 g x 2**k when values do not fit.
             "scales_g_per_count": list(dataset.scales),
             "label_column": options.label_column,
+            **_spec_provenance(options),
             "data_sha256": fingerprint,
             "snapshots": len(dataset),
             "excluded_rows": len(dataset.excluded),
@@ -434,6 +424,36 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
         model_file=INT8_MODEL_FILE,
         model_sha256="",
     )
+
+
+def _feature_spec(dataset: Dataset, rows: np.ndarray, options: FitOptions) -> FeatureSpec:
+    """The new card's spec: --feature-spec's card's as it is (its window aside), so the agent running that card
+    accepts this bundle; else what the recording (or table) says. A card without a cadence keeps none (its agent
+    scores every snapshot, and each table row is one of them): the table's spacing would make the agent skip
+    snapshots that came a little early (edge.ingest.cadence)."""
+    if options.feature_spec is not None:
+        return replace(options.feature_spec.spec, window=options.window)
+    return FeatureSpec(
+        feature_set=dataset.feature_config.feature_set,
+        channels=dataset.channels,
+        sample_rate_hz=dataset.sample_rate_hz,
+        snapshot_samples=dataset.snapshot_samples,
+        window=options.window,
+        snapshot_interval_s=training_interval_s(dataset.timestamps[rows].astype("datetime64[us]").astype(np.int64)),
+        features=dataset.feature_config.names,
+        bearing=dataset.feature_config.bearing,
+        shaft_rpm=dataset.feature_config.shaft_rpm,
+        scale=dataset.scales[0] if len(dataset.scales) == 1 else None,
+    )
+
+
+def _spec_provenance(options: FitOptions) -> dict[str, str]:
+    """Where --feature-spec's spec came from (the table itself is the card's `source`)."""
+    if options.feature_spec is None:
+        return {}
+    card = options.feature_spec
+    return {"feature_spec_from": card.source, "feature_spec_card_id": card.card_id,
+            "feature_spec_card_kind": card.card_kind}
 
 
 def healthy_extent(card: ModelCard, dataset: Dataset, span: Span) -> np.ndarray:

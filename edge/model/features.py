@@ -21,6 +21,7 @@ snapshot's own resolution, shows the impact rates of a bearing defect. numpy onl
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,20 @@ VELOCITY_BAND_HZ = (10.0, 1000.0)  # ISO 20816
 ENVELOPE_BAND = (0.04, 0.24)  # share of the sample rate demodulated for the envelope
 LINE_TOLERANCE = 0.03  # a defect line is searched within +-3% (slip, speed error) and one bin either side
 MIN_LINE_BINS = 3  # a line nearer to zero than this many bins cannot be told from DC and the shaft: not measured
+
+
+def feature_columns(feature_set: str, channels: Sequence[str]) -> tuple[str, ...]:
+    """The column names of a features table (after its timestamp) for this feature set and these channels, in
+    the channel-major order of the model input: the channel's own name for a set with one feature per channel
+    (mean_abs, as the telemetry's `features` names it), `<channel>.<feature>` for a set with several
+    (`bearing1.velocity_rms`, the telemetry's `channel_features`). The trainer reads tables by these names
+    and cm-fleet writes them from the historian: one rule for both."""
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {feature_set!r}: expected one of {', '.join(FEATURE_SETS)}")
+    names = FEATURE_SETS[feature_set]
+    if len(names) == 1:
+        return tuple(channels)
+    return tuple(f"{channel}.{name}" for channel in channels for name in names)
 
 
 def mean_abs(counts: np.ndarray, scale: float) -> np.ndarray:
