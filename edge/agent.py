@@ -28,7 +28,7 @@ from edge.ingest.losses import Losses, Silence
 from edge.ingest.snapshot import Snapshot, SnapshotAssembler
 from edge.model.bundle import Bundle, Deployable, DetectorSettings
 from edge.mqtt.health import Health, Watch
-from edge.mqtt.homeassistant import Discovery, entities
+from edge.mqtt.homeassistant import Discovery, Entity, entities
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import ModelRef
 from edge.mqtt.publisher import Publisher
@@ -137,9 +137,12 @@ class Agent:
 
     def _discovery(self, mqtt: Publisher) -> Discovery:
         """Home Assistant's entities; they need the MQTT client itself (retained messages, a subscription)."""
-        found = entities(self.config.device_id, mqtt.topics, self.pipeline.channels, self.counters().keys(),
-                         self.announcer.model.id)
-        return Discovery(mqtt, self.config.homeassistant.discovery_prefix, self.config.device_id, found)
+        return Discovery(mqtt, self.config.homeassistant.discovery_prefix, self.config.device_id, self._entities(mqtt))
+
+    def _entities(self, mqtt: Publisher) -> list[Entity]:
+        """The discovery configs for the model in charge now (its id is in the device's model name)."""
+        return entities(self.config.device_id, mqtt.topics, self.pipeline.channels, self.counters().keys(),
+                        self.announcer.model.id)
 
     def run(self, stop: threading.Event) -> int:
         self.watch.check(self.link.stats)
@@ -233,6 +236,8 @@ class Agent:
         self.bundle, self.pipeline = bundle, pipeline
         self.announcer.switch(model_ref(bundle), pipeline,
                               (settings.warning_threshold, settings.alarm_threshold))
+        if self.discovery is not None:  # Home Assistant's device names the model in charge (or the old one, rolled back)
+            self.discovery.update(self._entities(self.discovery.publisher))
 
     def check_noise(self) -> None:
         """Bytes discarded by the decoder (line noise, cut frames) stand for the samples they would have carried."""

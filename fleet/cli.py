@@ -88,7 +88,8 @@ def _rollout_parser(commands: argparse._SubParsersAction, configured: argparse.A
     create.add_argument("--probation-snapshots", type=int, help="snapshots scored in shadow (default: the agents')")
     create.add_argument("--probation-seconds", type=float, help="seconds in shadow (default: the agents')")
     create.add_argument("--trusted-key", action="append", default=[],
-                        help="check the signature against this public key too (repeatable)")
+                        help="check the signature against this public key too, beside fleet.toml's [rollout] trusted_keys "
+                             "(repeatable)")
     status = rollout.add_parser("status", parents=[configured], help="a rollout's waves and devices (all: a list)")
     status.add_argument("id", nargs="?")
     status.add_argument("--json", action="store_true", help="as JSON, as the dashboard's /rollouts.json")
@@ -145,7 +146,6 @@ def _rollout(args: argparse.Namespace, config: FleetConfig) -> int:
     """The request goes into the historian; cm-fleet serve's scheduler acts on it (fleet/rollout.py)."""
     import json
 
-    from edge.model.bundle import BundleError
     from fleet import rollout as r
     from fleet.historian import rollouts as book
     from fleet.web.twins import plain
@@ -155,7 +155,8 @@ def _rollout(args: argparse.Namespace, config: FleetConfig) -> int:
         if args.action == "create":
             detail = r.create(historian, r.Request(
                 args.bundle, args.devices, args.canary, args.wave_wait, args.max_failed, args.device_timeout,
-                args.probation_snapshots, args.probation_seconds, tuple(args.trusted_key), getpass.getuser()))
+                args.probation_snapshots, args.probation_seconds, config.rollout.trusted_keys + tuple(args.trusted_key),
+                getpass.getuser()))
             print(r.describe(detail))
         elif args.action == "status" and args.id is None:
             found = book.rollouts(historian)
@@ -169,7 +170,7 @@ def _rollout(args: argparse.Namespace, config: FleetConfig) -> int:
         else:
             changed = book.request(historian, args.id, args.action, getpass.getuser())
             print(f"rollout {changed.id}: {changed.state}")
-    except (book.RolloutError, BundleError) as error:
+    except ValueError as error:  # a RolloutError, a BundleError, or a trusted key file that will not load
         print(f"cm-fleet rollout {args.action}: {error}", file=sys.stderr)
         return 2
     finally:

@@ -54,8 +54,10 @@ def trainer_command(name: str) -> str:
 
 
 class Worker:
-    def __init__(self, config: CommissioningConfig, historian: Historian, stopping: threading.Event) -> None:
+    def __init__(self, config: CommissioningConfig, historian: Historian, stopping: threading.Event,
+                 trusted_keys: tuple[str, ...] = ()) -> None:
         self.config = config
+        self.trusted_keys = trusted_keys  # [rollout] trusted_keys: the signature is checked as for any rollout
         self.historian = historian
         self._stopping = stopping
         self._thread = threading.Thread(target=self._run, name="fleet-commissioning", daemon=True)
@@ -183,7 +185,7 @@ class Worker:
         book.note(self.historian, device, "creating its rollout")
         return rollout.create(self.historian, rollout.Request(
             bundle, device, canary="100%", wave_wait="0s", probation_snapshots=config.probation_snapshots or None,
-            probation_seconds=config.probation_seconds or None,
+            probation_seconds=config.probation_seconds or None, trusted_keys=self.trusted_keys,
             created_by=f"cm-fleet commission ({record.requested_by or 'auto'})"))
 
     def _refuse_if_raised(self, report: dict) -> None:

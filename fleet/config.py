@@ -7,6 +7,7 @@ and the value, as the agent's config does.
     [historian]   url = "sqlite:///var/lib/cm-fleet/historian.sqlite" or "postgresql://cm@db/cm_fleet"
     [ingest]      what a payload may be, and how often rejections are logged
     [web]         the dashboard and its JSON API (served only when the section is there)
+    [rollout]     the signed bundles the dashboard offers for a staged rollout, and the keys they must be signed by
     [commissioning]  machines' baselines checked, trained, signed and rolled out (only when the section is there)
 """
 from __future__ import annotations
@@ -88,6 +89,14 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    bundles: str = "/var/lib/cm-fleet/bundles"  # one signed bundle directory each, offered on the dashboard's /rollouts
+    # Public keys (PEM files, cm-fleet keygen) a bundle must be signed by to be offered or rolled out, as the agents'
+    # model.trusted_keys; empty: any signature is offered, and the agents alone judge the key.
+    trusted_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class CommissioningConfig:
     """A machine on a baseline card learns its baseline; cm-fleet trains it a model (deploy/README.md)."""
 
@@ -112,6 +121,7 @@ class FleetConfig:
     historian: HistorianConfig = HistorianConfig()
     ingest: IngestConfig = IngestConfig()
     web: WebConfig | None = None  # no [web] section: ingest only, nothing listens
+    rollout: RolloutConfig = RolloutConfig()
     commissioning: CommissioningConfig | None = None  # no [commissioning] section: nothing is trained
 
 
@@ -122,6 +132,8 @@ def _expected(hint: Any) -> tuple[type, ...]:
     """The Python types a TOML value may have for a field annotated `hint` (None is never written in TOML)."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     allowed = tuple(t for t in options if t is not type(None))
+    if hint == tuple[str, ...]:
+        return (list,)  # a TOML array of strings, kept as a tuple (frozen)
     return (int, float) if float in allowed else allowed
 
 
@@ -138,7 +150,9 @@ def _section(cls: type[Section], table: Any, name: str, path: Path) -> Section:
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             kinds = " or ".join(t.__name__ for t in allowed)
             raise FleetConfigError(f"{path}: {name}.{key}: expected {kinds}, got {value!r}")
-    return cls(**table)
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise FleetConfigError(f"{path}: {name}.{key}: expected a list of strings, got {value!r}")
+    return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in table.items()})
 
 
 def _check(config: FleetConfig, path: Path) -> FleetConfig:
@@ -161,6 +175,7 @@ def _check(config: FleetConfig, path: Path) -> FleetConfig:
         ("web.trusted_proxies", web.trusted_proxies, web.trusted_proxies >= 0, ">= 0"),
         ("web.login_attempts", web.login_attempts, web.login_attempts >= 1, ">= 1"),
         ("web.login_window_s", web.login_window_s, web.login_window_s > 0, "> 0"),
+        ("rollout.bundles", config.rollout.bundles, config.rollout.bundles.strip() != "", "a directory"),
     ]
     for key, value, ok, expected in checks + _commissioning_checks(config):
         if not ok:
@@ -188,7 +203,7 @@ def _commissioning_checks(config: FleetConfig) -> list[tuple[str, Any, Any, str]
     ]
 
 
-SECTIONS = {"mqtt": FleetMqttConfig, "historian": HistorianConfig, "ingest": IngestConfig}
+SECTIONS = {"mqtt": FleetMqttConfig, "historian": HistorianConfig, "ingest": IngestConfig, "rollout": RolloutConfig}
 OPTIONAL_SECTIONS = {"web": WebConfig, "commissioning": CommissioningConfig}  # absent: that part does not run
 
 

@@ -66,9 +66,10 @@ def serve(config: FleetConfig, stop: threading.Event | None = None) -> int:
     ingest = Ingest(config.mqtt, config.ingest, historian)
     compactor = Compactor(historian, config.historian, stop)
     scheduler = Scheduler(config.mqtt.topic_prefix, historian, stop, ingest)  # the staged rollouts, on ingest's connection
-    worker = Worker(config.commissioning, historian, stop) if config.commissioning is not None else None
+    worker = (Worker(config.commissioning, historian, stop, config.rollout.trusted_keys)
+              if config.commissioning is not None else None)
     try:
-        web = WebServer(config.web, historian) if config.web is not None else None
+        web = WebServer(config.web, historian, config.rollout) if config.web is not None else None
     except BaseException:
         historian.close()
         raise

@@ -61,6 +61,8 @@ ELSEWHERE = {
     "cm-fleet commission learn-again pump-7 --config fleet.toml": "tests/test_commissioning_chain.py",
     "cm-train baseline --channels bearing1,bearing2,bearing3,bearing4 --sample-rate 20000 --snapshot-samples 20480 "
     "--interval-s 600 --min-level-g 0.02 --out bundles/pump9": "tests/test_baseline.py",
+    "cm-train fit pump-9-telemetry.csv --feature-spec bundles/pump9 --out bundles/pump9-model":
+        "tests/test_trainer_spec.py",  # on the baseline card above and a run's features as its agent published them
 }
 
 EXCLUDED = {
@@ -118,6 +120,19 @@ EXCLUDED = {
         "root: the installed service's private state directory",
     "sudo -u cm-fleet pg_dump --format=custom --file=/var/backups/cm-fleet/cm_fleet-$(date +%F).dump cm_fleet":
         "root: the installed service's database",
+    # deploy/README.md, shipping a new model to the fleet
+    "sudo install -d -m 0750 -o root -g cm-fleet /var/lib/cm-fleet/bundles":
+        "root: writes the installed service's state directory (tests/test_fleet_web_start_rollout.py offers the "
+        "bundles of a directory of its own)",
+    "sudo cp -r bundles/pump7 /var/lib/cm-fleet/bundles/":
+        "root: writes the installed service's bundles directory (tests/test_fleet_web_start_rollout.py copies "
+        "signed bundles into its own)",
+    'curl -X POST -H "Authorization: Bearer $TOKEN" -H \'Content-Type: application/json\' -d \'{"bundle": "pump7", '
+    '"devices": "all", "canary": "5%"}\' https://fleet.plant.example/rollouts.json':
+        "a deployed dashboard behind its TLS proxy (tests/test_fleet_web_start_rollout.py posts the same JSON to "
+        "/rollouts.json with a bearer token on its own port)",
+    "cm-fleet rollout rollback r-3f9a0c1d --config fleet.toml":
+        "the id is the one create printed: tests/test_fleet_rollout.py rolls back its own",
 }
 
 # Run here, block by block, in the order the docs give them.

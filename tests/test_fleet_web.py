@@ -111,6 +111,9 @@ def test_every_route_refuses_the_anonymous(dashboard):
         else:
             assert response.status_code == 302 and response.headers["Location"].startswith("/login?next="), (method, path)
     assert opened == set(PUBLIC) == {"auth.login", "static"}
+    # Starting a rollout (form and JSON twin) is among the routes swept here, as every later route will be.
+    assert {("rollouts.create_rollout", "POST", "/rollouts"), ("rollouts.create_rollout", "POST", "/rollouts.json")} \
+        <= set(routes(alert_id))
     assert dashboard.historian.read("SELECT acknowledged_us FROM alerts WHERE id = ?", (alert_id,)) == [(None,)]
 
 

@@ -88,3 +88,31 @@ def test_templates_read_the_agents_payloads():
     assert json.loads(attributes)["storage"]["message"] == "outbox.sqlite: cannot store (database or disk is full)"
     telemetry = {"features": {"bearing1": 0.07, "bearing 2": 0.08}, "counters": {"crc_errors": 3}}
     assert render("feature_bearing_2", telemetry) == "0.08" and render("counter_crc_errors", telemetry) == "3"
+
+
+def test_update_sends_the_configs_again_retained_with_the_new_model_and_births_send_the_new_ones(broker, tmp_path):
+    """What the agent does when a rollout switches bundles (or rolls back): Home Assistant's retained device names
+    the model in charge, for a subscriber there now and one that comes later, and after Home Assistant's birth."""
+    publisher = Publisher(MqttConfig(host="127.0.0.1", port=broker.port, device_id=DEVICE),
+                          Outbox(tmp_path / "outbox.sqlite"))
+    discovery = Discovery(publisher, "ha", DEVICE, entities(DEVICE, publisher.topics, CHANNELS, COUNTERS, "old-model"))
+    discovery.start()
+    publisher.start()
+
+    def models(subscriber: Subscriber) -> set[str]:
+        return {c["device"]["model"] for c in configs(subscriber).values()}  # the last config on each topic
+
+    try:
+        with Subscriber(broker.port, "ha/#") as watching:
+            assert watching.wait_for(lambda s: models(s) == {"cm-edge (model old-model)"}, 15)
+            discovery.update(entities(DEVICE, publisher.topics, CHANNELS, COUNTERS, "new-model"))
+            assert watching.wait_for(lambda s: models(s) == {"cm-edge (model new-model)"}, 15)
+        with Subscriber(broker.port, "ha/#") as late:
+            assert late.wait_for(lambda s: len(configs(s)) == len(discovery.messages), 15)
+            assert models(late) == {"cm-edge (model new-model)"} and all(m.retain for m in late.messages)
+            late.publish_acked("ha/status", b"online")
+            sent_again = lambda s: [m for m in s.messages if m.topic.endswith("/config") and not m.retain]  # noqa: E731
+            assert late.wait_for(lambda s: len(sent_again(s)) == len(discovery.messages), 15)
+            assert {json.loads(m.payload)["device"]["model"] for m in sent_again(late)} == {"cm-edge (model new-model)"}
+    finally:
+        publisher.stop()

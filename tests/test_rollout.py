@@ -63,7 +63,7 @@ def variant(root: Path, name: str, signer: KeyPair, card: Callable[[dict], None]
 def setup(tmp_path: Path, keys: tuple[KeyPair, KeyPair]) -> Iterator[tuple[Chain, Subscriber, Mosquitto]]:
     fleet, _ = keys
     active, _ = variant(tmp_path, "active-model", fleet)
-    with Mosquitto(tmp_path / "broker") as broker, Subscriber(broker.port, ["cm/#"]) as subscriber:
+    with Mosquitto(tmp_path / "broker") as broker, Subscriber(broker.port, ["cm/#", "homeassistant/#"]) as subscriber:
         chain = Chain(tmp_path / "agent", broker, active)
         chain.config.write_text(chain.config.read_text().replace(
             "[model]\n", f'[model]\ntrusted_keys = ["{fleet.public}"]\n'))
@@ -104,6 +104,12 @@ def status_of(subscriber: Subscriber, rollout: str) -> dict:
     return [r for r in reports(subscriber) if r["rollout"] and r["rollout"]["rollout"] == rollout][-1]
 
 
+def discovered_models(subscriber: Subscriber) -> list[str]:
+    """The model Home Assistant's device names, in each round of discovery configs the agent sent (one per topic)."""
+    health = [json.loads(p) for p in subscriber.on("homeassistant/sensor/pump-7/health/config")]
+    return [config["device"]["model"].removeprefix("cm-edge (model ").removesuffix(")") for config in health]
+
+
 def telemetry(subscriber: Subscriber) -> list[dict]:
     found = [json.loads(p) for p in subscriber.on(f"{TOPIC}/telemetry")]
     for record in found:
@@ -142,6 +148,12 @@ def test_a_good_bundle_is_scored_in_shadow_then_takes_over_without_a_restart(set
     assert states[0]["model"]["id"] == "active-model" and states[-1]["model"]["id"] == "candidate-model"
     assert subscriber.on(f"{TOPIC}/alert") == []  # healthy data: no alert, and the switch announced none
     assert chain.agent is not None and chain.agent.poll() is None  # the same process throughout
+    # Home Assistant's device is told of the switch: its discovery configs sent again, retained, with the new id.
+    assert subscriber.wait_for(lambda s: discovered_models(s)[-1:] == ["candidate-model"], 10), discovered_models(subscriber)
+    assert discovered_models(subscriber)[0] == "active-model"
+    with Subscriber(subscriber.port, ["homeassistant/#"]) as late:  # Home Assistant (re)started: the retained ones
+        assert late.wait_for(lambda s: bool(discovered_models(s)), 10)
+        assert discovered_models(late) == ["candidate-model"]
 
     current = json.loads((store_path_of(chain) / CURRENT_FILE).read_text())
     assert current == {"active": sha, "previous": report["previous"]}
@@ -163,6 +175,7 @@ def test_a_good_bundle_is_scored_in_shadow_then_takes_over_without_a_restart(set
     assert subscriber.wait_for(lambda s: status_of(s, "r2")["rollout"]["status"] == "active", 60), chain.agent_log()
     assert status_of(subscriber, "r2")["active"]["id"] == "active-model"
     assert status_of(subscriber, "r2")["active"]["bundle"] == previous and status_of(subscriber, "r2")["previous"] == sha
+    assert subscriber.wait_for(lambda s: discovered_models(s)[-1:] == ["active-model"], 10), discovered_models(subscriber)
 
 
 def store_path_of(chain: Chain) -> Path:

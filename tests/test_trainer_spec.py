@@ -7,6 +7,7 @@ The measured differences (thresholds, scores, lead) are printed (-s shows them) 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tables import write_published_features
-from trained import make_bundle, make_synthetic_run, shared_bundle, shared_run, table_bundle
+from trained import first_files, make_bundle, make_synthetic_run, shared_bundle, shared_run, table_bundle
 
 from edge.compatibility import check_same_stream
 from edge.model.bearing import PRESETS
@@ -95,6 +96,33 @@ def test_a_baseline_card_s_spec_becomes_the_bundle_s_and_the_agent_accepts_it(vi
     assert json.loads((tmp_path / "report" / "report.json").read_text())["snapshots"] == 40
 
 
+@pytest.mark.slow
+def test_the_readme_command_trains_the_baseline_machine_s_model_from_its_published_features(tmp_path: Path) -> None:
+    """README: the baseline card of pump-9 (its own README command), then its agent's features, as cm-fleet's
+    telemetry.csv exports them (mean_abs: one column per channel), train the bundle that agent takes over."""
+    baseline = subprocess.run(["cm-train", "baseline", "--channels", "bearing1,bearing2,bearing3,bearing4", "--sample-rate", "20000", "--snapshot-samples", "20480", "--interval-s", "600", "--min-level-g", "0.02", "--out", "bundles/pump9"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_path_env())
+    assert baseline.returncode == 0, baseline.stderr
+    # Its healthy first 60 snapshots (10 hours at 600 s) keep the default training short.
+    healthy = first_files(shared_run(), 60, tmp_path / "healthy")
+    write_published_features(tmp_path / "pump-9-telemetry.csv", healthy, read_spec_card(tmp_path / "bundles" / "pump9").spec)
+    fitted = subprocess.run(["cm-train", "fit", "pump-9-telemetry.csv", "--feature-spec", "bundles/pump9", "--out", "bundles/pump9-model"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_path_env())
+    assert fitted.returncode == 0, fitted.stderr
+    bundle = tmp_path / "bundles" / "pump9-model"
+    card, base = card_of(bundle), card_of(tmp_path / "bundles" / "pump9")
+    assert card["feature_spec"] == base["feature_spec"] | {"window": card["feature_spec"]["window"]}
+    assert card["feature_spec"]["snapshot_interval_s"] == 600
+    check_same_stream(load_deployable(tmp_path / "bundles" / "pump9"), load_bundle(bundle))
+    checked = edge_check(tmp_path, bundle, card)
+    assert checked.returncode == 0, checked.stderr
+
+
+def _path_env() -> dict[str, str]:
+    """The venv's commands first on PATH, as an installed cm-train is."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def test_a_features_table_bundle_without_a_spec_still_reads_no_frames(tmp_path: Path) -> None:
     """Without --feature-spec a table trains as before (sample rate 0); its card cannot be a spec for another."""
     with pytest.raises(BundleError, match=r"feature_spec.sample_rate_hz is 0: .*cm-train baseline"):
@@ -152,7 +180,7 @@ def test_flags_that_agree_with_the_card_and_a_recording_are_told_apart(vibration
 def test_a_bundle_from_published_features_matches_the_bundle_from_the_run_s_files(tmp_path: Path) -> None:
     """Parity: the shared run's features as an agent running the shared bundle publishes them (rounded to 6
     decimals), fitted with --feature-spec that bundle and the same options, give the same columns, thresholds
-    within 2% and the same state at every snapshot of the run, scored from its files as the agent scores it."""
+    within 2% (per-channel error references within 5%) and the same state at every snapshot of the run, scored from its files as the agent scores it."""
     run, files_bundle = shared_run(), shared_bundle()
     table = write_published_features(tmp_path / "features.csv", run, read_spec_card(files_bundle).spec)
     table_bundle = make_bundle(table, tmp_path / "bundle", feature_spec=read_spec_card(files_bundle))
@@ -166,6 +194,10 @@ def test_a_bundle_from_published_features_matches_the_bundle_from_the_run_s_file
     reports = {name: evaluate(bundle, source, tmp_path / name)
                for name, bundle, source in (("files", files_bundle, run), ("table", table_bundle, run))}
     relative = {key: ours["detector"][key] / theirs["detector"][key] - 1 for key in ("warning_threshold", "alarm_threshold")}
+    # The thresholds apply to each channel's error over its healthy reference: the references are calibrated too.
+    references = np.divide(ours["channel_error_reference"], theirs["channel_error_reference"]) - 1
+    relative["channel_error_reference_max"] = float(np.abs(references).max())
+    relative["scaler_max"] = float(np.abs(np.divide(ours["scaler"]["maximum"], theirs["scaler"]["maximum"]) - 1).max())
     scored = np.isfinite(traces["files"].scores)
     # Each bundle's scores in units of its own alarm threshold: what the detector compares.
     own = {name: trace.scores[scored] / card["detector"]["alarm_threshold"]
@@ -177,6 +209,7 @@ def test_a_bundle_from_published_features_matches_the_bundle_from_the_run_s_file
                       **{f"{name}.{key}": report[key] for name, report in reports.items()
                          for key in ("first_warning", "first_alarm", "lead_time_hours", "final_state")}}, indent=1))
     assert abs(relative["warning_threshold"]) < 0.02 and abs(relative["alarm_threshold"]) < 0.02
+    assert relative["channel_error_reference_max"] < 0.05
     assert traces["table"].states == traces["files"].states
     assert traces["table_on_table"].states == traces["files"].states
     assert reports["table"]["lead_time_hours"] == reports["files"]["lead_time_hours"] is not None

@@ -148,19 +148,21 @@ def dataset_spec(card: ModelCard, input_path: str | Path, given: RecordingSpec, 
     features) unless `given` says otherwise; a features table given to a bundle that reads sensor frames, by the
     card's feature spec (its columns named by edge.model.features.feature_columns). `source`: the card's file."""
     provenance, spec = card.provenance, card.feature_spec
-    label_column = provenance.get("label_column") if provenance.get("kind") in ("table", SPEC_TABLE) else None
+    label_column = provenance.get("label_column") if provenance.get("kind") == "table" else None
     if spec.sample_rate_hz and _is_table_file(input_path, provenance) and not given.names_samples():
         # A features table for a bundle that reads sensor frames: its columns are named by the bundle's own spec.
         card_spec = SpecCard(spec=spec, source=source, card_id=card.id, card_kind="model")
         return DatasetSpec(feature_set=spec.feature_set, bearing=spec.bearing, shaft_rpm=spec.shaft_rpm,
-                           label_column=label_column, feature_spec=card_spec)
+                           label_column=provenance.get("label_column"), feature_spec=card_spec)
     from_card = DatasetSpec(feature_set=spec.feature_set, bearing=spec.bearing, shaft_rpm=spec.shaft_rpm,
                             label_column=label_column)
     if provenance.get("kind", "table") != "table":
         from_card = replace(
             from_card,
             channels=tuple(provenance["columns"]) if provenance.get("columns") else None,
-            format=None if _is_table_file(input_path, provenance) else provenance.get("format") or None,
+            # A bundle trained on a table by a card's spec knows its sensor, not the recording's format: detected.
+            format=None if _is_table_file(input_path, provenance) or provenance.get("kind") == SPEC_TABLE
+            else provenance.get("format") or None,
             sample_rate_hz=spec.sample_rate_hz or None,
             snapshot_samples=spec.snapshot_samples or None,
         )

@@ -67,8 +67,8 @@ def refuse_contradictions(card: SpecCard, given: dict[str, object]) -> None:
         if flag not in says:
             raise BundleError(f"{flag}: not with --feature-spec: a features table read by {card.source}'s spec "
                               "is no recording")
-        if flag == "--channels":
-            value = _channel_names(value, spec.channels)  # type: ignore[arg-type]
+        if flag == "--channels" and isinstance(value, tuple):
+            value = _channel_names(value, spec.channels)
         if value != says[flag]:
             raise BundleError(f"{flag} {_show(value)} contradicts --feature-spec {card.source}: its feature_spec says "
                               f"{_show(says[flag])}; leave the flag out (the card's spec is the bundle's)")

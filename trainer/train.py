@@ -428,7 +428,9 @@ def _draft_card(dataset: Dataset, scaler: Scaler, rows: np.ndarray, options: Fit
 
 def _feature_spec(dataset: Dataset, rows: np.ndarray, options: FitOptions) -> FeatureSpec:
     """The new card's spec: --feature-spec's card's as it is (its window aside), so the agent running that card
-    accepts this bundle; else what the recording (or table) says."""
+    accepts this bundle; else what the recording (or table) says. A card without a cadence keeps none (its agent
+    scores every snapshot, and each table row is one of them): the table's spacing would make the agent skip
+    snapshots that came a little early (edge.ingest.cadence)."""
     if options.feature_spec is not None:
         return replace(options.feature_spec.spec, window=options.window)
     return FeatureSpec(

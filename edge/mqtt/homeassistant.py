@@ -6,7 +6,9 @@ sensor from the retained `state`, the score from `state` too (refreshed at the t
 per-channel features from `telemetry`, and the link and snapshot counters as diagnostic entities. Every
 entity has a `unique_id`, the shared `device`, and our `status` topic as availability, so Home Assistant
 shows them unavailable when the agent's last will says "offline". When Home Assistant restarts it
-publishes "online" on `{discovery_prefix}/status`, and the configs are sent again.
+publishes "online" on `{discovery_prefix}/status`, and the configs are sent again. The device names the model
+in charge: when a rollout switches bundles (or rolls back), the agent sends the configs again with the new id,
+retained, so Home Assistant never shows a model the agent no longer runs.
 """
 from __future__ import annotations
 
@@ -96,8 +98,12 @@ class Discovery:
     def __init__(self, publisher: Publisher, prefix: str, device_id: str, found: list[Entity]) -> None:
         self.publisher = publisher
         self.prefix = prefix
-        self.messages = {f"{prefix}/{e.component}/{device_id}/{e.object_id}/config":
-                         json.dumps(e.config, separators=(",", ":")).encode() for e in found}
+        self.device_id = device_id
+        self.messages = self._messages(found)
+
+    def _messages(self, found: list[Entity]) -> dict[str, bytes]:
+        return {f"{self.prefix}/{e.component}/{self.device_id}/{e.object_id}/config":
+                json.dumps(e.config, separators=(",", ":")).encode() for e in found}
 
     def start(self) -> None:
         self.announce()
@@ -106,6 +112,13 @@ class Discovery:
     def announce(self) -> None:
         for topic, payload in self.messages.items():
             self.publisher.publish_retained(topic, payload)
+
+    def update(self, found: list[Entity]) -> None:
+        """New configs (another model in charge): sent at once, retained, and on every birth from now on. The dict
+        is replaced whole, so a birth handled on the MQTT thread meanwhile sends the old set or the new, never a mix."""
+        self.messages = self._messages(found)
+        log.info("Home Assistant discovery sent again: %d entities", len(self.messages))
+        self.announce()
 
     def _on_status(self, payload: bytes) -> None:
         if payload.strip() == BIRTH:

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from fleet.config import FleetConfigError, WebConfig
+from fleet.config import FleetConfigError, RolloutConfig, WebConfig
 from fleet.historian import Historian
 from fleet.historian.accounts import Accounts
 from fleet.web import alerts_page, auth, exports, fleet_page, machine_page, rollouts_page
@@ -41,7 +41,8 @@ def when(time_us: int | None) -> str:
     return datetime.fromtimestamp(time_us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def create_app(config: WebConfig, historian: Historian, secret: bytes | None = None) -> Flask:
+def create_app(config: WebConfig, historian: Historian, secret: bytes | None = None,
+               rollout: RolloutConfig = RolloutConfig()) -> Flask:
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=secret if secret is not None else session_secret(config),
@@ -58,7 +59,7 @@ def create_app(config: WebConfig, historian: Historian, secret: bytes | None = N
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies,  # type: ignore[method-assign]
                                 x_host=config.trusted_proxies, x_prefix=config.trusted_proxies)
     app.extensions[KEY] = Services(config, historian, Accounts(historian),
-                                   LoginThrottle(config.login_attempts, config.login_window_s))
+                                   LoginThrottle(config.login_attempts, config.login_window_s), rollout)
     app.before_request(auth.authenticate)
     for module in (auth, fleet_page, machine_page, alerts_page, rollouts_page, exports):
         app.register_blueprint(module.blueprint)

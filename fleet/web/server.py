@@ -8,7 +8,7 @@ from typing import Any
 from waitress import wasyncore
 from waitress.server import create_server
 
-from fleet.config import FleetConfigError, WebConfig
+from fleet.config import FleetConfigError, RolloutConfig, WebConfig
 from fleet.historian import Historian
 from fleet.web.app import create_app
 
@@ -17,8 +17,8 @@ THREADS = 4  # page requests at once; each holds the historian's lock only for i
 
 
 class WebServer:
-    def __init__(self, config: WebConfig, historian: Historian) -> None:
-        self.app = create_app(config, historian)
+    def __init__(self, config: WebConfig, historian: Historian, rollout: RolloutConfig = RolloutConfig()) -> None:
+        self.app = create_app(config, historian, rollout=rollout)
         try:
             # X-Forwarded-* are believed by werkzeug's ProxyFix (web.trusted_proxies); without a trusted proxy
             # waitress drops them before the app sees them.

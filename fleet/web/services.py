@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from fleet.config import WebConfig
+from fleet.config import RolloutConfig, WebConfig
 from fleet.historian import Historian
 from fleet.historian.accounts import Accounts
 from fleet.web.throttle import LoginThrottle
@@ -19,6 +19,7 @@ class Services:
     historian: Historian
     accounts: Accounts
     throttle: LoginThrottle
+    rollout: RolloutConfig  # the bundles an admin may start a rollout of, and the keys they must be signed by
 
 
 def services() -> Services:
