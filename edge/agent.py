@@ -14,7 +14,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Protocol
 
 from edge.announcer import Announcer, Publishing
@@ -68,7 +67,7 @@ def detector_settings(config: AgentConfig, bundle: Deployable) -> DetectorSettin
     """The model card's settings (a baseline card's: edge.scoring.detector.BASELINE_SETTINGS), with the config's
     overrides on top."""
     carded = bundle.card.detector if isinstance(bundle, Bundle) else BASELINE_SETTINGS
-    return replace(carded, **config.detector.given())
+    return config.detector.applied_to(carded)
 
 
 def model_ref(bundle: Deployable) -> ModelRef:

@@ -6,13 +6,14 @@ are errors with a suggestion, because a typo that silently falls back to a defau
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import voluptuous as vol
 
 from edge.model import validation as v
+from edge.model.bundle import MAX_DEBOUNCE_S, DetectorSettings
 from edge.model.signature import TrustedKey, load_public_key
 from edge.model.validation import Optional, required
 from edge.scoring.diagnosis import DEFAULT_ISO_GROUP, ISO_GROUPS
@@ -84,9 +85,15 @@ class DetectorOverrides:
     n: int | None = None
     clear_after: int | None = None
     fault_after: int | None = None
+    persist_s: float | None = None  # DetectorSettings.persist_s: k of n spans at least this long at any cadence
+    clear_after_s: float | None = None  # DetectorSettings.clear_after_s: clear after this long below warning
 
     def given(self) -> dict[str, Any]:
         return {name: value for name, value in vars(self).items() if value is not None}
+
+    def applied_to(self, settings: DetectorSettings) -> DetectorSettings:
+        """The card's settings with the config's overrides on top (ValueError when they do not fit together)."""
+        return replace(settings, **self.given())
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,7 @@ def _schema(folder: Path) -> v.Validator:
         Optional("detector"): {
             **{Optional(key): v.number(positive=True) for key in ("warning_threshold", "alarm_threshold")},
             **{Optional(key): v.integer(1) for key in ("k", "n", "clear_after", "fault_after")},
+            **{Optional(key): _debounce_seconds for key in ("persist_s", "clear_after_s")},
         },
         Optional("recorder"): {
             Optional("enabled"): v.boolean,
@@ -199,6 +207,15 @@ def _trusted_keys(folder: Path) -> v.Validator:
                 raise vol.Invalid(str(error), path=[index]) from None
         return tuple(keys)
     return validate
+
+
+def _debounce_seconds(value: Any) -> float:
+    """A debounce in seconds as DetectorSettings takes it: 0 (the counts alone) up to a week (beyond: a typo)."""
+    what = f"a number of seconds from 0 to {MAX_DEBOUNCE_S:g} (a week)"
+    seconds = v.number(0, what=what)(value)
+    if seconds > MAX_DEBOUNCE_S:
+        raise v.expected(what, value)
+    return seconds
 
 
 def _protocol_name(value: Any) -> Any:

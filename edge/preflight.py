@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import AgentConfig, MqttConfig
 from edge.ingest.clock import unsynchronised
-from edge.model.bundle import Bundle, Deployable
+from edge.model.bundle import Bundle, Deployable, DetectorSettings
 from edge.mqtt.publisher import PROTOCOLS, PublisherError, read_password
 
 BROKER_TIMEOUT_S = 10.0
@@ -50,16 +50,35 @@ def notes(config: AgentConfig, bundle: Deployable, interval_s: float) -> list[st
                      + (f"scoring one snapshot per {interval_s:g} s as sensor.snapshot_interval_s says" if interval_s
                         else "every snapshot is scored; set sensor.snapshot_interval_s to the training cadence"))
     elif abs(interval_s - trained) > 0.05 * trained:
-        settings = bundle.card.detector
-        found.append(
-            f"sensor.snapshot_interval_s is {interval_s:g} s but the model was trained on snapshots {trained:g} s "
-            f"apart: its thresholds and the detector's debouncing (k={settings.k} of n={settings.n}, "
-            f"clear_after={settings.clear_after}) then span {_span(settings.n * interval_s)} instead of "
-            f"{_span(settings.n * trained)}; remove the key to use the card's cadence")
+        found.append(f"sensor.snapshot_interval_s is {interval_s:g} s but the model was trained on snapshots {trained:g} s "
+                     f"apart: {_debounce(config.detector.applied_to(bundle.card.detector), interval_s, trained)}; "
+                     "remove the key to use the card's cadence")
     return found
 
 
+def _debounce(settings: DetectorSettings, interval_s: float, trained_s: float) -> str:
+    """How long the detector takes to raise and to clear a state at the configured cadence against the training
+    one. Stated in seconds (persist_s, clear_after_s), the debounce spans the same time at both; counted in
+    snapshots, the time changes with the cadence, which is what the user must see."""
+    there = settings.at_cadence(trained_s)
+    trained = (f"{there.k} of {there.n} snapshots over {_span(there.n * trained_s)} and "
+               f"{_span(there.clear_after * trained_s)} at the training cadence")
+    if not interval_s:  # every snapshot scored: as fast as the sensor completes them, unknown here
+        text = (f"the detector raises a state on {settings.k} of {settings.n} snapshots and clears it after "
+                f"{settings.clear_after} below the warning threshold, however little time they span ({trained})")
+    else:
+        here = settings.at_cadence(interval_s)
+        text = (f"the detector raises a state on {here.k} of {here.n} snapshots over {_span(here.n * interval_s)} and "
+                f"clears it after {_span(here.clear_after * interval_s)} below the warning threshold ({trained})")
+    unset = [key for key in ("persist_s", "clear_after_s") if getattr(settings, key) is None]
+    if unset:
+        text += f"; [detector] {' and '.join(unset)} would state them in seconds, the same at any cadence"
+    return text
+
+
 def _span(seconds: float) -> str:
+    if seconds >= 7200:
+        return f"{seconds / 3600:.1f} h"
     return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:g} s"
 
 

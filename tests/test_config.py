@@ -105,7 +105,7 @@ def test_the_shipped_example_config_is_valid_with_every_optional_key_uncommented
     config = load_config(write(tmp_path, "\n".join(lines)))
     assert config.mqtt.username == "pump-07" and config.mqtt.tls_ca == str(secret)
     assert config.detector.given() == {"warning_threshold": 0.05, "alarm_threshold": 0.08, "k": 3, "n": 5,
-                                       "clear_after": 6, "fault_after": 2}
+                                       "clear_after": 6, "fault_after": 2, "persist_s": 300.0, "clear_after_s": 3600.0}
     assert config.sensor.channels == ("bearing1", "bearing2", "bearing3", "bearing4")
 
 
