@@ -152,6 +152,7 @@ class Publishing(Protocol):
     """The service's MQTT connection (fleet.ingest.Ingest): the scheduler publishes on it, never on its own."""
 
     connected: threading.Event  # set while the connection is up
+    connections: int  # successful connects so far: a new one may be to a broker that lost its retained messages
 
     def publish_retained(self, topic: str, payload: bytes, timeout_s: float) -> bool: ...
 
@@ -165,6 +166,7 @@ class Scheduler:
         self._stopping = stopping
         self._prefix = f"{topic_prefix}/{FLEET_LEVEL}"
         self._mqtt = mqtt
+        self._asserted = 0  # the connection (Publishing.connections) on which the retained messages were re-asserted
         self._thread = threading.Thread(target=self._run, name="fleet-rollouts", daemon=True)
 
     def start(self) -> None:
@@ -183,6 +185,10 @@ class Scheduler:
                 log.error("rollouts: %s", error)
 
     def tick(self) -> None:
+        connection = self._mqtt.connections
+        if connection != self._asserted:
+            self._reassert()
+            self._asserted = connection
         for rollout in book.rollouts(self.historian, ("running", "rolling_back")):
             if rollout.state == "rolling_back":
                 self._roll_back(rollout)
@@ -197,6 +203,22 @@ class Scheduler:
     def _desire(self, device: str, bundle: str, rollout_id: str, settings: dict[str, Any]) -> None:
         document = {"bundle": bundle, "rollout": rollout_id, "probation": settings}
         self._publish(f"{self._prefix}/desired/{device}", json.dumps(document).encode())
+
+    def _reassert(self) -> None:
+        """After every (re)connect, the retained archive and desired documents of the unfinished rollouts again: a
+        broker restarted without its persistence file (or a new one) lost them, and a device that was away would
+        never hear of its rollout. On a broker that kept them nothing changes: an agent takes a desired document it
+        has seen through, or is working on, as done (edge.rollout), and ignores an archive it is not waiting for."""
+        for rollout in book.rollouts(self.historian, ("running", "paused")):
+            if rollout.archive_published_us is None:
+                continue  # never published: _advance does it
+            self._publish(f"{self._prefix}/bundles/{rollout.bundle_sha256}",
+                          base64.b64decode(book.archive(self.historian, rollout.id)))
+            devices = book.last_sent_by(self.historian, rollout.id)
+            for device in devices:
+                self._desire(device, rollout.bundle_sha256, rollout.id, rollout.probation)
+            log.info("rollout %s: bundle and %d desired documents published again after connecting", rollout.id,
+                     len(devices))
 
     # -- moving a rollout on -------------------------------------------------------------------------------
     def _advance(self, rollout: book.Rollout) -> None:

@@ -13,19 +13,30 @@ import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from broker import Mosquitto, Subscriber
 from chain import BIN, Chain
 from fleet_helpers import FleetService, start_fleet
-from trained import shared_bundle
+from trained import shared_bundle, shared_run
 from waiting import eventually
 
 from edge.mqtt.schemas import validate
+from firmware_bridge.ims import format_timestamp, list_ims_files
 from fleet.config import HistorianConfig
 from fleet.historian import Historian, open_historian
 from fleet.signing import KeyPair, sign
+
+
+def healthy_later(directory: Path, count: int, days: int) -> Path:
+    """Links to the shared run's first `count` files, named `days` later: healthy data an agent that was fed the
+    originals still scores (a replay of times it has passed would only be counted as old, never scored)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for file in list_ims_files(shared_run())[:count]:
+        (directory / format_timestamp(file.timestamp + timedelta(days=days))).symlink_to(file.path)
+    return directory
 
 
 def signed_variant(root: Path, name: str, signer: KeyPair, card: Callable[[dict], None] = lambda card: None,
