@@ -152,7 +152,7 @@ class Publishing(Protocol):
     """The service's MQTT connection (fleet.ingest.Ingest): the scheduler publishes on it, never on its own."""
 
     connected: threading.Event  # set while the connection is up
-    connections: int  # successful connects so far: a new one may be to a broker that lost its retained messages
+    new_sessions: int  # connects on which the broker had no session of ours: it may have lost its retained messages
 
     def publish_retained(self, topic: str, payload: bytes, timeout_s: float) -> bool: ...
 
@@ -166,7 +166,7 @@ class Scheduler:
         self._stopping = stopping
         self._prefix = f"{topic_prefix}/{FLEET_LEVEL}"
         self._mqtt = mqtt
-        self._asserted = 0  # the connection (Publishing.connections) on which the retained messages were re-asserted
+        self._asserted = 0  # the new session (Publishing.new_sessions) in which the retained messages were re-asserted
         self._thread = threading.Thread(target=self._run, name="fleet-rollouts", daemon=True)
 
     def start(self) -> None:
@@ -185,10 +185,10 @@ class Scheduler:
                 log.error("rollouts: %s", error)
 
     def tick(self) -> None:
-        connection = self._mqtt.connections
-        if connection != self._asserted:
+        session = self._mqtt.new_sessions
+        if session != self._asserted:
             self._reassert()
-            self._asserted = connection
+            self._asserted = session
         for rollout in book.rollouts(self.historian, ("running", "rolling_back")):
             if rollout.state == "rolling_back":
                 self._roll_back(rollout)
@@ -205,10 +205,12 @@ class Scheduler:
         self._publish(f"{self._prefix}/desired/{device}", json.dumps(document).encode())
 
     def _reassert(self) -> None:
-        """After every (re)connect, the retained archive and desired documents of the unfinished rollouts again: a
-        broker restarted without its persistence file (or a new one) lost them, and a device that was away would
-        never hear of its rollout. On a broker that kept them nothing changes: an agent takes a desired document it
-        has seen through, or is working on, as done (edge.rollout), and ignores an archive it is not waiting for."""
+        """In a new session (the broker had none of this service's: it restarted without its persistence file, or
+        is a new one), the retained archive and desired documents of the unfinished rollouts again: such a broker
+        lost them, and a device that was away would never hear of its rollout. A broker that kept our session kept
+        them too: nothing is sent again (an archive goes out once). Where they were not lost, nothing changes: an
+        agent takes a desired document it has seen through, or is working on, as done (edge.rollout), and ignores
+        an archive it is not waiting for."""
         for rollout in book.rollouts(self.historian, ("running", "paused")):
             if rollout.archive_published_us is None:
                 continue  # never published: _advance does it
@@ -217,8 +219,8 @@ class Scheduler:
             devices = book.last_sent_by(self.historian, rollout.id)
             for device in devices:
                 self._desire(device, rollout.bundle_sha256, rollout.id, rollout.probation)
-            log.info("rollout %s: bundle and %d desired documents published again after connecting", rollout.id,
-                     len(devices))
+            log.info("rollout %s: bundle and %d desired documents published again (the broker had no session of "
+                     "this service: it may have lost its retained messages)", rollout.id, len(devices))
 
     # -- moving a rollout on -------------------------------------------------------------------------------
     def _advance(self, rollout: book.Rollout) -> None:

@@ -105,8 +105,11 @@ def test_a_broker_restart_while_the_canaries_are_in_probation(fleet, trusted, he
     fleet.broker.stop()  # SIGTERM: Mosquitto writes its persistence file, as on a reboot
     fleet.broker.start()
     assert eventually(lambda: fleet.service.read_log().count("connected to ") > connects, 30), fleet.service.read_log()
+    assert "(session resumed)" in fleet.service.read_log().split("connected to ")[-1]
     finish(fleet, rollout_id, healthy, {})
     all_on(fleet, new, rollout_id)
+    # A broker that kept its state kept the retained messages too: the archive went out once.
+    assert f"rollout {rollout_id}: bundle and" not in fleet.service.read_log()
 
 
 def test_a_broker_that_lost_its_retained_messages_gets_them_again(fleet, trusted, healthy, tmp_path):
@@ -126,6 +129,7 @@ def test_a_broker_that_lost_its_retained_messages_gets_them_again(fleet, trusted
     assert eventually(lambda: fleet.service.read_log().count("connected to ") > connects, 30), fleet.service.read_log()
     assert eventually(lambda: f"rollout {rollout_id}: bundle and 4 desired documents published again"
                       in fleet.service.read_log(), 30), fleet.service.read_log()[-3000:]
+    assert "(session new)" in fleet.service.read_log().split("connected to ")[-1]
     away.start_agent()
     finish(fleet, rollout_id, healthy, {})
     all_on(fleet, new, rollout_id)
