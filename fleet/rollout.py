@@ -13,7 +13,9 @@ reached so far: a bad bundle stops at the canary, the others never hear of it.
 
 State has one home, the historian (fleet/historian/rollouts.py): the CLI and the dashboard write requests there,
 the scheduler reads it every tick and acts; after a restart of cm-fleet it simply carries on. Every publication
-is retained and idempotent, so doing one again after a crash changes nothing on an agent.
+is retained and idempotent, so doing one again after a crash changes nothing on an agent. A broker that lost its
+state (no persistence file, or a new one) lost the retained messages too: when the service's connection finds no
+session of its own there, the scheduler publishes the unfinished rollouts' archives and desired documents again.
 """
 from __future__ import annotations
 
