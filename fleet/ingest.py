@@ -92,6 +92,9 @@ class Ingest:
         self.validator = Validator(mqtt_config.topic_prefix, config.max_payload_bytes)
         self.counts = Counts()
         self.connected = threading.Event()
+        # Connects on which the broker had no session of this service: the first, or a broker that lost its state
+        # (and with it, likely, the retained messages): the rollout scheduler then publishes its own again.
+        self.new_sessions = 0
         self._queue: queue.Queue[Received] = queue.Queue(maxsize=4 * config.batch_size)
         self._reject_log = RejectLog(config.reject_log_interval_s)
         self._stopping = threading.Event()
@@ -158,6 +161,8 @@ class Ingest:
         client.subscribe(subscriptions(self.mqtt_config))
         log.info("connected to %s:%d (session %s)", self.mqtt_config.host, self.mqtt_config.port,
                  "resumed" if flags.session_present else "new")
+        if not flags.session_present:
+            self.new_sessions += 1
         self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:

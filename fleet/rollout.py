@@ -13,7 +13,9 @@ reached so far: a bad bundle stops at the canary, the others never hear of it.
 
 State has one home, the historian (fleet/historian/rollouts.py): the CLI and the dashboard write requests there,
 the scheduler reads it every tick and acts; after a restart of cm-fleet it simply carries on. Every publication
-is retained and idempotent, so doing one again after a crash changes nothing on an agent.
+is retained and idempotent, so doing one again after a crash changes nothing on an agent. A broker that lost its
+state (no persistence file, or a new one) lost the retained messages too: when the service's connection finds no
+session of its own there, the scheduler publishes the unfinished rollouts' archives and desired documents again.
 """
 from __future__ import annotations
 
@@ -152,6 +154,7 @@ class Publishing(Protocol):
     """The service's MQTT connection (fleet.ingest.Ingest): the scheduler publishes on it, never on its own."""
 
     connected: threading.Event  # set while the connection is up
+    new_sessions: int  # connects on which the broker had no session of ours: it may have lost its retained messages
 
     def publish_retained(self, topic: str, payload: bytes, timeout_s: float) -> bool: ...
 
@@ -165,6 +168,7 @@ class Scheduler:
         self._stopping = stopping
         self._prefix = f"{topic_prefix}/{FLEET_LEVEL}"
         self._mqtt = mqtt
+        self._asserted = 0  # the new session (Publishing.new_sessions) in which the retained messages were re-asserted
         self._thread = threading.Thread(target=self._run, name="fleet-rollouts", daemon=True)
 
     def start(self) -> None:
@@ -183,6 +187,10 @@ class Scheduler:
                 log.error("rollouts: %s", error)
 
     def tick(self) -> None:
+        session = self._mqtt.new_sessions
+        if session != self._asserted:
+            self._reassert()
+            self._asserted = session
         for rollout in book.rollouts(self.historian, ("running", "rolling_back")):
             if rollout.state == "rolling_back":
                 self._roll_back(rollout)
@@ -197,6 +205,24 @@ class Scheduler:
     def _desire(self, device: str, bundle: str, rollout_id: str, settings: dict[str, Any]) -> None:
         document = {"bundle": bundle, "rollout": rollout_id, "probation": settings}
         self._publish(f"{self._prefix}/desired/{device}", json.dumps(document).encode())
+
+    def _reassert(self) -> None:
+        """In a new session (the broker had none of this service's: it restarted without its persistence file, or
+        is a new one), the retained archive and desired documents of the unfinished rollouts again: such a broker
+        lost them, and a device that was away would never hear of its rollout. A broker that kept our session kept
+        them too: nothing is sent again (an archive goes out once). Where they were not lost, nothing changes: an
+        agent takes a desired document it has seen through, or is working on, as done (edge.rollout), and ignores
+        an archive it is not waiting for."""
+        for rollout in book.rollouts(self.historian, ("running", "paused")):
+            if rollout.archive_published_us is None:
+                continue  # never published: _advance does it
+            self._publish(f"{self._prefix}/bundles/{rollout.bundle_sha256}",
+                          base64.b64decode(book.archive(self.historian, rollout.id)))
+            devices = book.last_sent_by(self.historian, rollout.id)
+            for device in devices:
+                self._desire(device, rollout.bundle_sha256, rollout.id, rollout.probation)
+            log.info("rollout %s: bundle and %d desired documents published again (the broker had no session of "
+                     "this service: it may have lost its retained messages)", rollout.id, len(devices))
 
     # -- moving a rollout on -------------------------------------------------------------------------------
     def _advance(self, rollout: book.Rollout) -> None:

@@ -11,26 +11,21 @@ cm-edge reading its own pty that cm-replay feeds.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto, Subscriber
-from chain import BIN, Chain
-from fleet_helpers import FleetService, start_fleet
+from chain import BIN
+from rollout_fleet import Fleet, created_id, replay_when_in_probation, running_fleet, signed_variant
 from trained import first_files, shared_bundle, shared_run
 from waiting import eventually
 
 from edge.model.store import archive_sha256, pack
 from edge.mqtt.schemas import validate
-from fleet.config import HistorianConfig
-from fleet.historian import Historian, open_historian
-from fleet.signing import KeyPair, keygen, sign
+from fleet.signing import KeyPair, keygen
 
 pytestmark = pytest.mark.slow
 AGENTS = 4  # canary 25%: one, then a wave of two (twice the canary), then the last one (what is left)
@@ -51,88 +46,11 @@ def healthy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return first_files(shared_run(), HEALTHY, tmp_path_factory.mktemp("healthy"))
 
 
-def signed_variant(root: Path, name: str, signer: KeyPair) -> Path:
-    """A copy of the shared bundle with its own id, signed by `signer`."""
-    bundle = root / name
-    shutil.copytree(shared_bundle(), bundle)
-    card = json.loads((bundle / "model_card.json").read_text())
-    card["id"] = name
-    (bundle / "model_card.json").write_text(json.dumps(card, indent=2))
-    sign(bundle, signer.private)
-    return bundle
-
-
-@dataclass
-class Fleet:
-    broker: Mosquitto
-    service: FleetService
-    historian: Historian
-    agents: dict[str, Chain]
-    subscriber: Subscriber
-    old: Path  # the bundle every agent starts with
-
-    def cli(self, *args: str | Path) -> subprocess.CompletedProcess:
-        return self.run(["cm-fleet", "rollout", *map(str, args), "--config", "fleet.toml"])
-
-    def run(self, command: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run([BIN / command[0], *command[1:]], cwd=self.service.directory, capture_output=True,
-                              text=True, timeout=60)
-
-    def devices(self, rollout_id: str) -> dict[str, str]:
-        return dict(self.historian.read("SELECT device_id, status FROM rollout_devices WHERE rollout_id = ?", (rollout_id,)))
-
-    def state(self, rollout_id: str) -> str:
-        return str(self.historian.read("SELECT state FROM rollouts WHERE id = ?", (rollout_id,))[0][0])
-
-    def reports(self, device: str) -> list[dict]:
-        found = [json.loads(p) for p in self.subscriber.on(f"cm/{device}/model") if p]
-        for report in found:
-            validate("model", report)
-        return found
-
-
 @pytest.fixture
 def fleet(request: pytest.FixtureRequest, tmp_path: Path, keys: tuple[KeyPair, KeyPair]) -> Iterator[Fleet]:
     trusted, _ = keys
-    old = signed_variant(tmp_path, "old-model", trusted)
-    url = f"sqlite://{tmp_path / 'historian.sqlite'}"
-    with Mosquitto(tmp_path / "broker") as broker, Subscriber(broker.port, ["cm/#"]) as subscriber:
-        (tmp_path / "fleet").mkdir()
-        # Started before the agents: their first retained reports reach its subscription.
-        service = start_fleet(request, tmp_path / "fleet", broker.port, url)
-        historian = open_historian(HistorianConfig(url=url))
-        agents = {}
-        for i in range(AGENTS):
-            device = f"pump-{i}"
-            chain = Chain(tmp_path / device, broker, old, device=device)
-            chain.config.write_text(chain.config.read_text().replace(
-                "[model]\n", f'[model]\ntrusted_keys = ["{trusted.public}"]\n'))
-            chain.start_agent()
-            agents[device] = chain
-        try:
-            assert eventually(lambda: len(historian.read("SELECT device_id FROM machines WHERE model_json IS NOT NULL"))
-                              == AGENTS, 60), [c.agent_log() for c in agents.values()]
-            yield Fleet(broker, service, historian, agents, subscriber, old)
-        finally:
-            for chain in agents.values():
-                chain.kill_agent()
-            historian.close()
-
-
-def created_id(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stderr
-    found = re.match(r"rollout (r-[0-9a-f]+): running", result.stdout)
-    assert found is not None, result.stdout
-    return found.group(1)
-
-
-def replay_when_in_probation(fleet: Fleet, rollout_id: str, healthy: Path, replays: dict[str, subprocess.Popen],
-                             done: list[str]) -> None:
-    """Each device that reached probation gets healthy data once, side by side: its candidate scores it in shadow."""
-    for device, status in fleet.devices(rollout_id).items():
-        if status == "probation" and device not in replays and device not in done:
-            replays[device] = subprocess.Popen(fleet.agents[device].replay_command(healthy), stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL)
+    with running_fleet(request, tmp_path, trusted, AGENTS) as running:
+        yield running
 
 
 def test_a_good_bundle_goes_out_canary_first_survives_a_fleet_restart_and_rolls_back(fleet, keys, healthy, tmp_path):

@@ -3,6 +3,7 @@ option and value named, and which machines a selector chooses; the model report'
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from fleet_helpers import contract_state, historian, postgres_cluster  # noqa: F401  (the fixtures)
@@ -10,7 +11,7 @@ from fleet_helpers import contract_state, historian, postgres_cluster  # noqa: F
 from edge.mqtt.payloads import model_report
 from edge.mqtt.schemas import validate
 from fleet.historian.overview import place
-from fleet.historian.rollouts import NewRollout, RolloutError, create, mark_sent, select_devices
+from fleet.historian.rollouts import NewRollout, RolloutError, create, detail, mark_sent, select_devices, time_out
 from fleet.payloads import Accepted
 from fleet.rollout import parse_duration, parse_percent, wave_sizes
 
@@ -70,3 +71,24 @@ def test_the_newest_model_report_wins_however_late_an_older_one_arrives(historia
     assert historian.read("SELECT status, previous_bundle FROM rollout_devices") == [("active", "a" * 64)]
     (model_json,) = historian.read("SELECT model_json FROM machines")[0]
     assert json.loads(model_json)["active"]["bundle"] == "b" * 64
+
+
+def test_a_late_success_counts_after_the_device_timed_out(historian):  # noqa: F811
+    """A device back after --device-timeout: timed out meanwhile (it counted as failed while it was away), its
+    late reports are still taken, and its `active` is final: the fleet shows it as the success it is."""
+    historian.store([Accepted("state", "pump-1", contract_state("pump-1", 1))], [], 1)
+    create(historian, NewRollout("r-1", "b" * 64, "m", "", "pump-1", 5, 3600, 10, 60, {}, "test"), ["pump-1"], [1])
+    mark_sent(historian, "r-1", 1, {"pump-1": "a" * 64})
+
+    def status() -> str:
+        return str(historian.read("SELECT status FROM rollout_devices")[0][0])
+
+    time.sleep(0.002)
+    assert time_out(historian, "r-1", 0.001) == 1 and status() == "timed_out"
+    historian.store([report("pump-1", "a" * 64, "probation", "2026-12-07T01:00:01Z")], [], 2)
+    assert status() == "probation"
+    assert time_out(historian, "r-1", 0.001) == 1 and status() == "timed_out"  # still late, still not settled
+    historian.store([report("pump-1", "b" * 64, "active", "2026-12-07T01:00:02Z")], [], 3)
+    assert status() == "active"
+    assert time_out(historian, "r-1", 0.001) == 0 and status() == "active"  # settled: never timed out again
+    assert detail(historian, "r-1").counts() == {"active": 1}

@@ -229,6 +229,15 @@ def mark_sent(historian: Historian, rollout_id: str, wave: int, previous: dict[s
                       (now, previous.get(device), now, rollout_id, device)) for device in devices])
 
 
+def last_sent_by(historian: Historian, rollout_id: str) -> list[str]:
+    """The rollout's devices whose desired document is still this rollout's: sent, not pointed back by a rollback
+    and not sent by a newer rollout since (the retained desired document is the last one published)."""
+    return [d for (d,) in historian.read(
+        "SELECT d.device_id FROM rollout_devices d WHERE d.rollout_id = ? AND d.sent_us IS NOT NULL "
+        "AND d.rollback_status IS NULL AND NOT EXISTS (SELECT 1 FROM rollout_devices o WHERE o.device_id = d.device_id "
+        "AND o.sent_us > d.sent_us) ORDER BY d.device_id", (rollout_id,))]
+
+
 def time_out(historian: Historian, rollout_id: str, device_timeout_s: float) -> int:
     """Devices sent their desired document longer ago than the timeout and not settled: `timed_out`."""
     now = now_us()
