@@ -7,8 +7,11 @@ training; the worker in cm-fleet serve exports the baseline, trains and evaluate
 creates a one-device rollout, whose archive and desired document the scheduler publishes, retained. The bundle
 carries the card's feature spec and a signature the fleet's public key verifies; the agent takes it over the air,
 scores it in shadow on the next files and reports it active, which moves the machine from `probation` to
-`monitoring`; `learn-again` then starts a new baseline after the newest snapshot. (The automatic trigger, the
-refusals and the held attempts are tests/test_commissioning.py's.)
+`monitoring`. The run goes on to bearing 3's failure: the fleet-trained model alarms on bearing3, and on nothing
+before the defect appears. Closing the alarm with a repair starts a new baseline; the repaired machine (another
+run's healthy start) is learnt while the old model stays in charge, and the new model takes over only after its
+probation, with no snapshot left unscored. `learn-again` then starts a new baseline after the newest snapshot.
+(The automatic trigger, the refusals and the held attempts are tests/test_commissioning.py's.)
 """
 from __future__ import annotations
 
@@ -17,13 +20,15 @@ import json
 import subprocess
 import tarfile
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from broker import Mosquitto, Subscriber
 from chain import Chain
 from fleet_helpers import BIN, start_fleet
-from trained import first_files, shared_run
+from trained import FAIL_BEARING, RUN_FILES, first_files, shared_run
 from waiting import eventually
 
 from edge.compatibility import check_same_stream
@@ -31,9 +36,11 @@ from edge.model.bundle import Baseline, load_bundle, load_deployable
 from edge.model.signature import load_public_key, verify
 from edge.model.store import archive_sha256
 from firmware_bridge.ims import list_ims_files
+from firmware_bridge.synth import generate, plan_run
 from fleet.config import HistorianConfig
 from fleet.historian import commissioning as book
 from fleet.historian import open_historian
+from fleet.historian.alert_book import alert_rows, close
 from fleet.historian.store import parse_time
 from fleet.signing import keygen, sign
 from trainer.baseline import BaselineOptions, write
@@ -42,6 +49,7 @@ pytestmark = pytest.mark.slow
 DEVICE = "pump-7"
 BASELINE_FILES = 60  # inside the shared run's healthy half
 PROBATION_FILES = 8  # the next ones: the candidate's window fills, then 3 snapshots in shadow
+REPAIRED_FILES = 120  # the repaired machine's run: its defect starts after 60% of it, beyond what is replayed
 
 
 def files(run: Path, start: int, stop: int, directory: Path) -> Path:
@@ -62,7 +70,8 @@ def phase(historian) -> str | None:
     return None if found is None else found.phase
 
 
-def test_a_learning_machine_is_trained_signed_rolled_out_and_taken_by_its_agent(request, tmp_path):
+def test_a_learning_machine_is_trained_by_the_fleet_alarms_on_its_failure_and_learns_again_after_repair(
+        request, tmp_path):
     run = shared_run()
     keys = keygen(tmp_path / "keys")
     cards = tmp_path / "cards"
@@ -132,7 +141,68 @@ probation_snapshots = 3
         assert subscriber.wait_for(lambda s: json.loads(s.on(f"cm/{DEVICE}/state")[-1])["state"] == "normal", 30)
         assert subscriber.on(f"cm/{DEVICE}/alert") == []  # from learning to its own model: nothing to announce
 
-        stored = BASELINE_FILES + PROBATION_FILES
+        first_bundle = record.bundle_sha256
+
+        # The run goes on to bearing 3's failure: the fleet-trained model, in charge, alarms on the failing bearing,
+        # and on nothing before the defect appears (cm-synth's plan: no defect signal while severity is 0).
+        to_failure = files(run, BASELINE_FILES + PROBATION_FILES, RUN_FILES, tmp_path / "to-failure")
+        assert chain.replay(to_failure).returncode == 0
+        assert eventually(lambda: historian.read("SELECT COUNT(*) FROM telemetry")[0][0] == RUN_FILES, 60), chain.agent_log()
+        alerts = [json.loads(a) for a in subscriber.on(f"cm/{DEVICE}/alert")]
+        times = [ims.timestamp for ims in list_ims_files(run)]
+        healthy_until = times[int(np.argmax(plan_run(RUN_FILES, FAIL_BEARING, 0).severity > 0))]
+        raised = [a for a in alerts if a["state"] in ("warning", "alarm")]
+        assert raised and all(parse_time(a["timestamp"]) >= healthy_until.timestamp() * 1e6 for a in raised), alerts
+        alarm = next(a for a in alerts if a["state"] == "alarm")
+        assert alarm["top_channel"] == "bearing3", alarm
+        lead_h = (times[-1].timestamp() * 1e6 - parse_time(alarm["timestamp"])) / 3.6e9
+        print(f"fleet-trained model in the chain: first alarm {alarm['timestamp']}, {lead_h:.2f} h before the run's end, "
+              f"score {alarm['score']:.3f} (alarm threshold {alarm['alarm_threshold']:.3f})")
+        assert lead_h > 1  # days before failure at the field's cadence; here hours of the 10-minute synthetic run
+
+        # The bearing is replaced: closing the alarm with the repair starts a new baseline after the newest snapshot.
+        (stored_alarm,) = [a for a in alert_rows(historian, "active", DEVICE) if a.state == "alarm"]
+        close(historian, stored_alarm.id, "ada", "outer_race", "bearing 3 replaced", repair="bearing_replaced")
+        relearning = book.record(historian, DEVICE)
+        assert relearning is not None and relearning.phase == "learning"
+        assert relearning.baseline_start_us == int(times[-1].timestamp() * 1e6) + 1
+        assert relearning.started_by == f"bearing replaced (alert {stored_alarm.id} closed by ada)"
+
+        # The repaired machine (a new bearing: another run's healthy start, ten minutes after the last file) learns
+        # its new baseline while the old model keeps watching it; the new model is trained, signed and shadowed,
+        # and the old one stays in charge until the new one passes probation.
+        repaired = tmp_path / "repaired"
+        generate(repaired, files=REPAIRED_FILES, fail_bearing=FAIL_BEARING, seed=1, start=times[-1] + timedelta(minutes=10))
+        assert not plan_run(REPAIRED_FILES, FAIL_BEARING, 1).severity[:BASELINE_FILES + PROBATION_FILES].any()
+        assert chain.replay(files(repaired, 0, BASELINE_FILES, tmp_path / "new-baseline")).returncode == 0
+        assert eventually(lambda: (found := book.record(historian, DEVICE)) is not None and found.progress is not None
+                          and found.progress["snapshots"] == BASELINE_FILES, 60), (service.read_log(), chain.agent_log())
+        asked = cm_fleet(service.directory, ["cm-fleet", "commission", "pump-7", "--config", "fleet.toml"])
+        assert asked.returncode == 0, asked.stderr
+        assert eventually(lambda: phase(historian) == "probation", 240), (book.record(historian, DEVICE), service.read_log())
+        second = book.record(historian, DEVICE)
+        assert second is not None and second.bundle_sha256 not in (None, first_bundle)
+        assert subscriber.wait_for(lambda s: json.loads(s.on(f"cm/{DEVICE}/model")[-1])["rollout"]["status"] == "probation"
+                                   and json.loads(s.on(f"cm/{DEVICE}/model")[-1])["rollout"]["rollout"] == second.rollout_id,
+                                   60), chain.agent_log()
+        in_probation = json.loads(subscriber.on(f"cm/{DEVICE}/model")[-1])
+        assert in_probation["active"]["bundle"] == first_bundle  # the old model is in charge during probation
+        assert chain.replay(files(repaired, BASELINE_FILES, BASELINE_FILES + PROBATION_FILES,
+                                  tmp_path / "new-probation")).returncode == 0
+        assert eventually(lambda: phase(historian) == "monitoring", 60), (book.record(historian, DEVICE), chain.agent_log())
+        report = json.loads(subscriber.on(f"cm/{DEVICE}/model")[-1])
+        assert report["active"]["bundle"] == second.bundle_sha256 and report["previous"] == first_bundle
+        since_repair = [json.loads(t) for t in subscriber.on(f"cm/{DEVICE}/telemetry")][-(BASELINE_FILES + PROBATION_FILES):]
+        shadowed = [t for t in since_repair if "candidate" in t]
+        new_model = {"id": shadowed[0]["candidate"]["model"]["id"], "sha256": shadowed[0]["candidate"]["model"]["sha256"]}
+        assert new_model["id"] != trained.card.id and all(t["candidate"]["model"] == new_model for t in shadowed)
+        taken_over = since_repair[since_repair.index(shadowed[-1]) + 1:]
+        assert taken_over and all("candidate" not in t and t["score"] is not None for t in taken_over)
+        assert json.loads(subscriber.on(f"cm/{DEVICE}/state")[-1])["model"] == new_model  # the new one is in charge
+        snapshots = [t["snapshot"] for t in since_repair[-PROBATION_FILES:]]  # one replay: one count of frames
+        assert snapshots == list(range(snapshots[0], snapshots[0] + PROBATION_FILES))  # across the switch, none unscored
+
+        stored = RUN_FILES + BASELINE_FILES + PROBATION_FILES
         assert eventually(lambda: historian.read("SELECT COUNT(*) FROM telemetry")[0][0] == stored, 30)
         again = cm_fleet(service.directory, ["cm-fleet", "commission", "learn-again", "pump-7", "--config", "fleet.toml"])
         assert again.returncode == 0, again.stderr
