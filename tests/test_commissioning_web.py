@@ -1,7 +1,8 @@
 """Commissioning on the dashboard of a real `cm-fleet serve` (real Mosquitto, waitress on a real port): the fleet
 page and its twin show each machine's phase with its progress and refusal reason, the machine page shows the
 detail with "Commission now" and "Learn again" for operators (CSRF-protected forms, JSON for API tokens) and
-none for a viewer; closing an alert with a repair starts a new baseline. (Every route's refusal of the anonymous,
+none for a viewer; closing an alert with a repair starts a new baseline. An operator in a real headless Chromium
+reads the phase on the fleet page and presses "Commission now" on the machine page. (Every route's refusal of the anonymous,
 the viewer and a missing CSRF token is tests/test_fleet_web.py's route sweep, which covers these routes too.)"""
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import pytest
 from broker import Mosquitto
+from browser import browser, page, screenshot  # noqa: F401  (fixtures)
 from commissioning_helpers import STEP_US, baseline_card, learning_messages, levels
 from fleet_helpers import T0_US, FleetService, contract_alert
 from waiting import eventually
-from web_helpers import Browser, dashboard_url
+from web_helpers import Browser, dashboard_url, sign_in
 
 from fleet.config import HistorianConfig
 from fleet.historian import Historian, open_historian
@@ -34,9 +36,9 @@ class Site:
     token: str
 
     def browser(self, user: str) -> Browser:
-        browser = Browser(self.base)
-        assert browser.login(user, PASSWORDS[user][1]).status_code == 303
-        return browser
+        signed_in = Browser(self.base)
+        assert signed_in.login(user, PASSWORDS[user][1]).status_code == 303
+        return signed_in
 
 
 @pytest.fixture(scope="module")
@@ -73,17 +75,17 @@ def test_the_fleet_page_and_its_twin_show_the_phase_and_the_refusal(site):
     assert phases["pump-1"] == ("learning: 40/1000 snapshots, 0.3/14 days; refused: baseline too short: 0.27 of 14 "
                                 "days and 40 of 1000 snapshots so far")
     assert phases["fan-2"] == "learning: no check yet"
-    page = operator.get("/fleet").text
-    assert 'data-testid="machine-phase">learning: 40/1000 snapshots' in page
+    html = operator.get("/fleet").text
+    assert 'data-testid="machine-phase">learning: 40/1000 snapshots' in html
 
 
 def test_the_machine_page_shows_the_detail_and_the_operators_buttons(site):
     operator, viewer = site.browser("otto"), site.browser("vera")
     twin = operator.get("/machines/pump-1.json").json()["commissioning"]
     assert (twin["phase"], twin["baseline_start_us"], twin["progress"]["snapshots"]) == ("learning", T0_US, 40)
-    page = operator.get("/machines/pump-1").text
-    assert 'data-testid="commissioning-phase">learning since' in page and "40 of 1000 snapshots" in page
-    assert 'data-testid="commission-form"' in page and 'data-testid="learn-again-form"' in page
+    html = operator.get("/machines/pump-1").text
+    assert 'data-testid="commissioning-phase">learning since' in html and "40 of 1000 snapshots" in html
+    assert 'data-testid="commission-form"' in html and 'data-testid="learn-again-form"' in html
     seen = viewer.get("/machines/pump-1").text
     assert 'data-testid="commissioning-phase">learning' in seen and 'data-testid="commission-form"' not in seen
 
@@ -114,3 +116,18 @@ def test_closing_an_alert_with_a_repair_learns_again(site):
     assert "misalignment (realigned) by otto" in operator.get("/machines/fan-2").text
     refused = operator.post(f"/alerts/{alert_id}/close", data={"csrf_token": token, "failure_mode": "other", "repair": "x"})
     assert refused.status_code == 400 and "repair: expected one of bearing_replaced, realigned" in refused.text
+
+
+def test_an_operator_reads_the_phase_and_asks_for_commissioning_in_a_real_browser(site, page):  # noqa: F811
+    sign_in(page, site.base, "otto", PASSWORDS["otto"][1])
+    twin = site.browser("otto").get("/fleet.json").json()["phases"]
+    shown = {device: page.locator(f'[data-device="{device}"] [data-testid="machine-phase"]').inner_text()
+             for device in twin}
+    assert shown == twin and all(phase.startswith("learning: ") for phase in shown.values())
+    page.goto(f"{site.base}/machines/fan-2")
+    assert page.get_by_test_id("commissioning-phase").inner_text().startswith("learning since")
+    page.get_by_test_id("commission-submit").click()
+    page.wait_for_url(f"{site.base}/machines/fan-2")
+    found = book.record(site.historian, "fan-2")
+    assert found is not None and found.requested_by == "otto"  # the worker in cm-fleet serve takes it from here
+    screenshot(page, "dashboard-commissioning")
