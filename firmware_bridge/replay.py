@@ -199,12 +199,14 @@ class PtyPort:
         """Bytes written but not yet read by the reader."""
         return struct.unpack("i", fcntl.ioctl(self._slave, termios.FIONREAD, b"\0\0\0\0"))[0]
 
-    def drain(self, settle: float = 0.5, idle_timeout: float = 5.0) -> bool:
-        """Wait until the reader has read everything; give up after `idle_timeout` s without progress.
+    def drain(self, settle: float = 0.5) -> bool:
+        """Wait until the reader has read everything; give up after the write timeout without progress (a
+        reader may pause as long at the end as it may while the bytes are written: a busy Pi's fsync).
 
         The tty moves written bytes to the reader's queue from a kernel work item, so an empty queue
         may still have bytes in flight: it has to stay empty for `settle` seconds.
         """
+        idle_timeout = WRITE_TIMEOUT_S if self.write_timeout is None else self.write_timeout
         last, last_change = self.pending(), time.monotonic()
         empty_since = last_change if last == 0 else None
         while not self.stop.is_set():
@@ -258,7 +260,9 @@ def open_port(port: str | Writer, *, baudrate: int, stop: threading.Event, wait_
                 print(f"replay: pty ready at {pty_port.link}", file=announce, flush=True)
             if not wait_reader or pty_port.wait_for_reader():
                 yield pty_port
-                pty_port.drain()
+                if not pty_port.drain():
+                    print(f"replay: {pty_port.link}: {pty_port.pending()} bytes left unread: the reader stopped reading",
+                          file=sys.stderr, flush=True)
             else:
                 yield pty_port  # stopped before a reader came: the caller's loop ends at once
         finally:
