@@ -1,6 +1,6 @@
 """A fleet for the rollout tests, with real parts: Mosquitto, `cm-fleet serve` (its scheduler publishing, its
 ingest storing the agents' reports), `cm-fleet rollout ...` on the command line, and real agents, each cm-edge
-reading its own pty that cm-replay feeds. Used by tests/test_fleet_rollout*.py.
+reading its own pty that cm-replay feeds. Used by tests/test_fleet_rollout*.py; its signed variants of the shared bundle by tests/test_rollout.py too.
 
     from rollout_fleet import Fleet, created_id, running_fleet, signed_variant
 """
@@ -52,6 +52,25 @@ def signed_variant(root: Path, name: str, signer: KeyPair, card: Callable[[dict]
     sign(bundle, signer.private)
     after(bundle)
     return bundle
+
+
+def flip_a_bit(bundle: Path) -> None:
+    """One bit of the model file flipped after the signature."""
+    model = bundle / "model_int8.tflite"
+    data = model.read_bytes()
+    model.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+
+
+def three_channels(card: dict) -> None:
+    """Another channel count: the card stays valid (its lists shortened to match), but the frames have four."""
+    spec = card["feature_spec"]
+    columns = 3 * len(spec.get("features", ["mean_abs"]))
+    spec["channels"] = spec["channels"][:3]
+    for key in ("minimum", "maximum"):
+        card["scaler"][key] = card["scaler"][key][:columns]
+    card["healthy_min"] = card["healthy_min"][:columns]
+    if "channel_error_reference" in card:
+        card["channel_error_reference"] = card["channel_error_reference"][:3]
 
 
 @dataclass

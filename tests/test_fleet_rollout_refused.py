@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from rollout_fleet import Fleet, created_id, running_fleet, signed_variant
+from rollout_fleet import Fleet, created_id, flip_a_bit, running_fleet, signed_variant, three_channels
 from waiting import eventually
 
 from edge.model.store import archive_sha256, pack
@@ -39,13 +39,6 @@ def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield running
 
 
-def flip_a_bit(bundle: Path) -> None:
-    """One bit of the model file flipped after the signature."""
-    model = bundle / "model_int8.tflite"
-    data = model.read_bytes()
-    model.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-
-
 def tamper(bundle: Path) -> None:
     """The model file changed after the signature, and the card's model_sha256 made to match it (as someone who
     knows the card would): the bundle loads, only the signed manifest tells."""
@@ -53,18 +46,6 @@ def tamper(bundle: Path) -> None:
     card = json.loads((bundle / "model_card.json").read_text())
     card["model_sha256"] = hashlib.sha256((bundle / "model_int8.tflite").read_bytes()).hexdigest()
     (bundle / "model_card.json").write_text(json.dumps(card, indent=2))
-
-
-def three_channels(card: dict) -> None:
-    """Another channel count: the card stays valid (its lists shortened to match), but the frames have four."""
-    spec = card["feature_spec"]
-    columns = 3 * len(spec.get("features", ["mean_abs"]))
-    spec["channels"] = spec["channels"][:3]
-    for key in ("minimum", "maximum"):
-        card["scaler"][key] = card["scaler"][key][:columns]
-    card["healthy_min"] = card["healthy_min"][:columns]
-    if "channel_error_reference" in card:
-        card["channel_error_reference"] = card["channel_error_reference"][:3]
 
 
 def unchanged(card: dict) -> None:

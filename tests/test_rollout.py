@@ -11,13 +11,13 @@ Every payload is validated against its JSON Schema.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from broker import Mosquitto, Subscriber
 from chain import TOPIC, Chain
+from rollout_fleet import flip_a_bit, signed_variant, three_channels
 from trained import first_files, shared_bundle, shared_run
 from waiting import eventually
 
@@ -26,7 +26,7 @@ from edge.config import load_config
 from edge.model.store import CURRENT_FILE, archive_sha256, pack
 from edge.mqtt.schemas import validate
 from edge.rollout import store_path
-from fleet.signing import KeyPair, keygen, sign
+from fleet.signing import KeyPair, keygen
 
 pytestmark = pytest.mark.slow
 HEALTHY = 24  # files from the start of the shared run: well inside the healthy half the bundle was fitted on
@@ -46,16 +46,8 @@ def healthy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def variant(root: Path, name: str, signer: KeyPair, card: Callable[[dict], None] = lambda card: None,
             after: Callable[[Path], None] = lambda bundle: None) -> tuple[Path, bytes]:
-    """A copy of the shared bundle with its own id (and `card` changes), signed by `signer`, then `after`
-    (tampering); returns the directory and its archive as the fleet publishes it."""
-    bundle = root / name
-    shutil.copytree(shared_bundle(), bundle)
-    document = json.loads((bundle / "model_card.json").read_text())
-    document["id"] = name
-    card(document)
-    (bundle / "model_card.json").write_text(json.dumps(document, indent=2))
-    sign(bundle, signer.private)
-    after(bundle)
+    """rollout_fleet's signed variant of the shared bundle, and its archive as the fleet publishes it."""
+    bundle = signed_variant(root, name, signer, card, after)
     return bundle, pack(bundle)
 
 
@@ -182,23 +174,6 @@ def store_path_of(chain: Chain) -> Path:
     return store_path(load_config(chain.config))
 
 
-def tamper(bundle: Path) -> None:
-    model = bundle / "model_int8.tflite"
-    model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 1]))
-
-
-def three_channels(card: dict) -> None:
-    """Another channel count: the card stays valid (its lists shortened to match), but the frames have four."""
-    spec = card["feature_spec"]
-    columns = 3 * len(spec.get("features", ["mean_abs"]))
-    spec["channels"] = spec["channels"][:3]
-    for key in ("minimum", "maximum"):
-        card["scaler"][key] = card["scaler"][key][:columns]
-    card["healthy_min"] = card["healthy_min"][:columns]
-    if "channel_error_reference" in card:
-        card["channel_error_reference"] = card["channel_error_reference"][:3]
-
-
 def test_foreign_tampered_and_incompatible_bundles_are_rejected_with_the_reason(setup, keys, tmp_path) -> None:
     chain, subscriber, _ = setup
     fleet, other = keys
@@ -207,7 +182,7 @@ def test_foreign_tampered_and_incompatible_bundles_are_rejected_with_the_reason(
     before = reports(subscriber)[-1]["active"]
     cases = [
         ("foreign", variant(tmp_path, "foreign", other)[1], f"signed by key {other.key_id}, which is not trusted"),
-        ("tampered", variant(tmp_path, "tampered", fleet, after=tamper)[1], "model_int8.tflite: sha256"),
+        ("tampered", variant(tmp_path, "tampered", fleet, after=flip_a_bit)[1], "model_int8.tflite: sha256"),
         ("three-channels", variant(tmp_path, "three", fleet, card=three_channels)[1], "feature_spec.channels is"),
     ]
     for rollout, archive, reason in cases:
