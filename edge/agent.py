@@ -94,6 +94,12 @@ def pipeline(config: AgentConfig, bundle: Deployable) -> Pipeline:
                     interval_s=snapshot_interval_s(config, bundle))  # the debounce's seconds at the cadence scored
 
 
+def thresholds(pipeline: Pipeline) -> tuple[float, float]:
+    """The warning and alarm thresholds alerts quote: the pipeline's own detector's, overrides applied."""
+    settings = pipeline.detector.settings
+    return settings.warning_threshold, settings.alarm_threshold
+
+
 def intake(config: AgentConfig, bundle: Deployable, now_us: Callable[[], int]) -> Intake:
     spec, port = bundle.card.feature_spec, config.serial.port
     return Intake(FrameGuard(len(spec.channels), spec.sample_rate_hz, trained_scale(bundle), port),
@@ -120,9 +126,7 @@ class Agent:
         self.link = link if link is not None else SerialLink(config.serial.port, baudrate=config.serial.baudrate)
         self.pipeline = pipeline(config, bundle)
         self.intake = intake(config, bundle, now_us=lambda: int(self.clock.time() * 1_000_000))
-        settings = detector_settings(config, bundle)
-        self.announcer = Announcer(config.device_id, model_ref(bundle), self.pipeline,
-                                   (settings.warning_threshold, settings.alarm_threshold), self.publisher,
+        self.announcer = Announcer(config.device_id, model_ref(bundle), self.pipeline, thresholds(self.pipeline), self.publisher,
                                    checkpoint_path(config.outbox_path), self.health, self.counters)
         self.recorder = Recorder(config.recorder, self.health) if config.recorder.enabled else None
         self.discovery = self._discovery(mqtt) if mqtt is not None and config.homeassistant.enabled else None
@@ -231,10 +235,8 @@ class Agent:
 
     def switch(self, bundle: Deployable, pipeline: Pipeline) -> None:
         """A rollout's candidate takes over from the next snapshot on (edge.rollout decides when)."""
-        settings = detector_settings(self.config, bundle)
         self.bundle, self.pipeline = bundle, pipeline
-        self.announcer.switch(model_ref(bundle), pipeline,
-                              (settings.warning_threshold, settings.alarm_threshold))
+        self.announcer.switch(model_ref(bundle), pipeline, thresholds(pipeline))
         if self.discovery is not None:  # Home Assistant's device names the model in charge (or the old one, rolled back)
             self.discovery.update(self._entities(self.discovery.publisher))
 

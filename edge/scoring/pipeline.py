@@ -18,7 +18,7 @@ from edge.scoring.reading import Reading
 from edge.scoring.sensor import SensorLimits
 from edge.scoring.stream import Stream
 
-__all__ = ["MISSING_DATA", "Pipeline"]
+__all__ = ["Pipeline"]
 
 
 class Pipeline:
